@@ -1,0 +1,1 @@
+"""Tuneboard's web process: FastAPI app, storage, scheduler. Never imports the training stack."""

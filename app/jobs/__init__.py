@@ -1,0 +1,1 @@
+"""Job lifecycle: statuses, service functions, API routes and pages."""

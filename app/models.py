@@ -1,0 +1,116 @@
+"""ORM tables. Alembic migrations in migrations/ must match these (tests/app/test_schema.py checks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.jobs.status import JobStatus, status_check_sql
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    """One fine-tune: its config as submitted, its lifecycle timestamps and a summary for the list page."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        CheckConstraint(status_check_sql("status"), name="ck_job_status"),
+        CheckConstraint("gpus_requested >= 0", name="ck_job_gpus_requested"),
+        Index("ix_job_queue", "status", "priority", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+
+    # the text exactly as submitted (YAML or JSON) and the validated, defaults-filled form
+    config_text: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(512), default="")
+
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    gpus_requested: Mapped[int] = mapped_column(Integer, default=0)
+    assigned_gpus: Mapped[str | None] = mapped_column(String(128), nullable=True)  # "0,1"; "" means CPU
+    launcher: Mapped[str] = mapped_column(String(16), default="local")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(256), nullable=True)  # e.g. a Ray job id
+    run_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)  # sha256 of the job token
+
+    parent_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job.id", ondelete="SET NULL"), nullable=True
+    )  # clone-and-edit lineage
+    group_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # sweep group
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # incremented on each start (resume)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    starting_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    running_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # plain words
+    stderr_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # summary for the list page, maintained by ingest
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)  # highest event seq stored
+    last_step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_vram_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # relative to run_dir
+
+
+class JobEvent(Base):
+    """Every non-metric event a worker sent (status, log, preflight, checkpoint, guard, sample, ...)."""
+
+    __tablename__ = "job_event"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ts: Mapped[float] = mapped_column(Float)  # worker wall clock, seconds since the epoch
+
+
+class MetricPoint(Base):
+    """One value of one metric at one step. Narrow and keyed so a re-sent batch is a no-op."""
+
+    __tablename__ = "metric"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL when not finite
+    nonfinite: Mapped[str | None] = mapped_column(String(8), nullable=True)  # 'nan' | 'inf' | '-inf'
+    ts: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,61 @@
+"""One typed settings object. Environment variables use the TUNEBOARD_ prefix (e.g. TUNEBOARD_DATA_DIR)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEBOARD_", extra="ignore")
+
+    data_dir: Path = Field(Path("tuneboard-data"), description="SQLite file, run directories, uploads.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = Field(None, description="URL workers use to reach the app; default from host/port.")
+
+    # scheduler
+    scheduler_enabled: bool = True
+    gpu_slots: str | None = Field(None, description="Comma-separated GPU indices to use; default: discover.")
+    cpu_slots: int = Field(1, ge=0, le=256, description="Concurrent CPU-only jobs.")
+    scheduler_interval_s: float = Field(0.5, gt=0)
+    heartbeat_timeout_s: float = Field(120.0, gt=0)
+    cancel_grace_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL grace for cancelled jobs.")
+    launcher: str = Field("local", description="local | ray")
+    worker_python: str | None = Field(None, description="Python for training processes; default: this one.")
+
+    # streaming
+    sse_batch_interval_s: float = Field(0.25, gt=0)
+    sse_ping_interval_s: float = Field(15.0, gt=0)
+    sse_max_lifetime_s: float = Field(600.0, gt=0)
+
+    # limits
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_config_bytes: int = Field(256 * 1024, ge=1)
+    max_events_per_batch: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tuneboard.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def app_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The `tuneboard` command line (see tuneboard/cli.py)."""

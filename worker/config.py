@@ -1,0 +1,332 @@
+"""THE job config schema: one pydantic model shared by the web form, the REST API, the CLI and the worker.
+
+No torch import here (the app imports this module). YAML and JSON load through `load_config_text`.
+Unknown keys and impossible values raise `ConfigError`, whose `problems` map a dotted field path
+("training.learning_rate") to a sentence that says what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from worker.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX, model_info
+
+MAX_STRING = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, str_max_length=MAX_STRING)
+
+
+class ModelConfig(_Strict):
+    """Which base model to fine-tune."""
+
+    name: str = Field(
+        "preset:tiny-gemma3n",
+        min_length=1,
+        description="Hub id (e.g. google/gemma-3n-E2B-it), a local directory, or preset:<name>.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto lets the architecture recipe choose."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Dtype of the non-quantized weights and compute; auto: bf16 on GPU, fp32 on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub repository.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value.startswith(PRESET_PREFIX) and value[len(PRESET_PREFIX) :] not in PRESET_MODELS:
+            known = ", ".join(PRESET_PREFIX + n for n in PRESET_MODELS)
+            raise ValueError(f"unknown preset {value!r}; available presets: {known}")
+        return value
+
+
+class DatasetConfig(_Strict):
+    """Where the training examples come from and how they are formatted."""
+
+    source: str = Field(
+        "preset:reverse-letters",
+        min_length=1,
+        description="A JSONL/CSV/Parquet path, an uploaded dataset (upload:<id>), or preset:<name>.",
+    )
+    format: Literal["auto", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Column layout; auto detects messages, prompt/completion or text columns."
+    )
+    eval_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of rows held out for evaluation.")
+    max_rows: int | None = Field(None, ge=1, le=100_000_000, description="Use at most this many rows.")
+    assistant_only_loss: bool = Field(
+        True, description="Compute the loss on assistant / completion tokens only."
+    )
+    num_rows: int = Field(
+        256, ge=8, le=1_000_000, description="Rows to generate for a preset dataset (ignored otherwise)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value.startswith(PRESET_PREFIX) and value[len(PRESET_PREFIX) :] not in PRESET_DATASETS:
+            known = ", ".join(PRESET_PREFIX + n for n in PRESET_DATASETS)
+            raise ValueError(f"unknown preset dataset {value!r}; available: {known}")
+        return value
+
+
+class QuantizationConfig(_Strict):
+    """How the frozen base weights are stored."""
+
+    method: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "nf4", description="nf4/fp4: 4-bit QLoRA; int8: 8-bit; none: plain LoRA on bf16/fp32 weights."
+    )
+    double_quant: bool = Field(True, description="Quantize the 4-bit scales too (saves ~0.4 bit/param).")
+    keep_in_full_precision: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Extra module name patterns to keep un-quantized, on top of the recipe's own.",
+    )
+
+
+class LoraConfig(_Strict):
+    """The low-rank adapter."""
+
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank (1 to 1024).")
+    alpha: float = Field(32.0, gt=0, le=100_000, description="Scaling numerator; effective scale alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input (0 to <1).")
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="Module names to adapt; auto: the recipe's language-model projections.",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, max_length=64, description="Modules trained in full and saved with the adapter."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: Literal["auto"] | list[str]) -> Literal["auto"] | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError('give at least one module name, or "auto"')
+            if len(value) > 256:
+                raise ValueError("at most 256 module names")
+        return value
+
+
+class TrainingConfig(_Strict):
+    """The optimisation loop."""
+
+    max_steps: int | None = Field(60, ge=1, le=10_000_000, description="Optimizer steps; or set epochs.")
+    epochs: float | None = Field(None, gt=0, le=10_000, description="Passes over the data (when max_steps is empty).")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (0 < lr ≤ 1).")
+    batch_size: int = Field(4, ge=1, le=4096, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(512, ge=16, le=1_048_576, description="Examples are truncated to this many tokens.")
+    optimizer: Literal["auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch"] = Field(
+        "auto", description="auto: paged 8-bit AdamW on GPU, 8-bit AdamW on CPU."
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    warmup: float = Field(0.05, ge=0.0, le=0.5, description="Fraction of the steps spent warming up (0 to 0.5).")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradient clipping threshold.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed for data order and adapter init.")
+    logging_steps: int = Field(1, ge=1, le=100_000, description="Report metrics every N steps.")
+    eval_steps: int = Field(20, ge=0, le=10_000_000, description="Evaluate every N steps (0: only at the end).")
+    save_steps: int = Field(20, ge=1, le=10_000_000, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(3, ge=1, le=1000, description="Keep the last K complete checkpoints.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    packing: bool = Field(False, description="Pack short examples into full-length rows.")
+    sample_prompts: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Prompts to generate from at each evaluation (default: a few held-out rows).",
+    )
+    max_new_tokens: int = Field(24, ge=1, le=4096, description="Length of sample generations.")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingConfig:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set either training.max_steps or training.epochs")
+        return self
+
+
+class GuardConfig(_Strict):
+    """What to do when training diverges (non-finite or collapsed loss, exploding gradients)."""
+
+    policy: Literal["stop", "rollback", "warn"] = Field(
+        "rollback",
+        description="stop: end the run keeping the last good checkpoint; rollback: restore it, halve the "
+        "learning rate and continue; warn: record and go on.",
+    )
+    max_rollbacks: int = Field(3, ge=0, le=100, description="Rollbacks allowed before the run stops.")
+    grad_norm_factor: float = Field(
+        20.0, gt=1.0, le=1e9, description="A grad_norm this many times the recent median counts as a spike."
+    )
+    patience: int = Field(3, ge=1, le=1000, description="Consecutive spikes that count as an explosion.")
+    window: int = Field(20, ge=3, le=10_000, description="Steps of history the spike test compares against.")
+
+
+class ResourcesConfig(_Strict):
+    """What the job needs from the machine."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs to use (0: CPU).")
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first; ties run in submission order.")
+    max_runtime_minutes: float | None = Field(
+        None, gt=0, le=60 * 24 * 30, description="Hard deadline; the job is stopped after this long."
+    )
+
+
+class JobConfig(_Strict):
+    """One fine-tune, fully described."""
+
+    name: str = Field("", max_length=200, description="A label for the run.")
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # type: ignore[arg-type]
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)  # type: ignore[arg-type]
+    lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
+    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
+    guard: GuardConfig = Field(default_factory=GuardConfig)  # type: ignore[arg-type]
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _fits_the_model(self) -> JobConfig:
+        info = model_info(self.model.name)
+        if info is not None and self.training.max_seq_len > info.max_seq_len:
+            raise _FieldError(
+                "training.max_seq_len",
+                f"{self.model.name} handles at most {info.max_seq_len} tokens; "
+                f"got {self.training.max_seq_len}",
+            )
+        return self
+
+
+class _FieldError(ValueError):
+    """A cross-field problem that belongs to one named field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. `problems` maps dotted field paths to plain-words messages."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        lines = [f"{field or '(config)'}: {msg}" for field, msg in problems.items()]
+        super().__init__("invalid job config:\n  " + "\n  ".join(lines))
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key; check the spelling (see the config reference for allowed keys)"
+    if kind == "missing":
+        return "required"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {k: v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")}
+        words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+        allowed = " and ".join(f"{words[k]} {v}" for k, v in bound.items())
+        return f"must be {allowed} (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {err.get('input')!r})"
+    if kind == "string_too_long":
+        return f"too long: at most {ctx.get('max_length')} characters"
+    if kind == "too_long":
+        return f"too many items: at most {ctx.get('max_length')}"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def problems_from_validation_error(exc: ValidationError) -> dict[str, str]:
+    """Map a pydantic error to {dotted.field: message}, naming the field of cross-field checks too."""
+    problems: dict[str, str] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+        # union members add their type name to the location; drop those ("list[str]", "literal['auto']")
+        loc = [p for p in loc if not re.match(r"^(list\[|literal\[|function-|str$|int$|float$)", p)]
+        field = ".".join(loc)
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _FieldError):
+            problems.setdefault(ctx_err.field, ctx_err.message)
+            continue
+        problems.setdefault(field, _friendly(dict(err)))
+    return problems
+
+
+def parse_config(data: Any) -> JobConfig:
+    """Validate a decoded config (a dict); raise ConfigError naming every bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError({"": "the config must be a mapping of sections (model, dataset, training, ...)"})
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation_error(exc)) from None
+
+
+def load_config_text(text: str, *, filename: str = "config.yaml") -> JobConfig:
+    """Parse YAML or JSON text (JSON is YAML, but we give JSON's own error messages for .json files)."""
+    try:
+        if filename.endswith(".json"):
+            data = json.loads(text) if text.strip() else {}
+        else:
+            data = yaml.safe_load(text) if text.strip() else {}
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError({"": f"cannot parse {filename}: {exc}"}) from None
+    return parse_config(data if data is not None else {})
+
+
+def load_config_file(path: str | Path) -> JobConfig:
+    """Read and validate a YAML or JSON config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError({"": f"cannot read {p}: {exc.strerror}"}) from None
+    return load_config_text(text, filename=p.name)
+
+
+def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    """The canonical JSON-able form (every key present, defaults filled in)."""
+    return config.model_dump(mode="json")
+
+
+def demo_config() -> JobConfig:
+    """The one-click demo: real 4-bit QLoRA of tiny Gemma 3n on a generated task, under a minute on CPU."""
+    return JobConfig.model_validate(
+        {
+            "name": "demo: tiny Gemma 3n reverses words",
+            "model": {"name": "preset:tiny-gemma3n"},
+            "dataset": {"source": "preset:reverse-letters", "num_rows": 256},
+            "quantization": {"method": "nf4"},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            "training": {
+                "max_steps": 30,
+                "learning_rate": 5e-3,
+                "batch_size": 8,
+                "max_seq_len": 128,
+                "eval_steps": 10,
+                "save_steps": 10,
+                "warmup": 0.1,
+            },
+        }
+    )
+
+
+def field_paths(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
+    """Every leaf field as a dotted path (the form renders one input per path)."""
+    paths: list[str] = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths.extend(field_paths(ann, f"{prefix}{name}."))
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
