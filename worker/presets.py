@@ -1,0 +1,324 @@
+"""Tiny preset models and generated datasets, built locally: no download, no hub.
+
+A preset model is built once from a config with random weights (initialised so LoRA on a frozen 4-bit base
+can actually learn), saved with a byte-level tokenizer and a chat template, and cached. Building happens in
+a temporary directory that is renamed into place, so concurrent builders never see half a preset.
+Torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import string
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.catalog import PRESET_DATASETS, PRESET_MODELS
+
+# Bump when a builder, an init rule, a tokenizer or a template changes: old cached presets are then ignored.
+PRESET_VERSION = 1
+READY_MARKER = "tuneboard_preset.json"  # written last inside the temp dir; its presence means "complete"
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+LLAMA_SPECIALS = [
+    "<|pad|>",
+    "<|end_of_text|>",
+    "<|begin_of_text|>",
+    "<|unk|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+
+
+def default_cache_dir() -> Path:
+    """Where presets are cached: $TUNEBOARD_CACHE_DIR/presets, else ~/.cache/tuneboard/presets."""
+    env = os.environ.get("TUNEBOARD_CACHE_DIR")
+    if env:
+        return Path(env) / "presets"
+    return Path.home() / ".cache" / "tuneboard" / "presets"
+
+
+def is_preset_dir(path: Path) -> bool:
+    """True when `path` holds a complete Tuneboard preset."""
+    return (path / READY_MARKER).is_file()
+
+
+def preset_model_dir(name: str, cache_dir: Path | None = None) -> Path:
+    """The directory of preset model `name` (config, weights, tokenizer), building it if missing."""
+    if name not in PRESET_MODELS:
+        known = ", ".join(PRESET_MODELS)
+        raise ValueError(f"unknown preset model {name!r}; available presets: {known}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"{name}-v{PRESET_VERSION}"
+    if is_preset_dir(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".building-{name}-", dir=root))
+    try:
+        _BUILDERS[name](tmp)
+        info = {"preset": name, "version": PRESET_VERSION, "architecture": PRESET_MODELS[name].architecture}
+        (tmp / READY_MARKER).write_text(json.dumps(info), encoding="utf-8")
+        try:
+            os.rename(tmp, target)  # atomic; fails if another builder got there first
+        except OSError:
+            if not is_preset_dir(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- tokenizers
+
+
+def _byte_tokenizer(specials: list[str], bos: str, eos: str, pad: str, unk: str, chat_template: str) -> Any:
+    """A byte-level tokenizer (special tokens + 256 bytes, no merges): every letter is its own token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    # Plain text gets a BOS like the real models; chat templates write their own BOS.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        additional_special_tokens=[s for s in specials if s not in (bos, eos, pad, unk)],
+    )
+    fast.chat_template = chat_template
+    fast.model_max_length = 512
+    return fast
+
+
+def gemma_tokenizer() -> Any:
+    """Byte-level tokenizer with Gemma's special tokens and turn markers."""
+    from worker.train.recipes.gemma3n import GEMMA_CHAT_TEMPLATE
+
+    return _byte_tokenizer(GEMMA_SPECIALS, "<bos>", "<eos>", "<pad>", "<unk>", GEMMA_CHAT_TEMPLATE)
+
+
+def llama_tokenizer() -> Any:
+    """Byte-level tokenizer with Llama-3-style header and end-of-turn tokens."""
+    from worker.train.recipes.generic import LLAMA_CHAT_TEMPLATE
+
+    return _byte_tokenizer(
+        LLAMA_SPECIALS, "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>", LLAMA_CHAT_TEMPLATE
+    )
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+TINY_VOCAB = 512
+
+
+def tiny_gemma3n_text_config(**overrides: Any) -> Any:
+    """The Gemma 3n text config of the presets: hidden 64, 4 layers, vocab 512 (dims multiples of 64)."""
+    from transformers import Gemma3nTextConfig
+
+    kwargs: dict[str, Any] = dict(
+        vocab_size=TINY_VOCAB,
+        vocab_size_per_layer_input=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        hidden_size_per_layer_input=64,
+        laurel_rank=64,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+        sliding_window=64,
+        max_position_embeddings=PRESET_MODELS["tiny-gemma3n"].max_seq_len,
+        activation_sparsity_pattern=[0.0] * 4,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    kwargs.update(overrides)
+    return Gemma3nTextConfig(**kwargs)
+
+
+def tiny_gemma3n_multimodal_config() -> Any:
+    """Gemma 3n with a shrunk audio conformer and a (stand-in) vision tower around the tiny text model."""
+    from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nVisionConfig
+
+    audio = Gemma3nAudioConfig(
+        hidden_size=64,
+        input_feat_size=32,
+        conf_num_hidden_layers=1,
+        conf_num_attention_heads=2,
+        sscp_conv_channel_size=(32, 32),
+    )
+    vision = Gemma3nVisionConfig(hidden_size=64)
+    return Gemma3nConfig(
+        text_config=tiny_gemma3n_text_config(), vision_config=vision, audio_config=audio, eos_token_id=1
+    )
+
+
+def _learnable_gemma_init(model: Any) -> None:
+    """Init that lets LoRA learn on a frozen random base (measured: stock std 0.02 barely moves)."""
+    import torch
+
+    with torch.no_grad():
+        embed = model.get_input_embeddings()
+        embed.weight.normal_(0.0, 0.5)  # the tied lm_head reads this table: confident logits become reachable
+        for module in model.modules():
+            if type(module).__name__.endswith("AltUp"):
+                module.correct_output_scale.fill_(
+                    1.0
+                )  # stock init is 0: the layer output would be scaled away
+
+
+def _save(model: Any, tokenizer: Any, out: Path, eos_ids: list[int]) -> None:
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.get_text_config().bos_token_id,
+        eos_token_id=eos_ids,
+        pad_token_id=model.config.get_text_config().pad_token_id,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _seeded(build: Callable[[Path], None]) -> Callable[[Path], None]:
+    def run(out: Path) -> None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # same weights every build, caller's RNG untouched
+            torch.manual_seed(0)
+            build(out)
+
+    return run
+
+
+@_seeded
+def _build_tiny_gemma3n(out: Path) -> None:
+    from transformers import Gemma3nForCausalLM
+
+    tok = gemma_tokenizer()
+    model = Gemma3nForCausalLM(tiny_gemma3n_text_config())
+    _learnable_gemma_init(model)
+    _save(model, tok, out, [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")])
+
+
+@_seeded
+def _build_tiny_gemma3n_multimodal(out: Path) -> None:
+    from transformers import Gemma3nForConditionalGeneration
+
+    from worker.train.recipes.gemma3n import timm_free_vision_tower
+
+    tok = gemma_tokenizer()
+    # Always the stand-in tower for this preset: timm's MobileNet would add 300M random parameters.
+    with timm_free_vision_tower(force=True):
+        model = Gemma3nForConditionalGeneration(tiny_gemma3n_multimodal_config())
+    _learnable_gemma_init(model)
+    _save(model, tok, out, [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")])
+
+
+def tiny_llama_config(**overrides: Any) -> Any:
+    """The Llama config of the tiny-llama preset: hidden 128, 4 layers, vocab 512."""
+    from transformers import LlamaConfig
+
+    kwargs: dict[str, Any] = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=PRESET_MODELS["tiny-llama"].max_seq_len,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@_seeded
+def _build_tiny_llama(out: Path) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tok = llama_tokenizer()
+    model = LlamaForCausalLM(tiny_llama_config())
+    with torch.no_grad():
+        # Tied head: a wider table makes confident logits reachable with the head frozen (same as Gemma).
+        model.get_input_embeddings().weight.normal_(0.0, 0.5)
+    _save(model, tok, out, [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")])
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-gemma3n": _build_tiny_gemma3n,
+    "tiny-gemma3n-multimodal": _build_tiny_gemma3n_multimodal,
+    "tiny-llama": _build_tiny_llama,
+}
+assert set(_BUILDERS) == set(PRESET_MODELS), "every catalog preset model needs a builder"
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def _word(rng: random.Random, lo: int = 3, hi: int = 6) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(lo, hi)))
+
+
+def _reverse_letters(rng: random.Random) -> dict[str, Any]:
+    word = _word(rng)
+    return {
+        "messages": [
+            {"role": "user", "content": f"Reverse the letters: {word}"},
+            {"role": "assistant", "content": word[::-1]},
+        ]
+    }
+
+
+def _uppercase_completion(rng: random.Random) -> dict[str, Any]:
+    word = _word(rng)
+    return {"prompt": f"Upper case: {word} ->", "completion": f" {word.upper()}"}
+
+
+def _counting_text(rng: random.Random) -> dict[str, Any]:
+    start = rng.randint(0, 90)
+    length = rng.randint(4, 8)
+    return {"text": f"Count from {start}: " + " ".join(str(start + i) for i in range(length))}
+
+
+_DATASETS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
+    "reverse-letters": _reverse_letters,
+    "uppercase-completion": _uppercase_completion,
+    "counting-text": _counting_text,
+}
+assert set(_DATASETS) == set(PRESET_DATASETS), "every catalog preset dataset needs a generator"
+
+
+def generate_dataset(name: str, num_rows: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`num_rows` rows of preset dataset `name`, the same rows for the same seed."""
+    if name not in _DATASETS:
+        known = ", ".join(PRESET_DATASETS)
+        raise ValueError(f"unknown preset dataset {name!r}; available: {known}")
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be at least 0 (got {num_rows})")
+    rng = random.Random(f"{name}:{seed}")
+    return [_DATASETS[name](rng) for _ in range(num_rows)]

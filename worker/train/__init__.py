@@ -1,0 +1,1 @@
+"""The training child: `python -m worker.train RUN_DIR`. Importing this package stays cheap (no torch)."""
