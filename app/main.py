@@ -1,0 +1,102 @@
+"""The web process: create_app() wires settings, the database (migrated at start-up), routers, static."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.db import make_engine, make_session_factory
+from app.jobs.service import JobNotFound
+from app.jobs.status import TransitionError
+from app.migrate import upgrade
+from app.settings import Settings
+from worker.config import ConfigError
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+async def start_scheduler(app: FastAPI) -> Any:
+    """Start the job scheduler (app.scheduler.runner) and return it; its snapshot feeds /api/health."""
+    from app.scheduler.runner import Scheduler
+
+    scheduler = Scheduler(app.state.settings, app.state.session_factory)
+    await scheduler.start()
+    return scheduler
+
+
+async def stop_scheduler(app: FastAPI) -> None:
+    """Stop the scheduler if one runs (running jobs keep running; the next start re-attaches them)."""
+    scheduler = getattr(app.state, "scheduler", None)
+    if scheduler is not None:
+        await scheduler.stop()
+        app.state.scheduler = None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Migrate the database, open the engine, start the scheduler; undo in reverse at shutdown."""
+    settings: Settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    # migrations are the only way the schema is made (never create_all), as in `tuneboard db upgrade`
+    await anyio.to_thread.run_sync(upgrade, settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.scheduler = None
+    try:
+        # --- scheduler start (scheduler helper) ---
+        if settings.scheduler_enabled:
+            app.state.scheduler = await start_scheduler(app)
+        # --- end scheduler start ---
+        yield
+    finally:
+        # --- scheduler stop (scheduler helper) ---
+        await stop_scheduler(app)
+        # --- end scheduler stop ---
+        engine.dispose()
+
+
+def _config_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConfigError)
+    return JSONResponse({"detail": "invalid job config", "problems": exc.problems}, status_code=422)
+
+
+def _transition_error(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app; the database is migrated and the scheduler started in its lifespan."""
+    from app.jobs.api import router as jobs_router
+    from app.metrics.api import router as metrics_router
+
+    app = FastAPI(
+        title="Tuneboard",
+        description="Launch, watch and compare QLoRA fine-tunes.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or Settings()
+    app.state.scheduler = None
+    app.add_exception_handler(ConfigError, _config_error)
+    app.add_exception_handler(TransitionError, _transition_error)
+    app.add_exception_handler(JobNotFound, _not_found)
+
+    app.include_router(jobs_router)
+    app.include_router(metrics_router)
+    # --- pages router (ui helper) ---
+    # --- end pages router ---
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app

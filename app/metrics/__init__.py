@@ -1,0 +1,1 @@
+"""Metric storage: ingest from workers, downsampled queries, and the live SSE stream."""

@@ -1,0 +1,82 @@
+"""Reading metrics and events for charts, tables and the SSE stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.metrics.downsample import Point, downsample
+from app.models import JobEvent, MetricPoint
+
+_metric = MetricPoint.__table__
+_event = JobEvent.__table__
+
+
+def metric_keys(session: Session, *, job_id: int) -> list[str]:
+    """The metric keys a job has points for, alphabetically."""
+    stmt = select(_metric.c.key).where(_metric.c.job_id == job_id).distinct().order_by(_metric.c.key)
+    return [row[0] for row in session.execute(stmt)]
+
+
+def raw_points(
+    session: Session,
+    *,
+    job_id: int,
+    keys: list[str] | None = None,
+    after_step: int | None = None,
+    from_step: int | None = None,
+) -> dict[str, list[Point]]:
+    """Points per key in step order: step > after_step and/or step >= from_step (no downsampling)."""
+    # Core rows, not ORM objects: ~8x faster for long series
+    stmt = select(_metric.c.key, _metric.c.step, _metric.c.value).where(_metric.c.job_id == job_id)
+    if keys:
+        stmt = stmt.where(_metric.c.key.in_(keys))
+    if after_step is not None:
+        stmt = stmt.where(_metric.c.step > after_step)
+    if from_step is not None:
+        stmt = stmt.where(_metric.c.step >= from_step)
+    stmt = stmt.order_by(_metric.c.key, _metric.c.step)
+    result: dict[str, list[Point]] = {}
+    for key, step, value in session.execute(stmt):
+        result.setdefault(key, []).append((step, value))
+    return result
+
+
+def series(
+    session: Session,
+    *,
+    job_id: int,
+    keys: list[str] | None,
+    max_points: int = 2000,
+    after_step: int | None = None,
+    method: str = "minmax",
+) -> dict[str, list[list[float | int | None]]]:
+    """{key: [[step, value_or_null], ...]} downsampled to at most max_points per key, keeping spikes."""
+    points = raw_points(session, job_id=job_id, keys=keys, after_step=after_step)
+    return {
+        key: [[step, value] for step, value in downsample(pts, max_points, method)]
+        for key, pts in points.items()
+    }
+
+
+def event_dict(row: Any) -> dict[str, Any]:
+    """One stored event as the API shows it."""
+    return {"seq": row.seq, "step": row.step, "kind": row.kind, "payload": row.payload, "ts": row.ts}
+
+
+def events(
+    session: Session,
+    *,
+    job_id: int,
+    kinds: list[str] | None = None,
+    after_seq: int = 0,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Non-metric events after `after_seq`, oldest first, at most `limit`."""
+    stmt = select(_event).where(_event.c.job_id == job_id, _event.c.seq > after_seq)
+    if kinds:
+        stmt = stmt.where(_event.c.kind.in_(kinds))
+    stmt = stmt.order_by(_event.c.seq).limit(limit)
+    return [event_dict(row) for row in session.execute(stmt)]

@@ -1,0 +1,248 @@
+"""Server-sent events for the job detail page and the jobs list.
+
+Each stream polls the database every `sse_batch_interval_s` with a short session of its own (never
+held across a sleep, so a hundred viewers do not pin a hundred connections), and sends only what
+changed since its cursor, batched into at most three messages per poll. Every message carries
+`id: <last_event_seq>.<last_metric_step>`; a browser that reconnects sends it back as Last-Event-ID
+and the stream resumes there. Clients treat a metric point whose step is not after the last one they
+hold as a replacement from that step on (a resume re-sends the boundary step; a guard rollback
+restarts the run at an earlier step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs.schemas import as_utc, job_summary
+from app.jobs.status import TERMINAL, JobStatus
+from app.metrics.queries import events as query_events
+from app.metrics.queries import raw_points
+from app.models import Job
+from app.settings import Settings
+
+METRIC_KIND = "metric"
+MAX_EVENTS_PER_MESSAGE = 500
+
+
+def format_sse(event: str | None, data: Any, event_id: str | None = None) -> str:
+    """One SSE message (JSON data on a single line)."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), allow_nan=False))
+    return "\n".join(lines) + "\n\n"
+
+
+def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
+    """'<seq>.<step>' → (seq, step); anything unreadable → start from the beginning."""
+    if not value:
+        return 0, None
+    seq_text, _, step_text = value.strip().partition(".")
+    try:
+        seq = max(0, int(seq_text))
+    except ValueError:
+        return 0, None
+    try:
+        step = int(step_text) if step_text not in ("", "-") else None
+    except ValueError:
+        step = None
+    return seq, step
+
+
+@dataclass
+class JobCursor:
+    """How far one detail-page stream has got."""
+
+    event_seq: int = 0
+    metric_step: int | None = None  # highest step sent; None: nothing sent yet
+    sent_at_boundary: set[tuple[str, int]] = field(
+        default_factory=set
+    )  # (key, step) sent at steps >= metric_step
+    job_seen_last_seq: int = -1
+    job_seen_last_step: int | None = None
+    last_summary: dict[str, Any] | None = None
+
+    def event_id(self) -> str:
+        """The SSE id for the current position."""
+        step = "" if self.metric_step is None else str(self.metric_step)
+        return f"{self.event_seq}.{step}"
+
+
+@dataclass
+class PollResult:
+    """What one poll found for a job stream."""
+
+    exists: bool
+    summary: dict[str, Any] | None = None
+    series: dict[str, list[list[Any]]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    terminal: bool = False
+    caught_up: bool = False  # every stored event and point has been read
+
+
+def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> PollResult:
+    """One short session: what changed for `job_id` since `cursor` (cursor is advanced)."""
+    with factory() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return PollResult(exists=False)
+        result = PollResult(exists=True, terminal=JobStatus(job.status) in TERMINAL)
+        summary = job_summary(job)
+        if summary != cursor.last_summary:
+            result.summary = summary
+            cursor.last_summary = summary
+        if job.last_seq == cursor.job_seen_last_seq:
+            result.caught_up = True
+            return result  # no new worker events: nothing else can have changed
+        # after a rollback the run continues at an earlier step: resend from there
+        if cursor.metric_step is not None and job.last_step < cursor.metric_step:
+            cursor.metric_step = job.last_step
+            cursor.sent_at_boundary = set()
+        from_step = cursor.metric_step
+        points = raw_points(session, job_id=job_id, from_step=from_step)
+        sent_high = from_step
+        fresh: dict[str, list[list[Any]]] = {}
+        boundary: set[tuple[str, int]] = set()
+        for key, pts in points.items():
+            for step, value in pts:
+                if (key, step) in cursor.sent_at_boundary:
+                    continue
+                fresh.setdefault(key, []).append([step, value])
+                sent_high = step if sent_high is None else max(sent_high, step)
+        if fresh:
+            # remember what went out at the new boundary step, to not resend it while it stays the boundary
+            for key, pts in fresh.items():
+                boundary.update((key, s) for s, _ in pts if s == sent_high)
+            if sent_high == cursor.metric_step:
+                boundary |= {(k, s) for k, s in cursor.sent_at_boundary if s == sent_high}
+            cursor.metric_step = sent_high
+            cursor.sent_at_boundary = boundary
+            result.series = fresh
+        evs = query_events(session, job_id=job_id, after_seq=cursor.event_seq, limit=MAX_EVENTS_PER_MESSAGE)
+        if evs:
+            cursor.event_seq = evs[-1]["seq"]
+            result.events = [e for e in evs if e["kind"] != METRIC_KIND]
+        if len(evs) < MAX_EVENTS_PER_MESSAGE:
+            cursor.job_seen_last_seq = job.last_seq  # else: more to fetch on the next poll
+            result.caught_up = True
+        return result
+
+
+async def _disconnected(request: Request) -> bool:
+    try:
+        return await request.is_disconnected()
+    except Exception:  # noqa: BLE001 - a broken transport means the client is gone
+        return True
+
+
+async def job_event_stream(
+    request: Request,
+    *,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    job_id: int,
+    last_event_id: str | None,
+) -> AsyncIterator[str]:
+    """The detail-page stream: job summary, new metric points and new events, until the job ends."""
+    seq, step = parse_last_event_id(last_event_id)
+    cursor = JobCursor(event_seq=seq, metric_step=step)
+    started = last_ping = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        if await _disconnected(request):
+            return
+        result = await anyio.to_thread.run_sync(poll_job, factory, job_id, cursor)
+        if not result.exists:
+            yield format_sse("error", {"detail": f"job {job_id} does not exist"}, cursor.event_id())
+            return
+        sent = False
+        if result.summary is not None:
+            yield format_sse("job", result.summary, cursor.event_id())
+            sent = True
+        if result.series:
+            yield format_sse("metrics", {"series": result.series}, cursor.event_id())
+            sent = True
+        if result.events:
+            yield format_sse("events", result.events, cursor.event_id())
+            sent = True
+        if result.terminal and result.caught_up:
+            # the final state is out and nothing is left to flush: say so and close (clients stop listening
+            # on `end`; a plain EventSource that reconnects gets the final state and `end` again)
+            yield format_sse("end", {"status": (cursor.last_summary or {}).get("status")}, cursor.event_id())
+            return
+        now = time.monotonic()
+        if now - started > settings.sse_max_lifetime_s:
+            return  # the browser reconnects with Last-Event-ID
+        if sent:
+            last_ping = now
+        elif now - last_ping >= settings.sse_ping_interval_s:
+            yield ": ping\n\n"
+            last_ping = now
+        await anyio.sleep(settings.sse_batch_interval_s)
+
+
+@dataclass
+class ListCursor:
+    """What one jobs-list stream has sent: updated_at per job id."""
+
+    seen: dict[int, datetime | None] = field(default_factory=dict)
+    watermark: datetime | None = None
+
+
+def poll_jobs(factory: sessionmaker[Session], cursor: ListCursor, limit: int = 200) -> list[dict[str, Any]]:
+    """Summaries of jobs whose updated_at changed since the last poll (all recent jobs the first time)."""
+    with factory() as session:
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+        if cursor.watermark is not None:
+            # a little slack: commits do not land in updated_at order
+            stmt = (
+                select(Job)
+                .where(Job.updated_at >= cursor.watermark - timedelta(seconds=5))
+                .order_by(Job.id.desc())
+            )
+        changed: list[dict[str, Any]] = []
+        for job in session.scalars(stmt):
+            updated = as_utc(job.updated_at)
+            if cursor.seen.get(job.id, "unseen") != updated:  # type: ignore[comparison-overlap]
+                cursor.seen[job.id] = updated
+                changed.append(job_summary(job))
+            if updated is not None and (cursor.watermark is None or updated > cursor.watermark):
+                cursor.watermark = updated
+        return changed
+
+
+async def jobs_list_stream(
+    request: Request, *, factory: sessionmaker[Session], settings: Settings
+) -> AsyncIterator[str]:
+    """The jobs-list stream: summaries of changed jobs, batched."""
+    cursor = ListCursor()
+    started = last_ping = time.monotonic()
+    first = True
+    yield "retry: 2000\n\n"
+    while True:
+        if await _disconnected(request):
+            return
+        changed = await anyio.to_thread.run_sync(poll_jobs, factory, cursor)
+        now = time.monotonic()
+        if changed or first:
+            yield format_sse("jobs", changed)
+            last_ping = now
+            first = False
+        elif now - last_ping >= settings.sse_ping_interval_s:
+            yield ": ping\n\n"
+            last_ping = now
+        if now - started > settings.sse_max_lifetime_s:
+            return
+        await anyio.sleep(settings.sse_batch_interval_s)
