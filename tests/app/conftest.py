@@ -1,0 +1,145 @@
+"""Fixtures for app tests: a migrated SQLite file in a temp data dir, a TestClient, a live uvicorn server."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, make_session_factory
+from app.jobs import service
+from app.jobs.status import JobStatus
+from app.main import create_app
+from app.migrate import upgrade
+from app.models import Job
+from app.settings import Settings
+from worker.config import JobConfig
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a throwaway data dir, scheduler off, fast SSE batches."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        scheduler_enabled=False,
+        sse_batch_interval_s=0.05,
+        sse_ping_interval_s=0.5,
+    )
+
+
+@pytest.fixture
+def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a freshly migrated SQLite file (the same file the app fixtures use)."""
+    upgrade(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    """An app built with the test settings (its lifespan migrates the database)."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    """A TestClient with the lifespan running."""
+    with TestClient(app) as c:
+        yield c
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A real uvicorn serving the app on loopback."""
+
+    url: str
+    app: FastAPI
+    settings: Settings
+
+
+@pytest.fixture
+def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
+    """uvicorn in a thread on a free loopback port; stopped (and its streams closed) after the test."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test uvicorn server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def make_started_job(
+    factory: sessionmaker[Session], *, token: str = "test-token", run_dir: Path | None = None, name: str = "t"
+) -> int:
+    """A job moved to `starting` with a known worker token, as the scheduler would leave it."""
+    with factory() as session:
+        job = service.create_job(
+            session, config=JobConfig.model_validate({"name": name}), config_text=f"name: {name}\n"
+        )
+        service.transition(session, job=job, to=JobStatus.STARTING)
+        job.token_hash = hashlib.sha256(token.encode()).hexdigest()
+        job.run_dir = str(run_dir) if run_dir is not None else None
+        job.attempt = 1
+        session.commit()
+        return job.id
+
+
+def set_status(factory: sessionmaker[Session], job_id: int, status: JobStatus, reason: str | None = None) -> None:
+    """Move a job through the real transition function (as the supervisor does)."""
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        service.transition(session, job=job, to=status, reason=reason)
+        session.commit()
+
+
+def metric_event(seq: int, step: int, **values: float | str) -> dict[str, object]:
+    """A worker metric event."""
+    return {"seq": seq, "kind": "metric", "step": step, "ts": 1_700_000_000.0 + seq, "payload": values}
+
+
+@pytest.fixture
+def started_job(session_factory: sessionmaker[Session]):  # type: ignore[no-untyped-def]
+    """Factory fixture: started_job(token=..., run_dir=...) → id of a `starting` job with that token."""
+
+    def make(*, token: str = "test-token", run_dir: Path | None = None, name: str = "t") -> int:
+        return make_started_job(session_factory, token=token, run_dir=run_dir, name=name)
+
+    return make
+
+
+@pytest.fixture
+def move_job(session_factory: sessionmaker[Session]):  # type: ignore[no-untyped-def]
+    """Factory fixture: move_job(job_id, JobStatus.X, reason=None) through the real transition function."""
+
+    def move(job_id: int, status: JobStatus, reason: str | None = None) -> None:
+        set_status(session_factory, job_id, status, reason)
+
+    return move
