@@ -60,6 +60,8 @@ class ModelSource:
     revision: str | None
     is_preset: bool
     is_local: bool
+    # Build a stand-in vision tower even when timm is installed: presets and twins were saved with one.
+    force_vision_stub: bool = False
 
 
 def resolve_model_source(name: str, revision: str | None = None) -> ModelSource:
@@ -67,7 +69,8 @@ def resolve_model_source(name: str, revision: str | None = None) -> ModelSource:
     if name.startswith(PRESET_PREFIX):
         from worker.presets import preset_model_dir
 
-        return ModelSource(str(preset_model_dir(name[len(PRESET_PREFIX) :])), None, True, True)
+        location = str(preset_model_dir(name[len(PRESET_PREFIX) :]))
+        return ModelSource(location, None, True, True, force_vision_stub=True)
     path = Path(name).expanduser()
     if path.is_dir():
         from worker.presets import is_preset_dir
@@ -76,7 +79,8 @@ def resolve_model_source(name: str, revision: str | None = None) -> ModelSource:
             raise ModelLoadError(
                 f"{path} has no config.json; point model.name at a saved model directory", "model.name"
             )
-        return ModelSource(str(path), None, is_preset_dir(path), True)
+        preset = is_preset_dir(path)
+        return ModelSource(str(path), None, preset, True, force_vision_stub=preset)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, since hub ids are owner/name
         raise ModelLoadError(f"model directory {name} does not exist; check model.name", "model.name")
     return ModelSource(name, revision, False, False)
@@ -267,20 +271,43 @@ def load_for_training(
     extra_keep: Sequence[str] = (),
 ) -> LoadedModel:
     """Load cfg.model quantized per cfg.quantization with the recipe's skip list, then wrap it with LoRA."""
+    source = resolve_model_source(cfg.model.name, cfg.model.revision)
+    config = load_model_config(source, cfg.model.trust_remote_code)
+    _check_seq_len(cfg, config)
+    return load_source_for_training(cfg, source, config, device=device, report=report, extra_keep=extra_keep)
+
+
+def load_source_for_training(
+    cfg: JobConfig,
+    source: ModelSource,
+    config: Any,
+    *,
+    device: str,
+    report: Report | None = None,
+    extra_keep: Sequence[str] = (),
+    keep_override: Sequence[str] | None = None,
+    with_tokenizer: bool = True,
+) -> LoadedModel:
+    """load_for_training on an already resolved source; `keep_override` replaces the recipe's skip patterns.
+
+    Preflight uses this on its tiny twin, and tests use `keep_override` to reproduce naive skip lists.
+    """
     from peft import LoraConfig, get_peft_model
 
     from worker.train.cpu import disable_cpu_weight_repacking
     from worker.train.recipes.base import instantiate_on_meta
     from worker.train.recipes.gemma3n import timm_free_vision_tower
 
-    source = resolve_model_source(cfg.model.name, cfg.model.revision)
-    config = load_model_config(source, cfg.model.trust_remote_code)
-    _check_seq_len(cfg, config)
     skeleton = instantiate_on_meta(config)
     recipe = recipe_for(skeleton)
-    notes = list(recipe.notes)
+    # An override replaces the recipe's judgement, so its explanations no longer apply.
+    notes = list(recipe.notes) if keep_override is None else []
 
-    skip = recipe.skip_modules([*cfg.quantization.keep_in_full_precision, *extra_keep])
+    base_keep = recipe.keep_in_full_precision if keep_override is None else tuple(keep_override)
+    skip: list[str] = []
+    for pattern in (*base_keep, *cfg.quantization.keep_in_full_precision, *extra_keep):
+        if pattern and pattern not in skip:
+            skip.append(pattern)
     for pattern in skip:
         try:
             re.compile(pattern)
@@ -309,7 +336,7 @@ def load_for_training(
     dtype_name = str(dtype).removeprefix("torch.")
     _emit(report, f"Loading {cfg.model.name} ({cfg.quantization.method}, {dtype_name}) on {device}")
     stub = (
-        timm_free_vision_tower(force=source.is_preset)
+        timm_free_vision_tower(force=source.force_vision_stub)
         if recipe.needs_vision_stub
         else contextlib.nullcontext()
     )
@@ -381,7 +408,7 @@ def load_for_training(
         raise
     verify_trainable(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    tokenizer = _tokenizer(source, cfg, recipe, notes)
+    tokenizer = _tokenizer(source, cfg, recipe, notes) if with_tokenizer else None
     _emit(
         report,
         f"Loaded {recipe.architecture}: {trainable:,} trainable of {total:,} parameters; "

@@ -1,0 +1,373 @@
+"""Preflight: train one step on a tiny twin of the requested model before spending real GPU time.
+
+The twin has the same architecture and module names as the real model, shrunk (few layers, hidden 64,
+vocab 512) with random weights, on CPU. It is loaded with the requested quantization and LoRA settings
+and the recipe, then runs forward, backward and one optimizer step. When a module breaks under
+quantization, preflight finds which one from the failure (the traceback's frames name the module
+objects), keeps every module of that kind in full precision, and tries again.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.config import JobConfig
+from worker.train.loading import (
+    ModelLoadError,
+    ModelSource,
+    load_model_config,
+    load_source_for_training,
+    quantized_layer_types,
+    resolve_model_source,
+)
+from worker.train.recipes.base import TOWER_NAMES, generalize_names, pattern_keeps
+
+Report = Callable[[str, dict[str, Any]], None]
+
+TWIN_HIDDEN = 64  # a multiple of 64: bitsandbytes packs 4-bit blocks of 64 values
+TWIN_LAYERS = 4
+TWIN_VOCAB = 512
+TWIN_SEQ = 16
+TWIN_BATCH = 2
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class PreflightResult:
+    """What preflight found: whether training can start, and what must stay in full precision."""
+
+    ok: bool
+    kept_in_full_precision: list[str]  # the complete skip list the successful attempt used
+    notes: list[str]
+    summary: str  # plain words for the run page
+    seconds: float
+    extra_keep: list[str] = field(default_factory=list)  # patterns to pass to load_for_training(extra_keep=)
+
+    def payload(self) -> dict[str, Any]:
+        """The `preflight` event payload (worker/protocol.py)."""
+        return {
+            "ok": self.ok,
+            "summary": self.summary,
+            "kept_in_full_precision": list(self.kept_in_full_precision),
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- the twin
+
+
+def _shrink_text_config(text: Any) -> None:
+    """Shrink a decoder config in place, touching only attributes it has."""
+    layers = min(int(getattr(text, "num_hidden_layers", TWIN_LAYERS) or TWIN_LAYERS), TWIN_LAYERS)
+    heads = 2
+    kv_heads = getattr(text, "num_key_value_heads", None)
+    attn_heads = getattr(text, "num_attention_heads", None)
+    grouped = isinstance(kv_heads, int) and isinstance(attn_heads, int) and kv_heads < attn_heads
+    sizes: dict[str, Any] = {
+        "hidden_size": TWIN_HIDDEN,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 1 if grouped else heads,
+        "head_dim": TWIN_HIDDEN // heads,
+        "vocab_size": TWIN_VOCAB,
+        "vocab_size_per_layer_input": TWIN_VOCAB,
+        "hidden_size_per_layer_input": TWIN_HIDDEN,
+        "laurel_rank": TWIN_HIDDEN,
+        "moe_intermediate_size": TWIN_HIDDEN,
+        "num_local_experts": 4,
+        "num_experts": 4,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "sliding_window": 64,
+    }
+    for key, value in sizes.items():
+        if getattr(text, key, None) is not None:
+            setattr(text, key, value)
+    inter = getattr(text, "intermediate_size", None)
+    if isinstance(inter, list):
+        text.intermediate_size = [2 * TWIN_HIDDEN] * layers
+    elif inter is not None:
+        text.intermediate_size = 2 * TWIN_HIDDEN
+    types = getattr(text, "layer_types", None)
+    if isinstance(types, list) and types:
+        kinds = list(dict.fromkeys(types))  # keep every kind of layer the real model has
+        text.layer_types = [kinds[i % len(kinds)] for i in range(layers)]
+    if getattr(text, "num_kv_shared_layers", 0):
+        text.num_kv_shared_layers = layers // 2
+    pattern = getattr(text, "activation_sparsity_pattern", None)
+    if isinstance(pattern, list):
+        text.activation_sparsity_pattern = [pattern[i] if i < len(pattern) else 0.0 for i in range(layers)]
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value >= TWIN_VOCAB:
+            setattr(text, key, 0)
+
+
+def twin_config(config: Any) -> Any:
+    """A shrunk copy of `config`: same architecture and module layout, tiny dimensions."""
+    twin = copy.deepcopy(config)
+    text = twin.get_text_config() if hasattr(twin, "get_text_config") else twin
+    _shrink_text_config(text)
+    audio = getattr(twin, "audio_config", None)
+    if audio is not None and type(audio).__name__ == "Gemma3nAudioConfig":
+        audio.hidden_size = TWIN_HIDDEN
+        audio.input_feat_size = 32
+        audio.conf_num_hidden_layers = 1
+        audio.conf_num_attention_heads = 2
+        audio.sscp_conv_channel_size = [32, 32]
+    vision = getattr(twin, "vision_config", None)
+    if vision is not None and hasattr(vision, "hidden_size"):
+        vision.hidden_size = TWIN_HIDDEN
+    return twin
+
+
+def build_twin(config: Any, out: Path) -> None:
+    """Instantiate the twin of `config` with random weights and save it to `out`."""
+    import torch
+
+    from worker.train.recipes.base import instantiate_on_meta
+    from worker.train.recipes.gemma3n import timm_free_vision_tower
+
+    twin = twin_config(config)
+    cls = type(instantiate_on_meta(twin))
+    with torch.random.fork_rng(devices=[]), timm_free_vision_tower(force=True):
+        torch.manual_seed(0)
+        model = cls._from_config(twin, dtype=torch.float32)
+    model.save_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+def _train_one_step(model: Any) -> list[str]:
+    """Forward, backward and one optimizer step; return names of LoRA modules that got no gradient."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, TWIN_VOCAB, (TWIN_BATCH, TWIN_SEQ), generator=gen)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-3)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    loss = out.loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the twin's loss is {loss.item()} on its first step")
+    loss.backward()
+    starved = sorted(
+        {n.rsplit(".lora_", 1)[0] for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    )
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    # An eval forward then a second training step: catches layers that change state between modes.
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    model.train()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.backward()
+    return starved
+
+
+# ---------------------------------------------------------------------------------------------- locating
+
+
+def _strip(name: str) -> str:
+    name = name.removeprefix(PEFT_PREFIX)
+    return re.sub(r"\.(base_layer|original_module|modules_to_save\.default)(?=\.|$)", "", name)
+
+
+def module_frames(exc: BaseException, model: Any) -> list[str]:
+    """Names of the model's modules whose methods appear in the failure's traceback, innermost first."""
+    by_id = {id(m): n for n, m in model.named_modules()}
+    found: list[str] = []
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in by_id:
+            found.append(by_id[id(owner)])
+    found.reverse()
+    return found
+
+
+def quantized_under(model: Any, prefix: str) -> list[str]:
+    """Clean names of the quantized (bitsandbytes) layers at or below module `prefix`."""
+    qtypes = quantized_layer_types()
+    out: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, qtypes) and (name == prefix or name.startswith(prefix + ".")):
+            clean = _strip(name)
+            if clean not in out:
+                out.append(clean)
+    return out
+
+
+def culprits(exc: BaseException, model: Any) -> tuple[str, list[str], list[str]]:
+    """The failing module's class, every module of that class (clean names), and their quantized layers.
+
+    Walks outward from the innermost module frame until one owns quantized layers: an AltUp clamp fails
+    in AltUp.predict (which owns the packed Linears), a bad F.linear may fail inside the packed layer.
+    """
+    modules = dict(model.named_modules())
+    for name in module_frames(exc, model):
+        cls = type(modules[name])
+        same_kind = [n for n, m in modules.items() if type(m) is cls]
+        packed = [q for n in same_kind for q in quantized_under(model, n)]
+        if packed:
+            return cls.__name__, [_strip(n) for n in same_kind], packed
+    return "", [], []
+
+
+def patterns_for(kind_names: Sequence[str], packed: Sequence[str], current: Sequence[str]) -> list[str]:
+    """New skip patterns that keep every layer in `packed`, written from the modules' own names."""
+    new = [p for p in generalize_names(kind_names) if p not in current]
+    if all(pattern_keeps(q, [*current, *new]) for q in packed):
+        return new
+    # The module itself is a packed Linear wrapped oddly: fall back to the exact Linear names.
+    return [p for p in generalize_names(packed) if p not in current]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def run_preflight(
+    cfg: JobConfig,
+    *,
+    report: Report | None = None,
+    max_attempts: int = 4,
+    keep_override: Sequence[str] | None = None,
+) -> PreflightResult:
+    """Train one step on a tiny twin of cfg.model under cfg's quantization and LoRA; find modules to keep.
+
+    Raises ModelLoadError when the model itself cannot be found (same errors as load_for_training).
+    `keep_override` replaces the recipe's skip patterns (used to show preflight repairing a naive list).
+    """
+    started = time.monotonic()
+    source = resolve_model_source(cfg.model.name, cfg.model.revision)
+    config = load_model_config(source, cfg.model.trust_remote_code)
+    notes: list[str] = []
+    extra: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="tuneboard-twin-"))
+    try:
+        try:
+            build_twin(config, tmp)
+        except Exception as exc:  # an architecture we cannot shrink: say so, do not block the run
+            result = PreflightResult(
+                ok=True,
+                kept_in_full_precision=[],
+                notes=[f"Preflight skipped: could not build a tiny twin of this model ({_short(exc)})."],
+                summary="Preflight skipped: this architecture could not be shrunk for a quick check.",
+                seconds=time.monotonic() - started,
+            )
+            _send(report, result)
+            return result
+        twin_source = ModelSource(str(tmp), None, False, True, force_vision_stub=True)
+        twin_cfg = cfg.model_copy(deep=True)
+        twin_cfg.training.gradient_checkpointing = False  # one step on a tiny model: nothing to save
+        twin_config_loaded = load_model_config(twin_source)
+        last_error = ""
+        for attempt in range(1, max_attempts + 1):
+            loaded = None
+            try:
+                loaded = load_source_for_training(
+                    twin_cfg,
+                    twin_source,
+                    twin_config_loaded,
+                    device="cpu",
+                    extra_keep=extra,
+                    keep_override=keep_override,
+                    with_tokenizer=False,
+                )
+                starved = _train_one_step(loaded.model)
+            except ModelLoadError as exc:
+                # modules_to_save on a packed module and the like: the loader says what to change
+                last_error = str(exc)
+                break
+            except Exception as exc:
+                last_error = _short(exc)
+                model = loaded.model if loaded is not None else None
+                kind, names, packed = culprits(exc, model) if model is not None else ("", [], [])
+                if not packed:
+                    break
+                skip_now = loaded.kept_in_full_precision if loaded is not None else []
+                new = patterns_for(names, packed, [*skip_now])
+                if not new:
+                    break
+                extra.extend(new)
+                notes.append(
+                    f"{kind} ({len(names)} module(s), e.g. {names[0]}) failed with its weights quantized "
+                    f"— {last_error} — so its {len(packed)} Linear layer(s) are kept in full precision."
+                )
+                continue
+            seconds = time.monotonic() - started
+            if starved:
+                notes.append(
+                    f"{len(starved)} adapted module(s) got no gradient (e.g. {starved[0]}): the model reads "
+                    "their weights directly, bypassing the adapter; they will not learn."
+                )
+            kept = list(loaded.kept_in_full_precision)
+            result = PreflightResult(
+                ok=True,
+                kept_in_full_precision=kept,
+                notes=[*notes, *(n for n in loaded.notes if not n.startswith("Preflight asked"))],
+                summary=_summary_ok(cfg, loaded, extra, attempt, seconds),
+                seconds=seconds,
+                extra_keep=list(extra),
+            )
+            _send(report, result)
+            return result
+        seconds = time.monotonic() - started
+        result = PreflightResult(
+            ok=False,
+            kept_in_full_precision=[],
+            notes=notes,
+            summary=(
+                f"Preflight failed: a tiny twin of {cfg.model.name} could not train one step under "
+                f"{cfg.quantization.method}: {last_error}. Try quantization.method 'none', or add the "
+                "failing module to quantization.keep_in_full_precision."
+            ),
+            seconds=seconds,
+            extra_keep=list(extra),
+        )
+        _send(report, result)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _group(name: str) -> str:
+    """A readable family name: a tower's layers collapse to the tower, layer indices to N."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part in TOWER_NAMES:
+            return ".".join(parts[: i + 1])
+    return re.sub(r"\.\d+(?=\.|$)", ".N", name)
+
+
+def _summary_ok(cfg: JobConfig, loaded: Any, extra: Sequence[str], attempt: int, seconds: float) -> str:
+    groups = sorted({_group(n) for n in loaded.kept_module_names})
+    more = " …" if len(groups) > 8 else ""
+    what = f"kept in full precision: {', '.join(groups[:8])}{more}" if groups else ""
+    head = (
+        f"Preflight passed in {seconds:.1f} s: a tiny twin of {loaded.recipe.architecture} trained a step "
+        f"under {cfg.quantization.method} + LoRA"
+    )
+    if extra:
+        head += f" after {attempt - 1} fix(es) (it found modules that break when quantized)"
+    return f"{head}; {what}." if what else f"{head}."
+
+
+def _send(report: Report | None, result: PreflightResult) -> None:
+    if report is not None:
+        report("preflight", result.payload())
