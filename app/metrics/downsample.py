@@ -13,15 +13,22 @@ Point = tuple[int, float | None]  # (step, value); None marks a non-finite value
 
 
 def downsample_minmax(points: Sequence[Point], max_points: int) -> list[Point]:
-    """At most `max_points` points: per bucket the min and the max (and the first non-finite point)."""
+    """At most `max_points` points: per bucket the min and the max (and the first non-finite point).
+
+    The first and last points are always kept: a chart must start where the run started and end at the
+    latest value, onto which the live stream appends.
+    """
     n = len(points)
     if n <= max_points:
         return list(points)
-    if max_points < 3:
-        return [points[0], points[-1]][:max_points]
+    if max_points < 8:
+        # too few points for buckets plus both ends: an even sample is the honest choice
+        if max_points < 2:
+            return [points[-1]][:max_points]
+        return [points[round(i * (n - 1) / (max_points - 1))] for i in range(max_points)]
     has_gaps = any(v is None for _, v in points)
     per_bucket = 3 if has_gaps else 2
-    buckets = max(1, max_points // per_bucket)
+    buckets = max(1, (max_points - 2) // per_bucket)
     out: list[Point] = []
     for b in range(buckets):
         lo = b * n // buckets
@@ -40,10 +47,12 @@ def downsample_minmax(points: Sequence[Point], max_points: int) -> list[Point]:
                 i_min, v_min = i, v
             if i_max < 0 or v > v_max:
                 i_max, v_max = i, v
-        chosen = sorted({i for i in (i_min, i_max, i_gap) if i >= 0})
-        if not chosen:
-            chosen = [lo]
-        out.extend(points[i] for i in chosen)
+        chosen = {i for i in (i_min, i_max, i_gap) if i >= 0} or {lo}
+        if b == 0:
+            chosen.add(0)
+        if b == buckets - 1:
+            chosen.add(n - 1)
+        out.extend(points[i] for i in sorted(chosen))
     return out
 
 

@@ -111,7 +111,9 @@ def make_started_job(
         return job.id
 
 
-def set_status(factory: sessionmaker[Session], job_id: int, status: JobStatus, reason: str | None = None) -> None:
+def set_status(
+    factory: sessionmaker[Session], job_id: int, status: JobStatus, reason: str | None = None
+) -> None:
     """Move a job through the real transition function (as the supervisor does)."""
     with factory() as session:
         job = session.get(Job, job_id)

@@ -103,7 +103,9 @@ def test_cancelling_a_running_job_asks_it_to_stop(client: TestClient, started_jo
     assert client.post(f"/api/jobs/{job_id}/cancel").json()["status"] == "cancelling"  # idempotent
 
 
-def test_resume_requeues_a_failed_job_and_refuses_a_succeeded_one(client: TestClient, started_job, move_job) -> None:  # type: ignore[no-untyped-def]
+def test_resume_requeues_a_failed_job_and_refuses_a_succeeded_one(
+    client: TestClient, started_job, move_job
+) -> None:  # type: ignore[no-untyped-def]
     failed = started_job(name="f")
     move_job(failed, JobStatus.FAILED, reason="worker lost")
     r = client.post(f"/api/jobs/{failed}/resume")
@@ -170,7 +172,9 @@ def _set_adapter(factory: sessionmaker[Session], job_id: int, path: str) -> None
         s.commit()
 
 
-def test_the_adapter_downloads_as_a_zip(client: TestClient, started_job, session_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_adapter_downloads_as_a_zip(
+    client: TestClient, started_job, session_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     run_dir = tmp_path / "run"
     job_id = started_job(run_dir=run_dir)
     assert client.get(f"/api/jobs/{job_id}/adapter").status_code == 404  # not trained yet
@@ -188,7 +192,9 @@ def test_the_adapter_downloads_as_a_zip(client: TestClient, started_job, session
     assert list((client.app.state.settings.data_dir / "tmp").iterdir()) == []  # type: ignore[attr-defined]
 
 
-def test_an_adapter_path_outside_the_run_dir_is_refused(client: TestClient, started_job, session_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_adapter_path_outside_the_run_dir_is_refused(
+    client: TestClient, started_job, session_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (tmp_path / "secret").mkdir()
@@ -201,7 +207,9 @@ def test_an_adapter_path_outside_the_run_dir_is_refused(client: TestClient, star
         assert "outside" in r.json()["detail"]
 
 
-def test_a_symlink_inside_the_adapter_pointing_out_is_refused(client: TestClient, started_job, session_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_symlink_inside_the_adapter_pointing_out_is_refused(
+    client: TestClient, started_job, session_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     run_dir = tmp_path / "run"
     (run_dir / "adapter").mkdir(parents=True)
     (run_dir / "adapter" / "ok.json").write_text("{}")
