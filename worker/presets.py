@@ -64,6 +64,8 @@ def preset_model_dir(name: str, cache_dir: Path | None = None) -> Path:
         _BUILDERS[name](tmp)
         info = {"preset": name, "version": PRESET_VERSION, "architecture": PRESET_MODELS[name].architecture}
         (tmp / READY_MARKER).write_text(json.dumps(info), encoding="utf-8")
+        if target.exists() and not is_preset_dir(target):
+            shutil.rmtree(target, ignore_errors=True)  # left by an interrupted copy; never complete
         try:
             os.rename(tmp, target)  # atomic; fails if another builder got there first
         except OSError:
