@@ -54,7 +54,7 @@ def test_the_seed_skip_list_does_not_match_altup_under_the_loader_rule() -> None
     assert pattern_keeps("lm_head", ["altup", "lm_head"])
 
 
-def test_the_multimodal_recipe_keeps_towers_and_embedders_out_of_4bit_and_adapts_only_the_language_model() -> (
+def test_the_multimodal_recipe_keeps_towers_and_embedders_unpacked_and_adapts_only_the_language_model() -> (
     None
 ):
     from transformers import Gemma3nConfig
