@@ -72,11 +72,14 @@ def job_metrics(
     after_step: int | None = None,
     method: Annotated[str, Query(pattern="^(minmax|lttb)$")] = "minmax",
 ) -> dict[str, Any]:
-    """Series per key ([[step, value_or_null], ...]), downsampled to max_points keeping spikes."""
+    """Series per key ([[step, value_or_null], ...]), downsampled to max_points keeping spikes.
+
+    `cursor` is where this history ends: open GET /stream?cursor=... to receive only what comes after.
+    """
     series = queries.series(
         session, job_id=job.id, keys=_csv(keys), max_points=max_points, after_step=after_step, method=method
     )
-    return {"job_id": job.id, "series": series}
+    return {"job_id": job.id, "series": series, "cursor": queries.stream_cursor(session, job_id=job.id)}
 
 
 @router.get("/jobs/{job_id}/metric-keys")

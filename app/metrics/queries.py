@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.metrics.downsample import Point, downsample
@@ -80,3 +80,10 @@ def events(
         stmt = stmt.where(_event.c.kind.in_(kinds))
     stmt = stmt.order_by(_event.c.seq).limit(limit)
     return [event_dict(row) for row in session.execute(stmt)]
+
+
+def stream_cursor(session: Session, *, job_id: int) -> str:
+    """'<last event seq>.<last metric step>' as stored now: the SSE position right after this history."""
+    seq = session.scalar(select(func.max(_event.c.seq)).where(_event.c.job_id == job_id))
+    step = session.scalar(select(func.max(_metric.c.step)).where(_metric.c.job_id == job_id))
+    return f"{seq or 0}.{'' if step is None else step}"

@@ -4,9 +4,11 @@ Each stream polls the database every `sse_batch_interval_s` with a short session
 held across a sleep, so a hundred viewers do not pin a hundred connections), and sends only what
 changed since its cursor, batched into at most three messages per poll. Every message carries
 `id: <last_event_seq>.<last_metric_step>`; a browser that reconnects sends it back as Last-Event-ID
-and the stream resumes there. Clients treat a metric point whose step is not after the last one they
-hold as a replacement from that step on (a resume re-sends the boundary step; a guard rollback
-restarts the run at an earlier step).
+and the stream resumes there without repeating anything. A stream opened without a cursor starts with
+the whole history, downsampled like GET /metrics (or pass `?cursor=` from that response). Clients treat
+a metric point whose step is not after the last one they hold as a replacement from that step on: a
+guard rollback restarts the run at an earlier step. An `end` message follows a finished job's final
+state, then the stream closes.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.jobs.schemas import as_utc, job_summary
 from app.jobs.status import TERMINAL, JobStatus
 from app.metrics.queries import events as query_events
-from app.metrics.queries import raw_points
+from app.metrics.queries import raw_points, series
 from app.models import Job
 from app.settings import Settings
 
-METRIC_KIND = "metric"
+INITIAL_MAX_POINTS = 2000  # per key, for a stream opened without a cursor
 MAX_EVENTS_PER_MESSAGE = 500
 
 
@@ -67,11 +69,12 @@ class JobCursor:
 
     event_seq: int = 0
     metric_step: int | None = None  # highest step sent; None: nothing sent yet
-    sent_at_boundary: set[tuple[str, int]] = field(
-        default_factory=set
-    )  # (key, step) sent at steps >= metric_step
+    # keys already sent at metric_step; None: every key at metric_step counts as sent (after a resume or
+    # the first, downsampled load). Tracking keys lets an eval_loss that arrives after the loss of the same
+    # step still go out.
+    boundary_keys: set[str] | None = None
+    history_sent: bool = False  # the first (downsampled) load happened, or the client resumed from a cursor
     job_seen_last_seq: int = -1
-    job_seen_last_step: int | None = None
     last_summary: dict[str, Any] | None = None
 
     def event_id(self) -> str:
@@ -92,6 +95,45 @@ class PollResult:
     caught_up: bool = False  # every stored event and point has been read
 
 
+def _new_points(session: Session, job_id: int, cursor: JobCursor) -> dict[str, list[list[Any]]]:
+    """Metric points the stream has not sent yet; advances the cursor."""
+    if cursor.metric_step is None and not cursor.history_sent:
+        # first load: the whole history, downsampled like GET /metrics, so a long run does not flood the page
+        cursor.history_sent = True
+        fresh = series(session, job_id=job_id, keys=None, max_points=INITIAL_MAX_POINTS)
+        steps = [int(pts[-1][0]) for pts in fresh.values() if pts]
+        if steps:
+            cursor.metric_step = max(steps)
+            # downsampling keeps each series' last point, so every key at the top step went out
+            cursor.boundary_keys = {k for k, pts in fresh.items() if pts and pts[-1][0] == cursor.metric_step}
+        return fresh
+    if cursor.metric_step is None:
+        points = raw_points(session, job_id=job_id)
+    elif cursor.boundary_keys is None:
+        points = raw_points(session, job_id=job_id, after_step=cursor.metric_step)
+    else:
+        points = raw_points(session, job_id=job_id, from_step=cursor.metric_step)
+    fresh = {}
+    high = cursor.metric_step
+    for key, pts in points.items():
+        for step, value in pts:
+            if (
+                step == cursor.metric_step
+                and cursor.boundary_keys is not None
+                and key in cursor.boundary_keys
+            ):
+                continue
+            fresh.setdefault(key, []).append([step, value])
+            high = step if high is None else max(high, step)
+    if fresh and high is not None:
+        at_high = {key for key, pts in fresh.items() if pts[-1][0] == high}
+        if high == cursor.metric_step and cursor.boundary_keys is not None:
+            at_high |= cursor.boundary_keys
+        cursor.metric_step = high
+        cursor.boundary_keys = at_high
+    return fresh
+
+
 def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> PollResult:
     """One short session: what changed for `job_id` since `cursor` (cursor is advanced)."""
     with factory() as session:
@@ -105,35 +147,16 @@ def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> 
             cursor.last_summary = summary
         if job.last_seq == cursor.job_seen_last_seq:
             result.caught_up = True
-            return result  # no new worker events: nothing else can have changed
-        # after a rollback the run continues at an earlier step: resend from there
+            return result  # no new worker events: no new points or events either
         if cursor.metric_step is not None and job.last_step < cursor.metric_step:
+            # a guard rollback: the run continues from an earlier step, whose points are new values
             cursor.metric_step = job.last_step
-            cursor.sent_at_boundary = set()
-        from_step = cursor.metric_step
-        points = raw_points(session, job_id=job_id, from_step=from_step)
-        sent_high = from_step
-        fresh: dict[str, list[list[Any]]] = {}
-        boundary: set[tuple[str, int]] = set()
-        for key, pts in points.items():
-            for step, value in pts:
-                if (key, step) in cursor.sent_at_boundary:
-                    continue
-                fresh.setdefault(key, []).append([step, value])
-                sent_high = step if sent_high is None else max(sent_high, step)
-        if fresh:
-            # remember what went out at the new boundary step, to not resend it while it stays the boundary
-            for key, pts in fresh.items():
-                boundary.update((key, s) for s, _ in pts if s == sent_high)
-            if sent_high == cursor.metric_step:
-                boundary |= {(k, s) for k, s in cursor.sent_at_boundary if s == sent_high}
-            cursor.metric_step = sent_high
-            cursor.sent_at_boundary = boundary
-            result.series = fresh
+            cursor.boundary_keys = set()
+        result.series = _new_points(session, job_id, cursor)
         evs = query_events(session, job_id=job_id, after_seq=cursor.event_seq, limit=MAX_EVENTS_PER_MESSAGE)
         if evs:
             cursor.event_seq = evs[-1]["seq"]
-            result.events = [e for e in evs if e["kind"] != METRIC_KIND]
+            result.events = evs
         if len(evs) < MAX_EVENTS_PER_MESSAGE:
             cursor.job_seen_last_seq = job.last_seq  # else: more to fetch on the next poll
             result.caught_up = True
@@ -157,7 +180,7 @@ async def job_event_stream(
 ) -> AsyncIterator[str]:
     """The detail-page stream: job summary, new metric points and new events, until the job ends."""
     seq, step = parse_last_event_id(last_event_id)
-    cursor = JobCursor(event_seq=seq, metric_step=step)
+    cursor = JobCursor(event_seq=seq, metric_step=step, history_sent=last_event_id is not None)
     started = last_ping = time.monotonic()
     yield "retry: 2000\n\n"
     while True:

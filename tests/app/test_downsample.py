@@ -31,7 +31,8 @@ def test_a_single_dip_survives_too() -> None:
 
 
 @pytest.mark.parametrize(
-    "n,max_points", [(100_000, 2000), (100_000, 999), (5001, 2000), (2001, 2000), (10, 3), (1000, 8), (1000, 9)]
+    "n,max_points",
+    [(100_000, 2000), (100_000, 999), (5001, 2000), (2001, 2000), (10, 3), (1000, 8), (1000, 9)],
 )
 def test_the_output_never_exceeds_the_budget_and_stays_in_step_order(n: int, max_points: int) -> None:
     points = noisy_series(n)
