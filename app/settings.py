@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL grace for cancelled jobs.")
     launcher: str = Field("local", description="local | ray")
     worker_python: str | None = Field(None, description="Python for training processes; default: this one.")
+    worker_module: str = Field(
+        "worker.train", description="Module run as `python -m MODULE RUN_DIR` for each job (tests use a fake)."
+    )
 
     # streaming
     sse_batch_interval_s: float = Field(0.25, gt=0)

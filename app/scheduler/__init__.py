@@ -1,0 +1,1 @@
+"""GPU-aware job queue: discovery, placement and claiming, launchers, supervision, start-up reconciliation."""

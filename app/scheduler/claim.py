@@ -1,0 +1,141 @@
+"""Claiming the next job under the database write lock, and preparing its run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import immediate_transaction
+from app.jobs.service import transition
+from app.jobs.status import ACTIVE, JobStatus
+from app.models import Job
+from app.scheduler.gpus import Slots
+from app.scheduler.placement import QueuedJob, choose_placement, impossible_reason, parse_assigned
+from app.settings import Settings
+from worker.protocol import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this scheduler now owns (status starting), with what the launcher needs."""
+
+    job_id: int
+    run_dir: Path
+    gpus: tuple[str, ...]  # empty: CPU
+    attempt: int
+    token: str  # the only copy of the plain token; it goes to RUN_DIR/job.json and nowhere else
+    config: dict[str, Any]
+
+    def __repr__(self) -> str:  # keep the token out of logs and tracebacks
+        return f"ClaimedJob(job_id={self.job_id}, gpus={self.gpus!r}, attempt={self.attempt})"
+
+
+def hash_token(token: str) -> str:
+    """The sha256 hex digest stored in job.token_hash (ingest compares against it)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def slots_in_use(session: Session) -> tuple[set[str], int]:
+    """GPUs and the number of CPU slots held by active (starting/running/cancelling) jobs."""
+    rows = session.execute(
+        select(Job.assigned_gpus).where(
+            Job.status.in_([s.value for s in ACTIVE]), Job.assigned_gpus.is_not(None)
+        )
+    ).scalars()
+    gpus: set[str] = set()
+    cpu = 0
+    for assigned in rows:
+        held = parse_assigned(assigned)
+        if held:
+            gpus.update(held)
+        else:
+            cpu += 1
+    return gpus, cpu
+
+
+def claim_next_job(factory: sessionmaker[Session], *, settings: Settings, slots: Slots) -> ClaimedJob | None:
+    """Claim the next placeable queued job (status → starting), or None when nothing fits now.
+
+    Runs in one BEGIN IMMEDIATE transaction, so slot usage is read and the claim written under the
+    write lock: two schedulers (or threads) can never hand the same GPU out twice. Queued jobs that
+    can never fit this machine are failed on the way with a reason that says what to change.
+    """
+    with immediate_transaction(factory) as session:
+        queued = list(session.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value)))
+        if not queued:
+            return None
+        candidates: list[QueuedJob] = []
+        for job in queued:
+            reason = impossible_reason(job.gpus_requested, slots)
+            if reason is not None:
+                log.warning("job %s can never run here: %s", job.id, reason)
+                transition(session, job=job, to=JobStatus.FAILED, reason=reason)
+                continue
+            candidates.append(QueuedJob(id=job.id, priority=job.priority, gpus=job.gpus_requested))
+        busy_gpus, busy_cpu = slots_in_use(session)
+        placement = choose_placement(candidates, slots, busy_gpus, busy_cpu)
+        if placement is None:
+            return None
+        job = next(j for j in queued if j.id == placement.job_id)
+        transition(session, job=job, to=JobStatus.STARTING)
+        token = secrets.token_urlsafe(32)
+        run_dir = settings.runs_dir / f"job-{job.id}"
+        job.assigned_gpus = placement.assigned
+        job.attempt = (job.attempt or 0) + 1
+        job.run_dir = str(run_dir)
+        job.token_hash = hash_token(token)
+        job.launcher = "local"
+        job.pid = None
+        job.exit_code = None
+        job.failure_reason = None
+        job.stderr_tail = None
+        job.heartbeat_at = None
+        job.finished_at = None
+        session.flush()
+        return ClaimedJob(
+            job_id=job.id,
+            run_dir=run_dir,
+            gpus=placement.gpus,
+            attempt=job.attempt,
+            token=token,
+            config=dict(job.config),
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600), atomically via a temporary file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply when the file already existed
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fd = -1
+            fh.write(text)
+    finally:
+        if fd != -1:
+            os.close(fd)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(claimed: ClaimedJob, *, app_url: str) -> RunDir:
+    """Create RUN_DIR with config.json and job.json (0600); clear what a previous attempt left to say."""
+    run = RunDir(claimed.run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    # a resumed job keeps its checkpoints, but an old outcome or cancel request is not this attempt's
+    for stale in (run.outcome, run.control):
+        stale.unlink(missing_ok=True)
+    run.config.write_text(json.dumps(claimed.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    job_info = {"job_id": claimed.job_id, "app_url": app_url, "token": claimed.token}
+    _write_private(run.job, json.dumps(job_info) + "\n")
+    return run

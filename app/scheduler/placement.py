@@ -1,0 +1,81 @@
+"""Which queued job runs next, and on which slots. Pure functions: the claim transaction feeds them rows.
+
+Policy: strict priority order (priority desc, then submission order) with backfill. The scheduler walks
+the queue in that order and starts the first job that fits the free slots; a job that does not fit yet
+(say it needs 2 GPUs and 1 is free) does not block smaller jobs behind it. The price of backfill is that
+a wide job can wait long on a busy machine: it starts as soon as enough slots are free at the same time,
+and raising its resources.priority does not reserve slots for it. We take that over idle GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from app.scheduler.gpus import Slots
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What placement needs to know about one queued job."""
+
+    id: int
+    priority: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A job and the slots it gets. `gpus` empty means one CPU slot."""
+
+    job_id: int
+    gpus: tuple[str, ...]
+
+    @property
+    def assigned(self) -> str:
+        """The assigned_gpus column value: "0,1", or "" for a CPU slot."""
+        return ",".join(self.gpus)
+
+
+def parse_assigned(value: str | None) -> tuple[str, ...]:
+    """The GPUs in an assigned_gpus column value ("" or None → none)."""
+    if not value:
+        return ()
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def queue_order(jobs: Iterable[QueuedJob]) -> list[QueuedJob]:
+    """Higher priority first; equal priorities in submission (id) order."""
+    return sorted(jobs, key=lambda j: (-j.priority, j.id))
+
+
+def impossible_reason(gpus_requested: int, slots: Slots) -> str | None:
+    """Why a job can never run on this machine, in plain words, or None if it can once slots free up."""
+    have = len(slots.gpus)
+    if gpus_requested > have:
+        plural = "GPU" if gpus_requested == 1 else "GPUs"
+        return f"asks for {gpus_requested} {plural}; this machine has {have} — lower resources.gpus" + (
+            " (0 runs on the CPU)" if have == 0 else f" to at most {have}"
+        )
+    if gpus_requested == 0 and slots.cpu_slots == 0:
+        return (
+            "asks for no GPU, but this machine runs no CPU-only jobs (TUNEBOARD_CPU_SLOTS=0) — "
+            "set resources.gpus to 1 or more, or raise TUNEBOARD_CPU_SLOTS"
+        )
+    return None
+
+
+def choose_placement(
+    queue: Sequence[QueuedJob], slots: Slots, busy_gpus: Iterable[str], busy_cpu_slots: int
+) -> Placement | None:
+    """The first job in queue order that fits the free slots, with the lowest free GPU indices; or None."""
+    busy = set(busy_gpus)
+    free = [g for g in slots.gpus if g not in busy]
+    free_cpu = slots.cpu_slots - busy_cpu_slots
+    for job in queue_order(queue):
+        if job.gpus == 0:
+            if free_cpu > 0:
+                return Placement(job.id, ())
+        elif job.gpus <= len(free):
+            return Placement(job.id, tuple(free[: job.gpus]))
+    return None

@@ -1,0 +1,159 @@
+"""Scheduler test fixtures: fake GPU slots "0,1", the fake trainer as the worker module, short timeouts.
+
+The parent conftest's `session_factory` (a migrated SQLite file) picks up these settings.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs import service
+from app.models import Job
+from app.scheduler.gpus import discover_slots
+from app.scheduler.local import LocalLauncher
+from app.scheduler.supervisor import Supervisor
+from app.settings import Settings
+from worker.config import JobConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+FAKE_TRAINER = "tests.fakes.fake_trainer"
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on, so a fake worker's reports go nowhere unless we serve there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Two fake GPUs and one CPU slot; the fake trainer as worker; a 1 s cancel grace."""
+    # the child runs `python -m tests.fakes.fake_trainer`: it must find this checkout's tests/ package
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    return Settings(
+        data_dir=tmp_path / "data",
+        port=unused_port(),
+        scheduler_enabled=False,
+        gpu_slots="0,1",
+        cpu_slots=1,
+        worker_module=FAKE_TRAINER,
+        scheduler_interval_s=0.05,
+        cancel_grace_s=1.0,
+        heartbeat_timeout_s=60.0,
+    )
+
+
+@pytest.fixture
+def supervisor(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[Supervisor]:
+    """A supervisor on the test database; kills whatever it still owns afterwards."""
+    launcher = LocalLauncher(worker_module=settings.worker_module)
+    sup = Supervisor(
+        settings=settings, session_factory=session_factory, launcher=launcher, slots=discover_slots(settings)
+    )
+    yield sup
+    kill_owned(sup)
+
+
+def kill_owned(sup: Supervisor) -> None:
+    """SIGKILL and reap every process `sup` still watches (test hygiene)."""
+    for job_id in sup.owned_job_ids():
+        item = sup._tracked[job_id]
+        sup.launcher.kill(item.handle)
+        native = item.handle.native
+        if hasattr(native, "wait"):
+            native.wait(timeout=10)
+
+
+class Kit:
+    """Helpers for scheduler tests, bound to one database and one supervisor (a fixture: `kit`)."""
+
+    def __init__(self, factory: sessionmaker[Session], supervisor: Supervisor) -> None:
+        self.factory = factory
+        self.supervisor = supervisor
+
+    def queue(
+        self,
+        name: str = "sleep=0.3",
+        *,
+        gpus: int = 0,
+        priority: int = 0,
+        max_runtime_minutes: float | None = None,
+    ) -> int:
+        """Queue a job whose config name tells the fake trainer what to do; return its id."""
+        config = JobConfig.model_validate(
+            {
+                "name": name,
+                "resources": {"gpus": gpus, "priority": priority, "max_runtime_minutes": max_runtime_minutes},
+            }
+        )
+        with self.factory() as session:
+            job = service.create_job(session, config=config, config_text=f"name: {name}\n")
+            session.commit()
+            return job.id
+
+    def job(self, job_id: int) -> Job:
+        """A fresh copy of the job row."""
+        with self.factory() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def env(self, job_id: int) -> dict[str, Any]:
+        """What the fake trainer recorded about its own process (pid, argv, CUDA_VISIBLE_DEVICES)."""
+        run_dir = self.job(job_id).run_dir
+        assert run_dir is not None
+        path = Path(run_dir) / "fake-env.json"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+                return data
+            except (OSError, ValueError):  # not written yet, or caught mid-write
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the fake trainer of job {job_id} never wrote {path}") from None
+                time.sleep(0.02)
+
+    def tick_until(
+        self, done: Callable[[], bool], *, timeout: float = 15.0, sup: Supervisor | None = None
+    ) -> None:
+        """Tick the supervisor until `done()` holds; fail with its snapshot after `timeout` seconds."""
+        sup = sup or self.supervisor
+        deadline = time.monotonic() + timeout
+        while True:
+            sup.tick()
+            if done():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached within {timeout} s; scheduler: {sup.snapshot()}")
+            time.sleep(0.05)
+
+    def wait_status(
+        self, job_id: int, *statuses: str, timeout: float = 15.0, sup: Supervisor | None = None
+    ) -> Job:
+        """Tick until the job reaches one of `statuses`; return the row."""
+        self.tick_until(lambda: self.job(job_id).status in statuses, timeout=timeout, sup=sup)
+        return self.job(job_id)
+
+    def set(self, job_id: int, **values: Any) -> None:
+        """Write columns directly (to stage states the app would reach through other paths)."""
+        with self.factory() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            for key, value in values.items():
+                setattr(job, key, value)
+            session.commit()
+
+
+@pytest.fixture
+def kit(session_factory: sessionmaker[Session], supervisor: Supervisor) -> Kit:
+    """Scheduler test helpers on the migrated test database."""
+    return Kit(session_factory, supervisor)

@@ -1,0 +1,103 @@
+"""A stand-in for `python -m worker.train RUN_DIR`, for scheduler tests (a seam we own).
+
+It behaves like the real child at the process level: reads RUN_DIR/config.json and job.json, reports
+events through worker.train.reporter (spool + HTTP, when an app is listening), writes outcome.json last,
+exits with a protocol.ExitCode, and on SIGTERM saves nothing but exits CANCELLED. What it does is chosen
+by its config's `name`, as space-separated key=value words (underscores in values read as spaces):
+
+    sleep=2      seconds of "training" (default 0.3), emitting a loss metric every 0.1 s
+    exit=5       exit code when done (default 0)
+    reason=x_y   outcome.json reason
+    outcome=0    do not write outcome.json
+    ignore_term=1  ignore SIGTERM (the supervisor must SIGKILL it after the grace period)
+    say=x_y      print this line to stderr just before exiting
+
+It always writes RUN_DIR/fake-env.json: its pid, argv, CUDA_VISIBLE_DEVICES and the job id it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from worker.protocol import EventKind, ExitCode, RunDir
+from worker.train.reporter import Reporter
+
+
+def parse_behaviour(name: str) -> dict[str, str]:
+    """{'sleep': '2', 'exit': '5'} from 'sleep=2 exit=5' (words without '=' are ignored)."""
+    found: dict[str, str] = {}
+    for word in name.split():
+        key, sep, value = word.partition("=")
+        if sep:
+            found[key] = value.replace("_", " ")
+    return found
+
+
+def write_outcome(run: RunDir, status: str, code: int, reason: str | None) -> None:
+    """outcome.json, written last, as the real worker does."""
+    run.outcome.write_text(
+        json.dumps({"status": status, "reason": reason, "exit_code": code}), encoding="utf-8"
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run the fake for RUN_DIR = argv[0]; return the exit code."""
+    run = RunDir(Path(argv[0]))
+    config: dict[str, Any] = json.loads(run.config.read_text(encoding="utf-8"))
+    job = json.loads(run.job.read_text(encoding="utf-8")) if run.job.exists() else None
+    how = parse_behaviour(str(config.get("name", "")))
+    (run.root / "fake-env.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "argv": sys.argv,
+                "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "job_id": job["job_id"] if job else None,
+                "has_token": bool(job and job.get("token")),
+            }
+        ),
+        encoding="utf-8",
+    )
+    stop = {"requested": False}
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if how.get("ignore_term") == "1" else on_term)
+    reporter = Reporter(run, job, send_interval=0.1, heartbeat_interval=0.2, backoff_cap=0.2)
+    reporter.emit(EventKind.STATUS, 0, {"status": "running", "message": "fake trainer started"})
+    print(
+        f"fake trainer: started on CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}",
+        flush=True,
+    )
+    deadline = time.monotonic() + float(how.get("sleep", "0.3"))
+    step = 0
+    while time.monotonic() < deadline:
+        if stop["requested"]:
+            print("fake trainer: SIGTERM received, stopping", file=sys.stderr, flush=True)
+            write_outcome(run, "cancelled", ExitCode.CANCELLED, "stopped on request")
+            reporter.close(timeout=0.5)
+            return int(ExitCode.CANCELLED)
+        step += 1
+        reporter.emit(EventKind.METRIC, step, {"loss": 2.0 / step})
+        print(f"fake trainer: step {step}", file=sys.stderr, flush=True)
+        time.sleep(0.1)
+    code = int(how.get("exit", "0"))
+    if "say" in how:
+        print(how["say"], file=sys.stderr, flush=True)
+    if how.get("outcome") != "0":
+        status = "succeeded" if code == 0 else "failed"
+        write_outcome(run, status, code, how.get("reason"))
+    reporter.close(timeout=0.5)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
