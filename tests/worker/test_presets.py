@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.catalog import PRESET_DATASETS, PRESET_MODELS
-from worker.presets import READY_MARKER, generate_dataset, preset_model_dir
+from worker.presets import PRESET_VERSION, READY_MARKER, generate_dataset, preset_model_dir
 
 CHAT = [
     {"role": "user", "content": "Reverse the letters: abc"},
@@ -51,7 +51,7 @@ def test_a_second_call_reuses_the_cached_preset_without_rebuilding(cache: Path) 
 
 
 def test_an_incomplete_preset_directory_is_rebuilt(tmp_path: Path) -> None:
-    stale = tmp_path / "tiny-llama-v1"
+    stale = tmp_path / f"tiny-llama-v{PRESET_VERSION}"
     stale.mkdir()
     (stale / "config.json").write_text("{half written", encoding="utf-8")
     path = preset_model_dir("tiny-llama", tmp_path)
