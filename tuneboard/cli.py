@@ -194,7 +194,9 @@ def submit(
 
 def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
     """(event, data, id) for each message of a text/event-stream."""
-    event, data, ident = "message", [], None
+    event: str = "message"
+    data: list[str] = []
+    ident: str | None = None
     for line in lines:
         if line == "":
             if data:

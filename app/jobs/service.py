@@ -154,7 +154,7 @@ def clone_config(job: Job) -> str:
     """The config text for the "clone and edit" form (as submitted, or YAML of the stored config)."""
     if job.config_text and job.config_text.strip():
         return job.config_text
-    return yaml.safe_dump(job.config, sort_keys=False)
+    return str(yaml.safe_dump(job.config, sort_keys=False))
 
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def downsample_minmax(points: Sequence[Point], max_points: int) -> list[Point]:
 
 def downsample_lttb(points: Sequence[Point], max_points: int) -> list[Point]:
     """Largest-triangle-three-buckets to at most `max_points` points (non-finite points are dropped first)."""
-    finite = [(s, v) for s, v in points if v is not None]
+    finite: list[Point] = [(s, v) for s, v in points if v is not None]
     n = len(finite)
     if n <= max_points or max_points < 3:
         return finite if n <= max_points else [finite[0], finite[-1]][:max_points]

@@ -104,7 +104,7 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
         before = len(problems)
         seq, kind, step = ev.get("seq"), ev.get("kind"), ev.get("step", 0)
         ts, payload = ev.get("ts"), ev.get("payload", {})
-        if not _is_int(seq) or seq < 1:
+        if not _is_int(seq) or seq < 1:  # type: ignore[operator]
             problems[f"{where}.seq"] = f"must be a positive integer (got {seq!r})"
         if kind not in _KINDS:
             problems[f"{where}.kind"] = f"must be one of {', '.join(sorted(_KINDS))} (got {kind!r})"
@@ -127,7 +127,10 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
                         f"must be a number or one of 'nan', 'inf', '-inf' (got {value!r})"
                     )
         if len(problems) == before:
-            parsed.append(ParsedEvent(seq=seq, kind=kind, step=step, ts=float(ts), payload=payload))
+            assert seq is not None and step is not None  # validated just above
+            parsed.append(
+                ParsedEvent(seq=int(seq), kind=str(kind), step=int(step), ts=float(ts), payload=payload)
+            )
     if problems:
         raise IngestError(422, "invalid events; nothing was stored", problems)
     return parsed
@@ -145,15 +148,33 @@ class IngestResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _dialect_insert(session: Session) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+def upsert_statements(dialect_name: str) -> tuple[Any, Any]:
+    """(metric upsert, event insert-or-ignore) for SQLite or PostgreSQL, via the dialect's ON CONFLICT."""
+    if dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert: Any = sqlite_insert
+    elif dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        insert = pg_insert
     else:
-        raise RuntimeError(f"ingest supports SQLite and PostgreSQL, not {name}")
-    return insert
+        raise RuntimeError(
+            f"ingest supports SQLite and PostgreSQL, not {dialect_name}; set TUNEBOARD_DATABASE_URL to one"
+        )
+    metric = MetricPoint.__table__
+    upsert = insert(metric)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[metric.c.job_id, metric.c.key, metric.c.step],
+        set_={
+            "value": upsert.excluded.value,
+            "nonfinite": upsert.excluded.nonfinite,
+            "ts": upsert.excluded.ts,
+        },
+    )
+    event = JobEvent.__table__
+    ignore = insert(event).on_conflict_do_nothing(index_elements=[event.c.job_id, event.c.seq])
+    return upsert, ignore
 
 
 def _metric_value(value: Any) -> tuple[float | None, str | None]:
@@ -200,19 +221,12 @@ def ingest_events(session: Session, *, job: Job, events: list[ParsedEvent]) -> I
                 }
             )
 
-    insert = _dialect_insert(session) if (metric_rows or event_rows) else None
-    if metric_rows and insert is not None:
-        table = MetricPoint.__table__
-        stmt = insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.job_id, table.c.key, table.c.step],
-            set_={"value": stmt.excluded.value, "nonfinite": stmt.excluded.nonfinite, "ts": stmt.excluded.ts},
-        )
-        session.execute(stmt, list(metric_rows.values()))
-    if event_rows and insert is not None:
-        table = JobEvent.__table__
-        stmt = insert(table).on_conflict_do_nothing(index_elements=[table.c.job_id, table.c.seq])
-        session.execute(stmt, event_rows)
+    if metric_rows or event_rows:
+        metric_upsert, event_insert = upsert_statements(session.get_bind().dialect.name)
+        if metric_rows:
+            session.execute(metric_upsert, list(metric_rows.values()))  # one executemany
+        if event_rows:
+            session.execute(event_insert, event_rows)
 
     _update_summary(session, job, ordered)
     now = utcnow()

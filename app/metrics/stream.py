@@ -101,7 +101,7 @@ def _new_points(session: Session, job_id: int, cursor: JobCursor) -> dict[str, l
         # first load: the whole history, downsampled like GET /metrics, so a long run does not flood the page
         cursor.history_sent = True
         fresh = series(session, job_id=job_id, keys=None, max_points=INITIAL_MAX_POINTS)
-        steps = [int(pts[-1][0]) for pts in fresh.values() if pts]
+        steps = [int(pts[-1][0] or 0) for pts in fresh.values() if pts]
         if steps:
             cursor.metric_step = max(steps)
             # downsampling keeps each series' last point, so every key at the top step went out
@@ -238,7 +238,7 @@ def poll_jobs(factory: sessionmaker[Session], cursor: ListCursor, limit: int = 2
         changed: list[dict[str, Any]] = []
         for job in session.scalars(stmt):
             updated = as_utc(job.updated_at)
-            if cursor.seen.get(job.id, "unseen") != updated:  # type: ignore[comparison-overlap]
+            if job.id not in cursor.seen or cursor.seen[job.id] != updated:
                 cursor.seen[job.id] = updated
                 changed.append(job_summary(job))
             if updated is not None and (cursor.watermark is None or updated > cursor.watermark):

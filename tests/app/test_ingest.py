@@ -193,3 +193,13 @@ def test_ingest_stores_twenty_thousand_points_in_one_batch_quickly(
     # ORM add-per-row manages ~4k rows/s here; one executemany per batch is ~50x faster. A loose bound
     # that still catches a per-row ORM regression on a busy 2-core CI box:
     assert elapsed < 4.0, f"ingesting 20k points took {elapsed:.2f}s"
+
+
+def test_the_upserts_compile_for_postgresql_too() -> None:
+    from sqlalchemy.dialects import postgresql
+
+    from app.metrics.ingest import upsert_statements
+
+    metric_sql, event_sql = (str(s.compile(dialect=postgresql.dialect())) for s in upsert_statements("postgresql"))
+    assert "ON CONFLICT (job_id, key, step) DO UPDATE SET value = excluded.value" in metric_sql
+    assert "ON CONFLICT (job_id, seq) DO NOTHING" in event_sql

@@ -85,3 +85,16 @@ def test_app_start_up_migrates_an_empty_data_dir_to_head(tmp_path: Path) -> None
     with TestClient(create_app(settings)) as client:
         assert client.get("/api/health").json()["db"] == "ok"
     assert current_revision(settings.sqlalchemy_url) == _head()
+
+
+def test_the_migrations_render_for_postgresql() -> None:
+    import io
+
+    from alembic import command
+
+    cfg = alembic_config("postgresql://tuneboard@localhost/tuneboard")
+    cfg.output_buffer = io.StringIO()
+    command.upgrade(cfg, "head", sql=True)  # offline: renders SQL without a server
+    sql = cfg.output_buffer.getvalue()
+    assert "CREATE TABLE metric" in sql and "PRIMARY KEY (job_id, key, step)" in sql
+    assert "WITHOUT ROWID" not in sql  # a SQLite-only option must not leak into PostgreSQL DDL

@@ -184,3 +184,28 @@ def test_metrics_history_gives_a_cursor_the_stream_continues_from(live_server, s
     with httpx.stream("GET", url, timeout=10) as r:
         got = collect_until(sse_messages(r), lambda ms: bool(points(ms, "loss")))
     assert points(got, "loss") == [[4, 4.0]]
+
+
+def test_the_stream_stops_polling_when_the_client_goes_away(live_server, started_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from app.metrics import stream
+
+    polls: list[float] = []
+    real_poll = stream.poll_job
+
+    def counting_poll(*args: Any) -> Any:
+        polls.append(time.monotonic())
+        return real_poll(*args)
+
+    monkeypatch.setattr(stream, "poll_job", counting_poll)
+    job_id = started_job()
+    with httpx.stream("GET", f"{live_server.url}/api/jobs/{job_id}/stream", timeout=10) as r:
+        messages = sse_messages(r)
+        assert next(messages).event == "job"
+        time.sleep(0.3)
+    assert len(polls) >= 3  # it was polling every ~50 ms while connected
+    time.sleep(0.3)  # let the server notice
+    settled = len(polls)
+    time.sleep(0.5)
+    assert len(polls) == settled, "the stream kept polling the database after the client disconnected"
+    # the engine's pool has nothing checked out once the stream is gone: no session outlived its poll
+    assert live_server.app.state.engine.pool.checkedout() == 0
