@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     gpu_slots: str | None = Field(None, description="Comma-separated GPU indices to use; default: discover.")
     cpu_slots: int = Field(1, ge=0, le=256, description="Concurrent CPU-only jobs.")
+    gpu_reserve_after_s: float = Field(
+        600.0,
+        ge=0,
+        description="A queued GPU job blocked this long reserves GPUs: smaller jobs behind it stop "
+        "backfilling them (no starvation of multi-GPU jobs).",
+    )
     scheduler_interval_s: float = Field(0.5, gt=0)
     heartbeat_timeout_s: float = Field(120.0, gt=0)
     cancel_grace_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL grace for cancelled jobs.")

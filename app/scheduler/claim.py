@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,28 @@ def claim_next_job(factory: sessionmaker[Session], *, settings: Settings, slots:
         if not queued:
             return None
         candidates: list[QueuedJob] = []
+        now = datetime.now(UTC)
         for job in queued:
             reason = impossible_reason(job.gpus_requested, slots)
             if reason is not None:
                 log.warning("job %s can never run here: %s", job.id, reason)
                 transition(session, job=job, to=JobStatus.FAILED, reason=reason)
                 continue
-            candidates.append(QueuedJob(id=job.id, priority=job.priority, gpus=job.gpus_requested))
+            queued_at = job.queued_at or job.created_at
+            if queued_at.tzinfo is None:  # SQLite returns naive datetimes; we store UTC
+                queued_at = queued_at.replace(tzinfo=UTC)
+            candidates.append(
+                QueuedJob(
+                    id=job.id,
+                    priority=job.priority,
+                    gpus=job.gpus_requested,
+                    waited_s=(now - queued_at).total_seconds(),
+                )
+            )
         busy_gpus, busy_cpu = slots_in_use(session)
-        placement = choose_placement(candidates, slots, busy_gpus, busy_cpu)
+        placement = choose_placement(
+            candidates, slots, busy_gpus, busy_cpu, reserve_after_s=settings.gpu_reserve_after_s
+        )
         if placement is None:
             return None
         job = next(j for j in queued if j.id == placement.job_id)

@@ -1,14 +1,16 @@
 """Which queued job runs next, and on which slots. Pure functions: the claim transaction feeds them rows.
 
-Policy: strict priority order (priority desc, then submission order) with backfill. The scheduler walks
-the queue in that order and starts the first job that fits the free slots; a job that does not fit yet
-(say it needs 2 GPUs and 1 is free) does not block smaller jobs behind it. The price of backfill is that
-a wide job can wait long on a busy machine: it starts as soon as enough slots are free at the same time,
-and raising its resources.priority does not reserve slots for it. We take that over idle GPUs.
+Policy: priority order (priority desc, then submission order) with backfill and an anti-starvation
+reservation. The scheduler walks the queue in that order and starts the first job that fits the free
+slots; a job that does not fit yet (it needs 2 GPUs and 1 is free) does not block smaller jobs behind
+it, so GPUs do not sit idle. But a stream of small jobs could then keep a wide job waiting forever; so
+once a blocked GPU job has waited settings.gpu_reserve_after_s, it reserves the GPUs: jobs behind it
+get no GPU until it starts (CPU-only jobs still run). A job ahead of it in the order is never held back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ class QueuedJob:
     id: int
     priority: int
     gpus: int
+    waited_s: float = 0.0  # seconds since it was queued
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,17 @@ def impossible_reason(gpus_requested: int, slots: Slots) -> str | None:
 
 
 def choose_placement(
-    queue: Sequence[QueuedJob], slots: Slots, busy_gpus: Iterable[str], busy_cpu_slots: int
+    queue: Sequence[QueuedJob],
+    slots: Slots,
+    busy_gpus: Iterable[str],
+    busy_cpu_slots: int,
+    *,
+    reserve_after_s: float = math.inf,
 ) -> Placement | None:
-    """The first job in queue order that fits the free slots, with the lowest free GPU indices; or None."""
+    """The first job in queue order that fits the free slots, with the lowest free GPU indices; or None.
+
+    A GPU job that does not fit and has waited at least `reserve_after_s` stops later jobs from taking GPUs.
+    """
     busy = set(busy_gpus)
     free = [g for g in slots.gpus if g not in busy]
     free_cpu = slots.cpu_slots - busy_cpu_slots
@@ -78,4 +89,6 @@ def choose_placement(
                 return Placement(job.id, ())
         elif job.gpus <= len(free):
             return Placement(job.id, tuple(free[: job.gpus]))
+        elif job.waited_s >= reserve_after_s:
+            free = []  # reserved for this job: the GPUs it waits for go to nobody behind it
     return None

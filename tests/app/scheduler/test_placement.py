@@ -56,3 +56,18 @@ def test_assigned_gpus_parse_back_to_indices() -> None:
     assert parse_assigned("0,1") == ("0", "1")
     assert parse_assigned("") == ()
     assert parse_assigned(None) == ()
+
+
+def test_a_wide_job_that_waited_long_enough_reserves_the_gpus_against_backfill() -> None:
+    queue = [QueuedJob(1, 0, 2, waited_s=700), QueuedJob(2, 0, 1, waited_s=5)]
+    assert choose_placement(queue, TWO_GPUS, ["0"], 0, reserve_after_s=600) is None
+    # before the reservation age, the small job backfills
+    young = [QueuedJob(1, 0, 2, waited_s=10), QueuedJob(2, 0, 1, waited_s=5)]
+    assert choose_placement(young, TWO_GPUS, ["0"], 0, reserve_after_s=600).job_id == 2
+
+
+def test_a_reservation_does_not_hold_back_cpu_jobs_or_jobs_ahead_of_it() -> None:
+    queue = [QueuedJob(1, 0, 2, waited_s=700), QueuedJob(2, 0, 0)]
+    assert choose_placement(queue, TWO_GPUS, ["0"], 0, reserve_after_s=0).job_id == 2
+    ahead = [QueuedJob(1, 0, 2, waited_s=700), QueuedJob(2, 9, 1)]
+    assert choose_placement(ahead, TWO_GPUS, ["0"], 0, reserve_after_s=0).job_id == 2
