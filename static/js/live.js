@@ -1,0 +1,549 @@
+/* Tuneboard live pages: ONE EventSource per page feeds the DOM and the uPlot charts.
+ *
+ * Jobs list:   /api/stream            `jobs`    [JobSummary]                → table rows
+ * Job detail:  /api/jobs/{id}/stream  `job`     JobSummary                  → header, stats, buttons
+ *                                      `metrics` {"series": {key: [[step, v]]}} → charts
+ *                                      `events`  [{seq, step, kind, payload}]  → markers, events table, samples
+ *                                      `end`     the job finished; stop listening
+ * The detail page first loads the downsampled history (GET /api/jobs/{id}/metrics), then opens the
+ * stream at that point (cursor "<last_seq>.<last_step>"). A point whose step is not after the last one
+ * held for its key replaces the series from that step on (a resume re-sends the boundary step; a guard
+ * rollback restarts at an earlier step).
+ * Everything here is an enhancement: the server-rendered page is complete without it.
+ */
+(function () {
+  "use strict";
+
+  // ------------------------------------------------------------------ formatting (mirrors app/pages.py)
+  function fmtNum(v, digits) {
+    if (digits === undefined) digits = 4;
+    if (v === null || v === undefined) return "—";
+    if (typeof v === "string") {
+      if (v === "nan") return "NaN";
+      if (v === "inf") return "∞";
+      if (v === "-inf") return "−∞";
+      return v;
+    }
+    if (!Number.isFinite(v)) return Number.isNaN(v) ? "NaN" : (v > 0 ? "∞" : "−∞");
+    if (Number.isInteger(v) && Math.abs(v) < 1e6) return v.toLocaleString("en-US");
+    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) return v.toExponential(Math.max(1, digits - 1));
+    return String(Number(v.toPrecision(digits)));
+  }
+
+  function fmtDuration(s) {
+    if (s === null || s === undefined || !Number.isFinite(s)) return "—";
+    s = Math.max(0, Math.round(s));
+    const pad = (n) => String(n).padStart(2, "0");
+    if (s >= 3600) return Math.floor(s / 3600) + " h " + pad(Math.floor((s % 3600) / 60)) + " min";
+    if (s >= 60) return Math.floor(s / 60) + " min " + pad(s % 60) + " s";
+    return s + " s";
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+
+  function localTime(iso) {
+    const d = new Date(iso);
+    return Number.isNaN(d.getTime()) ? iso : timeFormat.format(d);
+  }
+
+  /** Replace the UTC fallback text of every <time data-local-time> under root with local time. */
+  function localizeTimes(root) {
+    (root || document).querySelectorAll("time[data-local-time]").forEach((el) => {
+      const iso = el.getAttribute("datetime");
+      if (!iso || el.dataset.localized === iso) return;
+      el.title = el.textContent;
+      el.textContent = localTime(iso);
+      el.dataset.localized = iso;
+    });
+  }
+
+  function timeElement(iso) {
+    if (!iso) return document.createTextNode("—");
+    const t = document.createElement("time");
+    t.setAttribute("datetime", iso);
+    t.dataset.localTime = "";
+    t.textContent = iso;
+    return t;
+  }
+
+  // ------------------------------------------------------------------ a summary → elements with data-field
+  function applySummary(root, s) {
+    if (root.dataset && "status" in root.dataset) root.dataset.status = s.status;
+    root.querySelectorAll("[data-field]").forEach((el) => {
+      const field = el.dataset.field;
+      const fmt = el.dataset.format;
+      if (field === "status") {
+        el.className = "badge badge-" + s.status;
+        el.textContent = s.status;
+      } else if (field === "progress") {
+        const pct = Math.round((s.progress || 0) * 1000) / 10;
+        el.setAttribute("aria-valuenow", String(pct));
+        const fill = el.querySelector(".progress-fill");
+        if (fill) fill.style.width = pct + "%";
+      } else if (field === "steps") {
+        el.textContent = s.total_steps ? s.last_step + " / " + s.total_steps : (s.last_step ? String(s.last_step) : "—");
+      } else if (field === "link") {
+        el.href = "/jobs/" + s.id;
+        el.textContent = "#" + s.id;
+      } else if (field === "name") {
+        el.href = "/jobs/" + s.id;
+        el.textContent = s.name || "(unnamed)";
+      } else if (field === "eta_seconds") {
+        const live = s.status === "running" || s.status === "starting";
+        el.textContent = live ? fmtDuration(s.eta_seconds) : "—";
+      } else if (fmt === "time") {
+        const iso = s[field];
+        const current = el.querySelector("time");
+        if ((current ? current.getAttribute("datetime") : null) !== (iso || null)) {
+          el.replaceChildren(timeElement(iso));
+          localizeTimes(el);
+        }
+      } else if (fmt === "num") {
+        el.textContent = fmtNum(s[field]);
+      } else if (fmt === "gb") {
+        el.textContent = s[field] === null || s[field] === undefined ? "—" : fmtNum(s[field], 3) + " GB";
+      } else if (fmt === "gpus") {
+        const g = s.assigned_gpus;
+        el.textContent = g ? "GPU " + g : (g === "" ? "CPU" : "—");
+      } else if (field in s) {
+        el.textContent = s[field] === null || s[field] === undefined ? "" : String(s[field]);
+      }
+    });
+  }
+
+  function openStream(url, handlers) {
+    const es = new EventSource(url);
+    Object.entries(handlers).forEach(([name, fn]) => {
+      es.addEventListener(name, (e) => {
+        let data = null;
+        try {
+          data = e.data ? JSON.parse(e.data) : null;
+        } catch (err) {
+          console.warn("tuneboard: unreadable " + name + " message", err);
+          return;
+        }
+        fn(data, e);
+      });
+    });
+    return es;
+  }
+
+  // ------------------------------------------------------------------ jobs list
+  function initJobsList(main) {
+    const body = document.getElementById("jobs-body");
+    const template = document.getElementById("job-row-template");
+    const wrap = document.getElementById("jobs-table-wrap");
+    const empty = document.getElementById("empty-state");
+
+    function upsertRow(s) {
+      let row = document.getElementById("job-row-" + s.id);
+      if (!row) {
+        row = template.content.firstElementChild.cloneNode(true);
+        row.id = "job-row-" + s.id;
+        row.dataset.jobId = String(s.id);
+        // newest first: before the first row with a smaller id
+        const next = Array.from(body.rows).find((r) => Number(r.dataset.jobId) < s.id);
+        body.insertBefore(row, next || null);
+      }
+      applySummary(row, s);
+      const model = row.querySelector('[data-field="model_name"]');
+      if (model) model.textContent = s.model_name;
+      wrap.hidden = false;
+      empty.hidden = true;
+    }
+
+    openStream(main.dataset.stream, {
+      jobs: (list) => (list || []).forEach(upsertRow),
+    });
+  }
+
+  // ------------------------------------------------------------------ job detail: series store
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+  function cssVar(name, fallback) {
+    const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return v || fallback;
+  }
+
+  /** key → {xs: [step], ys: [value]} in step order. */
+  function makeStore() {
+    const series = new Map();
+    return {
+      series,
+      /** Merge [[step, v], ...] for one key; a step at or before the last held one replaces from there. */
+      merge(key, points) {
+        let s = series.get(key);
+        if (!s) {
+          s = { xs: [], ys: [] };
+          series.set(key, s);
+        }
+        for (const [step, raw] of points) {
+          const v = typeof raw === "number" ? raw : null; // non-finite values arrive as null: a gap
+          const n = s.xs.length;
+          if (n === 0 || step > s.xs[n - 1]) {
+            s.xs.push(step);
+            s.ys.push(v);
+          } else {
+            let i = n;
+            while (i > 0 && s.xs[i - 1] >= step) i--;
+            s.xs.length = i;
+            s.ys.length = i;
+            s.xs.push(step);
+            s.ys.push(v);
+          }
+        }
+      },
+      lastStep() {
+        let max = null;
+        series.forEach((s) => {
+          if (s.xs.length && (max === null || s.xs[s.xs.length - 1] > max)) max = s.xs[s.xs.length - 1];
+        });
+        return max;
+      },
+    };
+  }
+
+  /** uPlot's aligned data for `keys`: the union of their steps, nulls where a key has no point. */
+  function alignedData(store, keys) {
+    const stepSet = new Set();
+    keys.forEach((k) => store.series.get(k).xs.forEach((x) => stepSet.add(x)));
+    const xs = Array.from(stepSet).sort((a, b) => a - b);
+    const index = new Map(xs.map((x, i) => [x, i]));
+    const data = [xs];
+    keys.forEach((k) => {
+      const s = store.series.get(k);
+      const ys = new Array(xs.length).fill(null);
+      for (let i = 0; i < s.xs.length; i++) ys[index.get(s.xs[i])] = s.ys[i];
+      data.push(ys);
+    });
+    return data;
+  }
+
+  // ------------------------------------------------------------------ job detail: charts
+  const CHARTS = [
+    { id: "loss", series: [
+      { key: "loss", label: "loss", color: "--c1" },
+      { key: "eval_loss", label: "eval_loss", color: "--c2", points: true },
+    ] },
+    { id: "grad_norm", logToggle: true, series: [{ key: "grad_norm", label: "grad_norm", color: "--c1" }] },
+    { id: "learning_rate", series: [{ key: "learning_rate", label: "learning_rate", color: "--c3" }] },
+    { id: "tokens_per_second", series: [{ key: "tokens_per_second", label: "tokens/s", color: "--c4" }] },
+    { id: "memory", series: [
+      { key: "vram_allocated_gb", label: "allocated GB", color: "--c1" },
+      { key: "vram_reserved_gb", label: "reserved GB", color: "--c3" },
+      { key: "vram_peak_gb", label: "peak GB", color: "--c2" },
+      { key: "rss_gb", label: "RSS GB", color: "--c4" },
+      { key: "gpu_util", label: "GPU util %", color: "--c5", scale: "pct" },
+    ] },
+  ];
+  const MARKER_COLORS = { checkpoint: "--mk-checkpoint", guard: "--mk-guard", preflight: "--mk-preflight" };
+  const LEGEND_HEIGHT = 28;
+
+  function initJobDetail(main) {
+    const jobId = main.dataset.jobId;
+    const store = makeStore();
+    const charts = new Map(); // chart id → {spec, el, plot, keys, log}
+    const markersEl = document.getElementById("markers-data");
+    const markers = markersEl ? JSON.parse(markersEl.textContent || "[]") : [];
+    let totalSteps = null;
+    let lastSeq = Number(main.dataset.lastSeq || 0); // highest event seq the page shows
+    let drawQueued = false;
+    let status = main.dataset.status;
+
+    window.tuneboard = { store, charts, markers };
+
+    function markersPlugin() {
+      return {
+        hooks: {
+          draw: [(u) => {
+            if (!markers.length) return;
+            const { left, top, width, height } = u.bbox;
+            const ctx = u.ctx;
+            ctx.save();
+            ctx.lineWidth = Math.max(1, devicePixelRatio);
+            ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+            for (const m of markers) {
+              const x = Math.round(u.valToPos(m.step, "x", true));
+              if (!Number.isFinite(x) || x < left - 1 || x > left + width + 1) continue;
+              ctx.strokeStyle = cssVar(MARKER_COLORS[m.kind] || "--muted", "#888");
+              ctx.beginPath();
+              ctx.moveTo(x, top);
+              ctx.lineTo(x, top + height);
+              ctx.stroke();
+            }
+            ctx.restore();
+          }],
+        },
+      };
+    }
+
+    function xRange(u, min, max) {
+      // from step 0 (preflight markers live there) to the planned last step, so the chart shows progress
+      let lo = Math.min(0, min === null ? 0 : min);
+      let hi = Math.max(max === null ? 1 : max, totalSteps || 0, 1);
+      markers.forEach((m) => { lo = Math.min(lo, m.step); });
+      return [lo, hi];
+    }
+
+    function buildPlot(c, keys) {
+      const axis = cssVar("--chart-axis", "#666");
+      const grid = cssVar("--chart-grid", "rgba(0,0,0,.07)");
+      const specs = keys.map((k) => c.spec.series.find((s) => s.key === k));
+      const usesPct = specs.some((s) => s.scale === "pct");
+      const width = Math.max(200, c.el.clientWidth);
+      const height = Math.max(120, c.el.clientHeight - LEGEND_HEIGHT);
+      const fmt = (u, v) => (v === null || v === undefined ? "—" : fmtNum(v));
+      const opts = {
+        width,
+        height,
+        cursor: { drag: { x: true, y: false } },
+        scales: {
+          x: { time: false, range: xRange },
+          y: c.log ? { distr: 3 } : { auto: true },
+          pct: { range: [0, 100] },
+        },
+        axes: [
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid } },
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 56,
+            values: (u, vals) => vals.map((v) => fmtNum(v, 3)) },
+        ].concat(usesPct ? [{ scale: "pct", side: 1, stroke: axis, grid: { show: false }, size: 40 }] : []),
+        series: [{ label: "step", value: (u, v) => (v === null ? "—" : String(v)) }].concat(specs.map((s) => ({
+          label: s.label,
+          scale: s.scale || "y",
+          stroke: cssVar(s.color, "#36c"),
+          width: 1.5,
+          spanGaps: true,
+          points: { show: s.points ? true : undefined, size: 5 },
+          value: fmt,
+        }))),
+        legend: { live: true },
+        plugins: [markersPlugin()],
+      };
+      const empty = c.el.querySelector(".chart-empty");
+      if (empty) empty.remove();
+      if (c.plot) c.plot.destroy();
+      c.plot = new uPlot(opts, alignedData(store, keys), c.el);
+      c.keys = keys;
+    }
+
+    function activeKeys(spec) {
+      return spec.series.map((s) => s.key).filter((k) => store.series.has(k) && store.series.get(k).xs.length);
+    }
+
+    function draw() {
+      drawQueued = false;
+      if (typeof uPlot === "undefined") return;
+      charts.forEach((c) => {
+        const keys = activeKeys(c.spec);
+        if (!keys.length) return;
+        if (!c.plot || keys.join() !== c.keys.join()) {
+          buildPlot(c, keys);
+        } else {
+          c.plot.setData(alignedData(store, keys));
+        }
+        // how many points the first series shows (tests and curious users read this)
+        const first = store.series.get(keys[0]);
+        c.el.dataset.points = String(first.ys.filter((v) => v !== null).length);
+      });
+    }
+
+    function scheduleDraw() {
+      if (drawQueued) return;
+      drawQueued = true;
+      requestAnimationFrame(draw);
+    }
+
+    CHARTS.forEach((spec) => {
+      const el = document.getElementById("chart-" + spec.id);
+      if (!el) return;
+      const note = document.createElement("div");
+      note.className = "chart-empty";
+      note.textContent = "Waiting for data…";
+      el.appendChild(note);
+      el.dataset.points = "0";
+      charts.set(spec.id, { spec, el, plot: null, keys: [], log: false });
+    });
+
+    document.querySelectorAll("[data-log-toggle]").forEach((box) => {
+      box.addEventListener("change", () => {
+        const c = charts.get(box.dataset.logToggle);
+        if (!c) return;
+        c.log = box.checked;
+        if (c.plot) buildPlot(c, c.keys);
+      });
+    });
+
+    if (typeof ResizeObserver !== "undefined") {
+      const ro = new ResizeObserver(() => {
+        charts.forEach((c) => {
+          if (c.plot) c.plot.setSize({ width: Math.max(200, c.el.clientWidth), height: Math.max(120, c.el.clientHeight - LEGEND_HEIGHT) });
+        });
+      });
+      charts.forEach((c) => ro.observe(c.el));
+    }
+
+    // --- the rest of the page
+    function updateActions(s) {
+      const actions = document.getElementById("job-actions");
+      if (!actions) return;
+      const cancel = actions.querySelector('[data-action="cancel"]');
+      const resume = actions.querySelector('[data-action="resume"]');
+      const download = actions.querySelector('[data-action="download"]');
+      if (cancel) cancel.hidden = !["queued", "starting", "running"].includes(s.status);
+      if (resume) resume.hidden = !["failed", "cancelled"].includes(s.status);
+      if (download) download.hidden = !s.has_adapter;
+      const failure = document.getElementById("failure-reason");
+      if (failure) failure.hidden = !s.failure_reason;
+    }
+
+    let logsTimer = null;
+    let logsInFlight = false;
+    function refreshLogs(soon) {
+      if (logsTimer) return;
+      logsTimer = setTimeout(async () => {
+        logsTimer = null;
+        if (logsInFlight) return;
+        logsInFlight = true;
+        try {
+          const r = await fetch("/api/jobs/" + jobId + "/logs", { headers: { Accept: "application/json" } });
+          if (r.ok) {
+            const pre = document.getElementById("logs");
+            const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+            const text = (await r.json()).stderr_tail || "No output yet.";
+            if (pre.textContent !== text) {
+              pre.textContent = text;
+              if (atBottom) pre.scrollTop = pre.scrollHeight;
+            }
+          }
+        } catch (err) {
+          /* the next event retries */
+        } finally {
+          logsInFlight = false;
+        }
+      }, soon ? 0 : 2000);
+    }
+
+    let eventsInFlight = false;
+    let eventsAgain = false;
+    async function fetchNewEvents() {
+      if (eventsInFlight) {
+        eventsAgain = true;
+        return;
+      }
+      eventsInFlight = true;
+      try {
+        const r = await fetch("/jobs/" + jobId + "/partials/events?after_seq=" + lastSeq);
+        if (!r.ok) return;
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        const body = document.getElementById("events-body");
+        const box = document.getElementById("events-box");
+        const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 8;
+        const rows = doc.getElementById("new-events").content.querySelectorAll("tr[data-seq]");
+        rows.forEach((row) => {
+          const seq = Number(row.dataset.seq);
+          if (body.querySelector('tr[data-seq="' + seq + '"]')) return;
+          const node = document.importNode(row, true);
+          body.appendChild(node);
+          localizeTimes(node);
+          lastSeq = Math.max(lastSeq, seq);
+        });
+        if (rows.length) {
+          document.getElementById("events-empty").hidden = true;
+          if (atBottom) box.scrollTop = box.scrollHeight;
+        }
+        const list = document.getElementById("samples-list");
+        const cards = Array.from(doc.getElementById("new-samples").content.querySelectorAll("article[data-seq]"));
+        cards.reverse().forEach((card) => {
+          // the fragment lists newest first; insert oldest first at the top so the newest ends up first
+          const seq = Number(card.dataset.seq);
+          if (list.querySelector('article[data-seq="' + seq + '"]')) return;
+          list.insertBefore(document.importNode(card, true), list.firstChild);
+          lastSeq = Math.max(lastSeq, seq);
+        });
+        if (cards.length) document.getElementById("samples-empty").hidden = true;
+      } catch (err) {
+        /* the next events message retries */
+      } finally {
+        eventsInFlight = false;
+        if (eventsAgain) {
+          eventsAgain = false;
+          fetchNewEvents();
+        }
+      }
+    }
+
+    function onJob(s) {
+      status = s.status;
+      totalSteps = s.total_steps || totalSteps;
+      applySummary(main, s);
+      updateActions(s);
+      if (TERMINAL.has(s.status)) refreshLogs(true);
+      scheduleDraw();
+    }
+
+    function onMetrics(msg) {
+      const series = (msg && msg.series) || {};
+      Object.entries(series).forEach(([key, points]) => store.merge(key, points));
+      scheduleDraw();
+    }
+
+    function onEvents(list) {
+      let listed = false;
+      (list || []).forEach((ev) => {
+        if (ev.kind in MARKER_COLORS && !markers.some((m) => m.step === ev.step && m.kind === ev.kind)) {
+          markers.push({ step: ev.step, kind: ev.kind });
+        }
+        if (ev.kind !== "progress" && ev.kind !== "heartbeat" && ev.seq > lastSeq) listed = true;
+      });
+      if (listed) fetchNewEvents();
+      refreshLogs(false);
+      charts.forEach((c) => c.plot && c.plot.redraw(false));
+    }
+
+    async function start() {
+      try {
+        const r = await fetch("/api/jobs/" + jobId + "/metrics?max_points=2000");
+        if (r.ok) onMetrics(await r.json());
+      } catch (err) {
+        console.warn("tuneboard: could not load the metric history", err);
+      }
+      const step = store.lastStep();
+      const cursor = lastSeq + "." + (step === null ? "" : step);
+      const es = openStream(main.dataset.stream + "?cursor=" + encodeURIComponent(cursor), {
+        job: onJob,
+        metrics: onMetrics,
+        events: onEvents,
+        end: () => {
+          es.close(); // finished: the page holds the final state
+          refreshLogs(true);
+        },
+        error: (data) => {
+          if (data && data.detail) {
+            console.warn("tuneboard:", data.detail);
+            es.close();
+          }
+        },
+      });
+    }
+
+    if (typeof uPlot === "undefined") {
+      console.warn("tuneboard: uPlot did not load; charts are off");
+    }
+    start();
+  }
+
+  // ------------------------------------------------------------------ boot
+  function boot() {
+    localizeTimes(document);
+    const main = document.getElementById("main");
+    if (!main) return;
+    if (main.dataset.page === "jobs-list") initJobsList(main);
+    if (main.dataset.page === "job-detail") initJobDetail(main);
+    document.body.addEventListener("htmx:afterSwap", (e) => localizeTimes(e.target));
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+  else boot();
+})();
