@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory
@@ -25,12 +29,45 @@ from app.models import Job
 from app.settings import Settings
 from worker.config import JobConfig
 
+# Set to a PostgreSQL URL whose role may CREATE DATABASE to run the app tests on PostgreSQL instead of
+# SQLite (each test gets a database of its own), e.g.
+#   TUNEBOARD_TEST_POSTGRES_URL=postgresql+psycopg://tuneboard@/postgres?host=/tmp/pg&port=5432
+POSTGRES_URL = os.environ.get("TUNEBOARD_TEST_POSTGRES_URL")
+
+
+@contextmanager
+def scratch_postgres_database(admin_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"tuneboard_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(tmp_path: Path) -> Iterator[str | None]:
+    """None (SQLite in the data dir) unless TUNEBOARD_TEST_POSTGRES_URL asks for PostgreSQL."""
+    if POSTGRES_URL is None:
+        yield None
+        return
+    with scratch_postgres_database(POSTGRES_URL) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     """Settings for a throwaway data dir, scheduler off, fast SSE batches."""
     return Settings(
         data_dir=tmp_path / "data",
+        database_url=database_url,
         scheduler_enabled=False,
         sse_batch_interval_s=0.05,
         sse_ping_interval_s=0.5,

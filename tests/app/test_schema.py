@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -98,3 +99,13 @@ def test_the_migrations_render_for_postgresql() -> None:
     sql = cfg.output_buffer.getvalue()
     assert "CREATE TABLE metric" in sql and "PRIMARY KEY (job_id, key, step)" in sql
     assert "WITHOUT ROWID" not in sql  # a SQLite-only option must not leak into PostgreSQL DDL
+
+
+def test_a_migrated_postgresql_database_matches_the_models(database_url: str | None) -> None:
+    if database_url is None:
+        pytest.skip("PostgreSQL run only: set TUNEBOARD_TEST_POSTGRES_URL (a role that may CREATE DATABASE)")
+    upgrade(database_url)
+    diff = _diff(database_url, Base.metadata)
+    assert diff == [], (
+        f"PostgreSQL schema and app/models.py disagree; write a new migration. Differences: {diff}"
+    )
