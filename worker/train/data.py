@@ -1,0 +1,362 @@
+"""Training data: load rows from cfg.dataset.source, check them, split, and tokenize with loss masks.
+
+Sources: `preset:<name>` (generated), a .jsonl/.json/.csv/.parquet file, or `upload:<id>` (an uploaded
+dataset stored as $TUNEBOARD_DATASETS_DIR/<id>/data.jsonl). Formats: chat `messages`, `prompt` +
+`completion`, or plain `text`, detected from the first row unless cfg.dataset.format says.
+
+Labels: with assistant_only_loss, only assistant turns (messages) or the completion (prompt/completion)
+carry a loss; everything else is -100. Assistant spans come from the chat template's {% generation %}
+markers when it has them, else from rendering growing prefixes of the conversation.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.catalog import PRESET_PREFIX
+from worker.config import JobConfig
+
+UPLOAD_PREFIX = "upload:"
+IGNORE_INDEX = -100
+FORMATS = ("messages", "prompt_completion", "text")
+ROLES = ("system", "user", "assistant")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message names the file and rows at fault and what to do."""
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train/eval examples plus what the report and model card need."""
+
+    format: str
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    train: list[dict[str, list[int]]]
+    eval: list[dict[str, list[int]]]
+    fingerprint: str  # sha256 of the rows actually used (canonical JSON)
+    num_truncated: int
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def resolve_source(source: str) -> Path:
+    """The file behind a non-preset source (uploads live under $TUNEBOARD_DATASETS_DIR/<id>/data.jsonl)."""
+    if source.startswith(UPLOAD_PREFIX):
+        upload_id = source[len(UPLOAD_PREFIX) :].strip()
+        if not upload_id or "/" in upload_id or "\\" in upload_id or upload_id in (".", ".."):
+            raise DatasetError(f"dataset.source {source!r} is not a valid upload id; use upload:<id>")
+        root = os.environ.get("TUNEBOARD_DATASETS_DIR")
+        if not root:
+            raise DatasetError(
+                f"dataset.source is {source!r} but TUNEBOARD_DATASETS_DIR is not set; run the job from the "
+                "app (it sets it) or point dataset.source at the file"
+            )
+        path = Path(root) / upload_id / "data.jsonl"
+        if not path.is_file():
+            raise DatasetError(f"uploaded dataset {upload_id!r} not found at {path}; upload it again")
+        return path
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DatasetError(
+            f"dataset file {source} does not exist; give a .jsonl/.json/.csv/.parquet path, upload:<id> or "
+            "preset:<name>"
+        )
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path.name} line {number}: not valid JSON ({exc.msg}); fix or remove it") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl/.json/.csv/.parquet file as dicts."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                return _read_jsonl(path)  # JSON Lines saved with a .json name
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise DatasetError(f"{path.name}: expected a JSON list of objects (or JSON Lines)")
+            return data
+        if suffix == ".csv":
+            with path.open("r", encoding="utf-8", newline="") as fh:
+                return [dict(r) for r in csv.DictReader(fh)]
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_table(path).to_pylist())
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path.name}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    raise DatasetError(f"{path.name}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+
+
+def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
+    """All rows of cfg.dataset.source (capped by max_rows), not yet validated."""
+    source = cfg.dataset.source
+    if source.startswith(PRESET_PREFIX):
+        from worker.presets import generate_dataset
+
+        rows = generate_dataset(source[len(PRESET_PREFIX) :], cfg.dataset.num_rows, cfg.training.seed)
+    else:
+        rows = read_rows(resolve_source(source))
+    if cfg.dataset.max_rows is not None:
+        rows = rows[: cfg.dataset.max_rows]
+    if not rows:
+        raise DatasetError(f"dataset {source} has no rows; add some examples")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    """messages | prompt_completion | text, from the columns of one row."""
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    raise DatasetError(
+        f"row 1 has columns {sorted(row)[:10]}; expected 'messages', 'prompt' + 'completion', or 'text'"
+    )
+
+
+def _row_problem(row: dict[str, Any], fmt: str) -> str | None:
+    if fmt == "messages":
+        msgs = row.get("messages")
+        if isinstance(msgs, str):  # CSV cells carry JSON text
+            try:
+                msgs = json.loads(msgs)
+                row["messages"] = msgs
+            except json.JSONDecodeError:
+                return "'messages' is not a list of {role, content} objects"
+        if not isinstance(msgs, list) or not msgs:
+            return "'messages' must be a non-empty list of {role, content} objects"
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                return f"message {i} needs a string 'content'"
+            if m.get("role") not in ROLES:
+                return f"message {i} has role {m.get('role')!r}; use system, user or assistant"
+        if not any(m["role"] == "assistant" for m in msgs):
+            return "no assistant message: there is nothing to learn from this row"
+        return None
+    if fmt == "prompt_completion":
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            return "'prompt' and 'completion' must both be strings"
+        if not row["completion"]:
+            return "'completion' is empty: there is nothing to learn from this row"
+        return None
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        return "'text' must be a non-empty string"
+    return None
+
+
+def validate_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    """Raise DatasetError listing (up to 10) bad rows by number (1-based, as in the file)."""
+    problems = [(n, p) for n, row in enumerate(rows, start=1) if (p := _row_problem(row, fmt)) is not None]
+    if problems:
+        listed = "; ".join(f"row {n}: {p}" for n, p in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise DatasetError(f"{len(problems)} bad row(s) for format {fmt}: {listed}{more}")
+
+
+def split_rows(
+    rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Shuffle with `seed` and hold out eval_fraction of the rows (at least one when the fraction > 0)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and len(rows) > 1:
+        n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_fraction)))
+    eval_idx = sorted(order[:n_eval])
+    train_idx = order[n_eval:]
+    return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
+
+
+def fingerprint_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """sha256 over the canonical JSON of the rows, in order."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizing
+
+
+def _ids(out: Any) -> list[int]:
+    ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    return list(ids)
+
+
+def _template_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]] | None:
+    """Token ids and assistant mask from the template's {% generation %} blocks; None if it has none."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "generation" not in template:
+        return None
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    mask = list(out.get("assistant_masks") or [])
+    ids = _ids(out)
+    if len(mask) != len(ids) or not any(mask):
+        return None
+    return ids, mask
+
+
+def _prefix_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Assistant mask by rendering growing prefixes: tokens added by an assistant turn are trained on."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for i, message in enumerate(messages):
+        rendered = _ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=True))
+        if rendered[: len(ids)] != ids:  # the template rewrote earlier turns; fall back to whole-sequence
+            return rendered, [1] * len(rendered)
+        new = rendered[len(ids) :]
+        mask.extend([1 if message["role"] == "assistant" else 0] * len(new))
+        ids = rendered
+    return ids, mask
+
+
+def tokenize_row(
+    row: dict[str, Any], fmt: str, tokenizer: Any, max_seq_len: int, assistant_only_loss: bool
+) -> tuple[dict[str, list[int]], bool]:
+    """One example as input_ids/attention_mask/labels, and whether it was truncated."""
+    if fmt == "messages":
+        messages = row["messages"]
+        got = _template_mask(tokenizer, messages) if assistant_only_loss else None
+        if got is None:
+            if assistant_only_loss:
+                ids, mask = _prefix_mask(tokenizer, messages)
+            else:
+                ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True))
+                mask = [1] * len(ids)
+        else:
+            ids, mask = got
+    elif fmt == "prompt_completion":
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = list(prompt) + list(completion) + eos
+        mask = [0 if assistant_only_loss else 1] * len(prompt) + [1] * (len(completion) + len(eos))
+    else:
+        text = tokenizer(row["text"])["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = list(text) + eos
+        mask = [1] * len(ids)
+    truncated = len(ids) > max_seq_len
+    ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}, truncated
+
+
+def prompt_of(row: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[str, str]:
+    """(prompt text to generate from, reference answer) for a sample generation."""
+    if fmt == "messages":
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        text = tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
+        return text, messages[last]["content"]
+    if fmt == "prompt_completion":
+        return row["prompt"], row["completion"]
+    words = row["text"].split(" ")
+    cut = max(1, len(words) // 2)
+    return " ".join(words[:cut]), " " + " ".join(words[cut:])
+
+
+def user_prompt(text: str, fmt: str, tokenizer: Any) -> str:
+    """A configured sample prompt, wrapped in the chat template when the data is chat-formatted."""
+    if fmt == "messages" and getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        )
+    return text
+
+
+def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
+    """Load, check, split and tokenize cfg.dataset for `tokenizer`."""
+    rows = load_rows(cfg)
+    fmt = cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0])
+    validate_rows(rows, fmt)
+    train_rows, eval_rows = split_rows(rows, cfg.dataset.eval_fraction, cfg.training.seed)
+    truncated = 0
+    tokenized: list[list[dict[str, list[int]]]] = []
+    for part in (train_rows, eval_rows):
+        out = []
+        for row in part:
+            example, cut = tokenize_row(
+                row, fmt, tokenizer, cfg.training.max_seq_len, cfg.dataset.assistant_only_loss
+            )
+            truncated += int(cut)
+            out.append(example)
+        tokenized.append(out)
+    trainable = [e for e in tokenized[0] if any(lab != IGNORE_INDEX for lab in e["labels"][1:])]
+    if not trainable:
+        raise DatasetError(
+            f"after truncation to training.max_seq_len={cfg.training.max_seq_len} no training row has any "
+            "token to learn (the answers are cut off); raise training.max_seq_len"
+        )
+    return PreparedData(
+        format=fmt,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        train=tokenized[0],
+        eval=tokenized[1],
+        fingerprint=fingerprint_rows(rows),
+        num_truncated=truncated,
+    )
+
+
+class PadCollator:
+    """Right-pads a batch; labels pad with -100 so padding never carries loss."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        """Stack `features` into padded LongTensors."""
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            pad = width - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["attention_mask"].append(list(f["attention_mask"]) + [0] * pad)
+            batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}

@@ -1,0 +1,549 @@
+"""One training run, end to end: config → preflight → quantized model + LoRA → HF Trainer → adapter.
+
+`run_training(run_dir)` is what `python -m worker.train RUN_DIR` runs (the app's launchers); it reports
+through events and always finishes by writing RUN_DIR/outcome.json and returning an ExitCode.
+`run_standalone(config_path)` is `tuneboard train CONFIG`: no app, a progress bar on stderr.
+
+A run directory that already holds a complete checkpoint is resumed from it (same step numbering), which is
+how the app resumes a job: it relaunches the same RUN_DIR.
+
+Test hook: the environment variable TUNEBOARD_INJECT_NAN_AT_STEP=N (or "N,M,...") multiplies the training
+loss of optimizer step N by NaN, to exercise the divergence guard. Never set it for real runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file
+from worker.protocol import EventKind, ExitCode, RunDir, last_complete_checkpoint
+from worker.train.reporter import Reporter
+from worker.train.signals import StopRequest
+
+INJECT_NAN_ENV = "TUNEBOARD_INJECT_NAN_AT_STEP"
+REFERENCE_LOGITS = "reference_logits.safetensors"
+PREFLIGHT_FILE = "preflight.json"
+NUM_DEFAULT_SAMPLES = 3
+
+
+class RunStopped(Exception):
+    """A run ends early with a known exit code and a plain-words reason."""
+
+    def __init__(self, code: ExitCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Outcome:
+    """What outcome.json says."""
+
+    code: ExitCode
+    reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """succeeded | failed | cancelled."""
+        if self.code == ExitCode.SUCCEEDED:
+            return "succeeded"
+        if self.code == ExitCode.CANCELLED:
+            return "cancelled"
+        return "failed"
+
+
+def write_outcome(run_dir: RunDir, outcome: Outcome) -> None:
+    """Write outcome.json atomically (the supervisor reads it after exit)."""
+    body = {"status": outcome.status, "reason": outcome.reason, "exit_code": int(outcome.code), **outcome.extra}
+    tmp = run_dir.outcome.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2), encoding="utf-8")
+    os.replace(tmp, run_dir.outcome)
+
+
+def read_job(run_dir: RunDir) -> dict[str, Any] | None:
+    """RUN_DIR/job.json ({"job_id", "app_url", "token"}) or None for a standalone run."""
+    if not run_dir.job.is_file():
+        return None
+    data = json.loads(run_dir.job.read_text(encoding="utf-8"))
+    missing = [k for k in ("job_id", "app_url", "token") if k not in data]
+    if missing:
+        raise RunStopped(ExitCode.CONFIG_ERROR, f"{run_dir.job.name} lacks {missing}; the launcher must write them")
+    return dict(data)
+
+
+def pick_device() -> str:
+    """cuda when a GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _nan_steps() -> set[int]:
+    raw = os.environ.get(INJECT_NAN_ENV, "").strip()
+    return {int(x) for x in raw.split(",") if x.strip().isdigit()}
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def _trainer_class() -> type:
+    """A Trainer that records per-step losses, token counts and the pre-clip gradient norm."""
+    from transformers import Trainer
+
+    class TuneboardTrainer(Trainer):
+        """HF Trainer plus the measurements our callback needs (and the NaN-injection test hook)."""
+
+        def __init__(self, *args: Any, step_stats: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.step_stats = step_stats
+            self.nan_steps = _nan_steps()
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+            if model.training and (self.state.global_step + 1) in self.nan_steps:
+                if return_outputs:
+                    return result[0] * float("nan"), result[1]
+                return result * float("nan")
+            return result
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            tokens = int(inputs["attention_mask"].sum().item()) if "attention_mask" in inputs else 0
+            self.step_stats.add_micro(float(loss.item()), tokens)
+            return loss
+
+        def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+            value = super()._get_grad_norm(model, grad_norm=grad_norm)
+            self.step_stats.grad_norm = float(value.item() if hasattr(value, "item") else value)
+            return value
+
+    return TuneboardTrainer
+
+
+def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
+    """The optimizer for the trainable parameters, and its name.
+
+    bitsandbytes keeps fp32 state for tensors below `min_8bit_size` (4096 elements), which covers most LoRA
+    matrices of small models; min_8bit_size=0 makes the 8-bit optimizers really 8-bit.
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.training
+    name = t.optimizer
+    if name == "auto":
+        name = "paged_adamw_8bit" if device.startswith("cuda") else "adamw_8bit"
+    if name == "paged_adamw_8bit" and not device.startswith("cuda"):
+        name = "adamw_8bit"  # paging needs CUDA unified memory; on CPU it would fall back with a warning
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay), name
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay, min_8bit_size=0), name
+
+
+def training_arguments(cfg: JobConfig, run_dir: RunDir, device: str, dtype: str, has_eval: bool) -> Any:
+    """TrainingArguments from the job config (checkpoints under RUN_DIR/checkpoints, no HF rotation)."""
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    evaluating = has_eval and t.eval_steps > 0
+    return TrainingArguments(
+        output_dir=str(run_dir.checkpoints),
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=t.epochs if t.epochs is not None else 1.0,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=t.warmup,  # a float below 1 is a fraction of the total steps
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=t.eval_steps if evaluating else None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=None,  # we prune ourselves, counting only complete checkpoints
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        gradient_checkpointing=False,  # the loader already enabled it as configured (non-reentrant)
+        use_cpu=not device.startswith("cuda"),
+        bf16=device.startswith("cuda") and dtype == "bfloat16",
+        fp16=device.startswith("cuda") and dtype == "float16",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.startswith("cuda"),
+        logging_nan_inf_filter=True,  # keeps the Trainer's own running loss finite; we report true per-step losses
+    )
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+def make_sampler(cfg: JobConfig, tokenizer: Any, prepared: Any, device: str) -> Any:
+    """A function model -> [(prompt, completion)] generating from fixed prompts (config's or held-out rows)."""
+    from worker.train.data import prompt_of, user_prompt
+
+    if cfg.training.sample_prompts:
+        prompts = [(p, user_prompt(p, prepared.format, tokenizer)) for p in cfg.training.sample_prompts]
+    else:
+        rows = (prepared.eval_rows or prepared.train_rows)[:NUM_DEFAULT_SAMPLES]
+        prompts = []
+        for row in rows:
+            text, _ = prompt_of(row, prepared.format, tokenizer)
+            shown = text
+            if prepared.format == "messages":  # show the question, not the chat template around it
+                users = [m["content"] for m in row["messages"] if m["role"] == "user"]
+                shown = users[-1] if users else text
+            prompts.append((shown, text))
+
+    def sample(model: Any) -> list[tuple[str, str]]:
+        import torch
+
+        was_training = model.training
+        model.eval()
+        out: list[tuple[str, str]] = []
+        try:
+            with torch.no_grad():
+                for shown, text in prompts:
+                    enc = tokenizer(text, return_tensors="pt", add_special_tokens=not text.startswith(
+                        tokenizer.bos_token or "\0"))
+                    enc = {k: v.to(device) for k, v in enc.items()}
+                    gen = model.generate(
+                        **enc,
+                        max_new_tokens=cfg.training.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                    new = gen[0, enc["input_ids"].shape[1] :]
+                    out.append((shown, tokenizer.decode(new, skip_special_tokens=True)))
+        finally:
+            if was_training:
+                model.train()
+        return out
+
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def _preflight(cfg: JobConfig, run_dir: RunDir, reporter: Reporter, report: Any) -> Any:
+    """Run preflight, or reuse the result saved by an earlier attempt of this run (resume)."""
+    from worker.train.preflight import PreflightResult, run_preflight
+
+    saved = run_dir.root / PREFLIGHT_FILE
+    if saved.is_file():
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        result = PreflightResult(**data)
+        reporter.emit(EventKind.LOG, 0, {"level": "info", "message": "Reusing this run's earlier preflight result."})
+        return result
+    result = run_preflight(cfg, report=report)
+    if result.ok:
+        saved.write_text(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "summary": result.summary,
+                    "kept_in_full_precision": list(result.kept_in_full_precision),
+                    "notes": list(result.notes),
+                    "extra_keep": list(result.extra_keep),
+                    "seconds": result.seconds,
+                }
+            ),
+            encoding="utf-8",
+        )
+    return result
+
+
+def _check_stop(stop: StopRequest) -> None:
+    if stop.is_set():
+        raise RunStopped(ExitCode.CANCELLED, f"cancelled before training started ({stop.reason})")
+
+
+def _train(
+    cfg: JobConfig, run_dir: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool
+) -> Outcome:
+    from worker.train.callbacks import STATE_FILE, StepStats, TuneboardCallback, remove_incomplete_checkpoints
+    from worker.train.data import PadCollator, load_rows, prepare_data, validate_rows, detect_format
+    from worker.train.loading import load_for_training
+
+    def report(kind: str, payload: dict[str, Any]) -> None:
+        reporter.emit(EventKind(kind), 0, payload)
+
+    # The data is checked before any model work, so a bad file fails in seconds.
+    rows = load_rows(cfg)
+    validate_rows(rows, cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0]))
+    _check_stop(stop)
+
+    pre = _preflight(cfg, run_dir, reporter, report)
+    if not pre.ok:
+        raise RunStopped(ExitCode.QUANTIZATION_INCOMPATIBLE, pre.summary)
+    _check_stop(stop)
+
+    device = pick_device()
+    import torch
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)
+    loaded = load_for_training(cfg, device=device, report=report, extra_keep=tuple(pre.extra_keep))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prepared = prepare_data(cfg, tokenizer)
+    if prepared.num_truncated:
+        reporter.emit(EventKind.LOG, 0, {"level": "warning", "message": (
+            f"{prepared.num_truncated} example(s) were longer than training.max_seq_len="
+            f"{cfg.training.max_seq_len} tokens and were truncated.")})
+    _check_stop(stop)
+
+    ckpt = last_complete_checkpoint(run_dir) if resume else None
+    removed = remove_incomplete_checkpoints(run_dir)
+    if removed:
+        reporter.emit(EventKind.LOG, 0, {"level": "warning", "message": (
+            f"Removed {len(removed)} incomplete checkpoint(s) left by an interrupted save: "
+            + ", ".join(p.name for p in removed))})
+
+    stats = StepStats()
+    callback = TuneboardCallback(
+        cfg=cfg,
+        run_dir=run_dir,
+        reporter=reporter,
+        stats=stats,
+        stop=stop,
+        sampler=make_sampler(cfg, tokenizer, prepared, device),
+        progress_bar=progress_bar,
+    )
+    if ckpt is not None and (ckpt / STATE_FILE).is_file():
+        callback.load_state_dict(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
+    optimizer, opt_name = build_optimizer(cfg, model, device)
+    args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval or None,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=[callback],
+        step_stats=stats,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our events and progress bar replace its stdout dicts
+    reporter.emit(EventKind.LOG, 0, {"level": "info", "message": (
+        f"Training on {device} with {opt_name}: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
+        f"({prepared.format}), {loaded.num_trainable_params:,} trainable parameters"
+        + (f"; resuming from {ckpt.name}" if ckpt is not None else ""))})
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    seconds = time.monotonic() - started
+
+    step = trainer.state.global_step
+    if callback.diverged is not None:
+        last = last_complete_checkpoint(run_dir)
+        keep = f"; the last good checkpoint is checkpoints/{last.name}" if last else ""
+        return Outcome(ExitCode.DIVERGED, f"training diverged: {callback.diverged.reason}{keep}")
+    if callback.cancelled:
+        last = last_complete_checkpoint(run_dir)
+        where = f"; checkpoint saved at checkpoints/{last.name}" if last else ""
+        return Outcome(ExitCode.CANCELLED, f"{stop.reason or 'cancelled'} at step {step}{where}")
+
+    if prepared.eval and callback.last_eval_step != step:
+        trainer.evaluate()  # final numbers for the model card (eval_steps 0 means: only here)
+    return _finish(cfg, run_dir, reporter, trainer, loaded, prepared, pre, callback, seconds, device)
+
+
+def _finish(
+    cfg: JobConfig,
+    run_dir: RunDir,
+    reporter: Reporter,
+    trainer: Any,
+    loaded: Any,
+    prepared: Any,
+    pre: Any,
+    callback: Any,
+    seconds: float,
+    device: str,
+) -> Outcome:
+    """Save the adapter, tokenizer, reference logits, config and model card; emit the ARTIFACT event."""
+    import torch
+    from safetensors.torch import save_file
+
+    from worker.train.model_card import write_model_card
+
+    out = run_dir.adapter
+    out.mkdir(parents=True, exist_ok=True)
+    model = trainer.model
+    model.save_pretrained(str(out))
+    loaded.tokenizer.save_pretrained(str(out))
+
+    # Logits for a fixed input, so anyone can check the adapter reloads to the same model.
+    example = (prepared.eval or prepared.train)[0]
+    ids = torch.tensor([example["input_ids"]], device=device)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().cpu()
+    save_file({"input_ids": ids.cpu(), "logits": logits.contiguous()}, str(out / REFERENCE_LOGITS))
+
+    (out / "tuneboard_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2), encoding="utf-8")
+    (out / "tuneboard_quantization.json").write_text(
+        json.dumps(
+            {
+                "method": cfg.quantization.method,
+                "double_quant": cfg.quantization.double_quant,
+                "llm_int8_skip_modules": list(loaded.kept_in_full_precision),
+                "dtype": loaded.dtype,
+                "base_model": loaded.source,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    metrics = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss", "grad_norm", "epoch")}
+    metrics["steps"] = trainer.state.global_step
+    metrics["train_seconds"] = round(seconds, 1)
+    write_model_card(
+        out / "README.md",
+        cfg=cfg,
+        base_model=loaded.source,
+        dataset_fingerprint=prepared.fingerprint,
+        dataset_format=prepared.format,
+        num_train_rows=len(prepared.train_rows),
+        num_eval_rows=len(prepared.eval_rows),
+        metrics=metrics,
+        preflight_notes=list(dict.fromkeys([pre.summary, *pre.notes, *loaded.notes])),
+        kept_in_full_precision=loaded.kept_in_full_precision,
+        command="tuneboard train tuneboard_config.json",
+    )
+    reporter.emit(EventKind.ARTIFACT, trainer.state.global_step, {"name": "adapter", "path": "adapter"})
+    return Outcome(
+        ExitCode.SUCCEEDED,
+        f"trained {trainer.state.global_step} steps in {seconds:.0f} s; adapter saved in adapter/",
+        {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}},
+    )
+
+
+def _oom_advice(cfg: JobConfig) -> str:
+    t = cfg.training
+    tips = [f"lower training.batch_size (now {t.batch_size}) and raise training.grad_accum to keep the batch"]
+    tips.append(f"lower training.max_seq_len (now {t.max_seq_len})")
+    if not t.gradient_checkpointing:
+        tips.append("turn on training.gradient_checkpointing")
+    if cfg.quantization.method == "none":
+        tips.append("use quantization.method nf4")
+    return "out of memory: " + "; or ".join(tips)
+
+
+def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = False) -> ExitCode:
+    """Run the job in RUN_DIR (config.json, optional job.json); always writes outcome.json; returns the exit code."""
+    rd = RunDir(Path(run_dir))
+    rd.root.mkdir(parents=True, exist_ok=True)
+    if rd.outcome.exists():
+        rd.outcome.unlink()  # a relaunch (resume): the old outcome no longer describes this attempt
+    try:
+        job = read_job(rd)
+    except (RunStopped, json.JSONDecodeError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, RunStopped) else f"cannot read {rd.job.name}: {exc}"
+        outcome = Outcome(ExitCode.CONFIG_ERROR, reason)
+        write_outcome(rd, outcome)
+        return outcome.code
+    reporter = Reporter(rd, job)
+    stop = StopRequest(rd.control, reporter.cancel_requested)
+    try:
+        stop.install()
+    except ValueError:  # not the main thread (an in-process caller): signals stay theirs
+        pass
+    outcome = _run_guarded(rd, reporter, stop, resume=resume, progress_bar=progress_bar)
+    level = "info" if outcome.code == ExitCode.SUCCEEDED else "error"
+    reporter.emit(EventKind.LOG, 0, {"level": level, "message": f"{outcome.status}: {outcome.reason}"})
+    reporter.close(timeout=10.0)
+    write_outcome(rd, outcome)  # last: its presence means the worker finished on its own terms
+    return outcome.code
+
+
+def _run_guarded(rd: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool) -> Outcome:
+    from worker.train.data import DatasetError
+
+    cfg: JobConfig | None = None
+    try:
+        cfg = load_config_file(rd.config)
+        return _train(cfg, rd, reporter, stop, resume=resume, progress_bar=progress_bar)
+    except ConfigError as exc:
+        return Outcome(ExitCode.CONFIG_ERROR, str(exc), {"problems": exc.problems})
+    except DatasetError as exc:
+        return Outcome(ExitCode.CONFIG_ERROR, f"dataset problem: {exc}", {"problems": {"dataset.source": str(exc)}})
+    except RunStopped as exc:
+        return Outcome(exc.code, exc.reason)
+    except Exception as exc:  # classified below; the traceback goes to stderr for the supervisor's tail
+        traceback.print_exc(file=sys.stderr)
+        return _classify(exc, cfg)
+
+
+def _classify(exc: Exception, cfg: JobConfig | None) -> Outcome:
+    import torch
+
+    from worker.train.loading import ModelLoadError, QuantizationIncompatibleError
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return Outcome(ExitCode.OUT_OF_MEMORY, _oom_advice(cfg) if cfg else "out of memory")
+    if isinstance(exc, QuantizationIncompatibleError):
+        return Outcome(ExitCode.QUANTIZATION_INCOMPATIBLE, str(exc))
+    if isinstance(exc, ModelLoadError):
+        extra = {"problems": {exc.field: str(exc)}} if exc.field else {}
+        return Outcome(ExitCode.CONFIG_ERROR, str(exc), extra)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return Outcome(ExitCode.FAILED, f"unexpected error: {type(exc).__name__}: {first} (see stderr.log for the traceback)")
+
+
+def default_run_dir(config_path: Path, cfg: JobConfig) -> Path:
+    """./tuneboard-runs/<config stem>-<UTC timestamp> for standalone runs."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path("tuneboard-runs") / f"{config_path.stem}-{stamp}"
+
+
+def run_standalone(config_path: Path, run_dir: Path | None = None, resume: bool = False) -> int:
+    """`tuneboard train CONFIG`: validate, train in the foreground with a progress bar, print the adapter path."""
+    config_path = Path(config_path)
+    try:
+        cfg = load_config_file(config_path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG_ERROR)
+    rd = RunDir(Path(run_dir) if run_dir is not None else default_run_dir(config_path, cfg))
+    if not resume and last_complete_checkpoint(rd) is not None:
+        print(
+            f"error: {rd.root} already holds checkpoints from an earlier run; pass --resume to continue it "
+            "or choose another run directory",
+            file=sys.stderr,
+        )
+        return int(ExitCode.CONFIG_ERROR)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    rd.config.write_text(json.dumps(config_to_dict(cfg), indent=2), encoding="utf-8")
+    if rd.outcome.exists():
+        rd.outcome.unlink()
+    print(f"run directory: {rd.root}", file=sys.stderr)
+    code = run_training(rd.root, resume=resume, progress_bar=True)
+    outcome = json.loads(rd.outcome.read_text(encoding="utf-8"))
+    if code == ExitCode.SUCCEEDED:
+        print(f"adapter saved to {rd.adapter}")
+    else:
+        print(f"{outcome['status']}: {outcome['reason']}", file=sys.stderr)
+        print(f"events: {rd.events}  (re-run with --resume --run-dir {shlex.quote(str(rd.root))} to continue)"
+              if last_complete_checkpoint(rd) else f"events: {rd.events}", file=sys.stderr)
+    return int(code)
