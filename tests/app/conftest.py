@@ -116,6 +116,7 @@ class LiveServer:
 def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
     """uvicorn in a thread on a free loopback port; stopped (and its streams closed) after the test."""
     port = free_port()
+    settings.port = port  # workers the scheduler launches report to settings.app_url
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
