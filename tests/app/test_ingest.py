@@ -200,6 +200,8 @@ def test_the_upserts_compile_for_postgresql_too() -> None:
 
     from app.metrics.ingest import upsert_statements
 
-    metric_sql, event_sql = (str(s.compile(dialect=postgresql.dialect())) for s in upsert_statements("postgresql"))
+    metric_sql, event_sql = (
+        str(s.compile(dialect=postgresql.dialect())) for s in upsert_statements("postgresql")
+    )
     assert "ON CONFLICT (job_id, key, step) DO UPDATE SET value = excluded.value" in metric_sql
     assert "ON CONFLICT (job_id, seq) DO NOTHING" in event_sql
