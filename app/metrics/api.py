@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.deps import JobDep, SessionDep, SettingsDep, get_session_factory
 from app.http import read_body_limited
 from app.metrics import queries
-from app.metrics.ingest import IngestError, authorize, ingest_events, parse_batch
+from app.metrics.ingest import IngestError, authorize, decode_batch, ingest_events, parse_batch
 from app.metrics.stream import job_event_stream, jobs_list_stream
 
 router = APIRouter(prefix="/api", tags=["metrics"])
@@ -47,7 +47,7 @@ def ingest(
     try:
         authorize(session, job=job, authorization=authorization)
         try:
-            data = json.loads(body) if body.strip() else {"events": []}
+            data = decode_batch(body) if body.strip() else {"events": []}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IngestError(
                 422, "invalid batch", {"events": f"the body is not valid JSON: {exc}"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,18 @@ def authorize(session: Session, *, job: Job, authorization: str | None) -> None:
             403, f"this token belongs to job {other}, not job {job.id}; check job.json's job_id"
         )
     raise IngestError(401, f"invalid token for job {job.id}; the worker must use the token from its job.json")
+
+
+_JSON_CONSTANTS = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
+
+
+def decode_batch(body: bytes) -> Any:
+    """json.loads, except that bare NaN/Infinity tokens become the protocol's strings ('nan', 'inf', '-inf').
+
+    Python's json accepts those tokens, but they are not JSON: stored as floats they would later break
+    every strict JSON answer (the SSE stream, GET /events) that includes them.
+    """
+    return json.loads(body, parse_constant=_JSON_CONSTANTS.__getitem__)
 
 
 @dataclass

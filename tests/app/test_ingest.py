@@ -205,3 +205,21 @@ def test_the_upserts_compile_for_postgresql_too() -> None:
     )
     assert "ON CONFLICT (job_id, key, step) DO UPDATE SET value = excluded.value" in metric_sql
     assert "ON CONFLICT (job_id, seq) DO NOTHING" in event_sql
+
+
+def test_bare_nan_tokens_from_a_lenient_client_are_stored_as_protocol_strings(
+    client: TestClient, started_job
+) -> None:  # type: ignore[no-untyped-def]
+    job_id = started_job()
+    body = (
+        b'{"events": [{"seq": 1, "kind": "metric", "step": 1, "ts": 1.0, "payload": {"loss": NaN}},'
+        b' {"seq": 2, "kind": "guard", "step": 1, "ts": 1.0,'
+        b' "payload": {"reason": "loss is not finite", "action": "stop", "detail": {"loss": -Infinity}}}]}'
+    )
+    r = client.post(
+        f"/api/jobs/{job_id}/events", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    assert client.get(f"/api/jobs/{job_id}/metrics").json()["series"]["loss"] == [[1, None]]
+    events = client.get(f"/api/jobs/{job_id}/events").json()  # strict JSON: would fail on a stored NaN
+    assert events[0]["payload"]["detail"] == {"loss": "-inf"}
