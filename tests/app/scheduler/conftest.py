@@ -63,6 +63,19 @@ def supervisor(settings: Settings, session_factory: sessionmaker[Session]) -> It
     kill_owned(sup)
 
 
+@pytest.fixture
+def restarted(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[Supervisor]:
+    """A second supervisor, as a restarted app builds it (it owns nothing until reconciliation)."""
+    sup = Supervisor(
+        settings=settings,
+        session_factory=session_factory,
+        launcher=LocalLauncher(worker_module=settings.worker_module),
+        slots=discover_slots(settings),
+    )
+    yield sup
+    kill_owned(sup)
+
+
 def kill_owned(sup: Supervisor) -> None:
     """SIGKILL and reap every process `sup` still watches (test hygiene)."""
     for job_id in sup.owned_job_ids():

@@ -1,0 +1,81 @@
+"""The Scheduler runner: start/stop around the supervisor loop, snapshots, re-attach across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs.status import JobStatus
+from app.scheduler.runner import Scheduler, make_launcher
+from app.settings import Settings
+
+DONE = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+async def _wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def test_the_scheduler_runs_queued_jobs_in_the_background(
+    kit, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    job_id = kit.queue("sleep=0.3", gpus=1)
+
+    async def scenario() -> dict:  # type: ignore[type-arg]
+        scheduler = Scheduler(settings, session_factory)
+        await scheduler.start()
+        try:
+            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            return scheduler.snapshot()
+        finally:
+            await scheduler.stop()
+            assert not scheduler.running
+
+    snap = asyncio.run(scenario())
+    assert kit.job(job_id).status == JobStatus.SUCCEEDED
+    assert snap["running"] is True and snap["launcher"] == "local"
+    assert snap["gpus"] == ["0", "1"] and snap["cpu_slots"] == 1
+    assert snap["last_error"] is None
+
+
+def test_stopping_leaves_training_running_and_the_next_start_reattaches_it(
+    kit, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    job_id = kit.queue("sleep=2.5")
+
+    async def first_app() -> int:
+        scheduler = Scheduler(settings, session_factory)
+        await scheduler.start()
+        await _wait_for(lambda: kit.job(job_id).pid is not None)
+        await scheduler.stop()
+        return int(kit.job(job_id).pid or 0)
+
+    async def second_app() -> dict:  # type: ignore[type-arg]
+        scheduler = Scheduler(settings, session_factory)
+        await scheduler.start()
+        try:
+            snap = scheduler.snapshot()
+            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            return snap
+        finally:
+            await scheduler.stop()
+
+    pid = asyncio.run(first_app())
+    assert psutil.pid_exists(pid) and kit.job(job_id).status == JobStatus.STARTING  # still training
+    snap = asyncio.run(second_app())
+    assert snap["reconciled_at_start"] == {"reattached": 1}
+    assert [(j["job_id"], j["reattached"]) for j in snap["jobs"]] == [(job_id, True)]
+    assert kit.job(job_id).status == JobStatus.SUCCEEDED
+
+
+def test_an_unknown_launcher_is_refused_with_the_setting_to_change(tmp_path) -> None:
+    with pytest.raises(ValueError, match="TUNEBOARD_LAUNCHER=local"):
+        make_launcher(Settings(data_dir=tmp_path, launcher="slurm"))
