@@ -186,16 +186,21 @@ async def job_event_stream(
     while True:
         if await _disconnected(request):
             return
+        before = cursor.event_id()
+        seq_before = cursor.event_seq
         result = await anyio.to_thread.run_sync(poll_job, factory, job_id, cursor)
         if not result.exists:
-            yield format_sse("error", {"detail": f"job {job_id} does not exist"}, cursor.event_id())
+            yield format_sse("error", {"detail": f"job {job_id} does not exist"}, before)
             return
         sent = False
+        # each message's id covers only what it and the messages before it carried, so a connection
+        # that drops between two messages of one poll resumes without losing the second
         if result.summary is not None:
-            yield format_sse("job", result.summary, cursor.event_id())
+            yield format_sse("job", result.summary, before)
             sent = True
         if result.series:
-            yield format_sse("metrics", {"series": result.series}, cursor.event_id())
+            step = "" if cursor.metric_step is None else str(cursor.metric_step)
+            yield format_sse("metrics", {"series": result.series}, f"{seq_before}.{step}")
             sent = True
         if result.events:
             yield format_sse("events", result.events, cursor.event_id())

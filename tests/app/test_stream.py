@@ -209,3 +209,14 @@ def test_the_stream_stops_polling_when_the_client_goes_away(live_server, started
     assert len(polls) == settled, "the stream kept polling the database after the client disconnected"
     # the engine's pool has nothing checked out once the stream is gone: no session outlived its poll
     assert live_server.app.state.engine.pool.checkedout() == 0
+
+
+def test_each_message_id_covers_only_what_was_sent_up_to_it(live_server, started_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = started_job()
+    ingest(live_server.url, job_id, [metric(1, 1, loss=1.0), log(2, "a")])
+    url = f"{live_server.url}/api/jobs/{job_id}/stream"
+    with httpx.stream("GET", url, headers={"Last-Event-ID": "0.0"}, timeout=10) as r:
+        got = collect_until(sse_messages(r), lambda ms: any(m.event == "events" for m in ms))
+    ids = {m.event: m.id for m in got}
+    # a client that saw only the job message resumes at 0.0, one that saw the metrics too at 0.1
+    assert ids == {"job": "0.0", "metrics": "0.1", "events": "2.1"}
