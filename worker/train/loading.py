@@ -126,7 +126,7 @@ def resolve_dtype(cfg: JobConfig, device: str, recipe: Recipe) -> Any:
     """The torch dtype of non-quantized weights and compute: the config's, or the recipe's for the device."""
     import torch
 
-    name = cfg.model.dtype
+    name: str = cfg.model.dtype
     if name == "auto":
         if device.startswith("cuda"):
             name = recipe.gpu_dtype
@@ -363,7 +363,10 @@ def load_source_for_training(
     if quantizing:
         verify_loaded(model, kept_names)
 
-    model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    # The KV cache is useless in training and conflicts with checkpointing (multimodal: the text config too).
+    model.config.use_cache = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
     if cfg.training.gradient_checkpointing:
@@ -389,7 +392,7 @@ def load_source_for_training(
             )
     lora = LoraConfig(
         r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
+        lora_alpha=cfg.lora.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r as a float
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
         modules_to_save=list(cfg.lora.modules_to_save) or None,
