@@ -183,7 +183,8 @@ def clone_job(session: Session, *, job: Job, overrides: dict[str, Any] | None = 
     data = apply_overrides(job.config, overrides or {})
     config = parse_config(data)
     text = job.config_text if not overrides else yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    return create_job(session, config=config, config_text=text, parent_job_id=job.id, group_id=job.group_id)
+    # a clone is a new experiment of its own, not a member of its parent's sweep group
+    return create_job(session, config=config, config_text=text, parent_job_id=job.id)
 
 
 def is_terminal(job: Job) -> bool:
