@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class LocalLauncher:
     def launch(self, spec: LaunchSpec) -> WorkerHandle:
         """Start the training process for `spec`; raise LaunchError with the OS's reason when it cannot."""
         run = RunDir(spec.run_dir)
-        env = dict(os.environ)
+        env = child_env(os.environ)
         # empty string hides every GPU (CPU job); unset would expose them all
         env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
         env["PYTHONUNBUFFERED"] = "1"
@@ -170,6 +171,19 @@ class LocalLauncher:
             os.killpg(handle.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def child_env(parent: Mapping[str, str]) -> dict[str, str]:
+    """The app's environment minus its own secrets: the child never touches the database, and it may
+    run model code from the hub (trust_remote_code), so it gets no database URL or credentials."""
+    return {
+        key: value
+        for key, value in parent.items()
+        if not (key.startswith("TUNEBOARD_") and any(word in key for word in _SECRET_WORDS))
+    }
+
+
+_SECRET_WORDS = ("DATABASE", "PASSWORD", "SECRET", "TOKEN", "KEY")
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -97,12 +97,14 @@ class Supervisor:
 
     def tick(self) -> None:
         """One round: watch what runs (freeing slots of what ended), then start what fits."""
+        error: str | None = None
         for step in (self.watch_running, self.launch_ready):
             try:
                 step()
             except Exception as exc:  # a database hiccup must not end supervision; try again next tick
-                self.last_error = f"{step.__name__}: {exc}"
+                error = f"{step.__name__}: {exc}"
                 log.exception("scheduler %s failed; retrying next tick", step.__name__)
+        self.last_error = error  # health shows the current trouble, not one long gone
         self.last_tick_at = self.clock()
 
     def launch_ready(self) -> list[int]:
@@ -155,6 +157,7 @@ class Supervisor:
             else None
         )
         return {
+            "enabled": True,
             "launcher": self.launcher.name,
             "gpus": list(self.slots.gpus),
             "free_gpus": [g for g in self.slots.gpus if g not in busy_gpus],
@@ -269,13 +272,18 @@ class Supervisor:
         last_sign = max(_timestamp(view.heartbeat_at) or 0.0, handle.started_at)
         quiet = now - last_sign
         if quiet > self.settings.heartbeat_timeout_s:
+            if view.heartbeat_at is None:
+                # never heard from at all: most often the worker cannot reach the app's URL
+                detail = (
+                    f"no heartbeat for {quiet:.0f} s: the worker never reached the app at "
+                    f"{self.settings.app_url} (check TUNEBOARD_PUBLIC_URL)"
+                )
+            else:
+                detail = f"no heartbeat for {quiet:.0f} s"
             log.warning(
-                "job %s: no heartbeat for %.0f s while pid %s lives; stopping it as hung",
-                handle.job_id,
-                quiet,
-                handle.pid,
+                "job %s: %s while pid %s lives; stopping it as hung", handle.job_id, detail, handle.pid
             )
-            self._request_stop(item, StopCause.HUNG, f"no heartbeat for {quiet:.0f} s", now)
+            self._request_stop(item, StopCause.HUNG, detail, now)
 
     def _request_stop(self, item: Tracked, cause: StopCause, detail: str, now: float) -> None:
         log.info("job %s: sending SIGTERM to pid %s (%s)", item.handle.job_id, item.handle.pid, detail)

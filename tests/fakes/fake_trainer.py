@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
                 "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "job_id": job["job_id"] if job else None,
                 "has_token": bool(job and job.get("token")),
+                "tuneboard_env": sorted(k for k in os.environ if k.startswith("TUNEBOARD_")),
             }
         ),
         encoding="utf-8",

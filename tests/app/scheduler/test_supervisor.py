@@ -155,6 +155,7 @@ def test_a_job_without_heartbeats_is_stopped_as_hung(kit, settings: Settings) ->
     assert job.status == JobStatus.FAILED
     assert job.failure_reason is not None
     assert job.failure_reason.startswith("no heartbeat for ") and "stopped as hung" in job.failure_reason
+    assert "never reached the app" in job.failure_reason and "TUNEBOARD_PUBLIC_URL" in job.failure_reason
 
 
 def test_a_recent_heartbeat_keeps_a_quiet_job_alive(kit, settings: Settings) -> None:
@@ -226,3 +227,38 @@ def _log(kit, job_id: int) -> str:  # type: ignore[no-untyped-def]
             return fh.read()
     except FileNotFoundError:
         return ""
+
+
+def test_the_child_gets_no_database_url_or_credentials_from_the_app_environment(kit, monkeypatch) -> None:
+    monkeypatch.setenv("TUNEBOARD_DATABASE_URL", "postgresql://user:pw@db/tuneboard")
+    monkeypatch.setenv("TUNEBOARD_AUTH_PASSWORD", "hunter2")
+    monkeypatch.setenv("TUNEBOARD_CPU_SLOTS", "1")
+    job_id = kit.queue("sleep=0")
+    kit.wait_status(job_id, *DONE)
+    assert kit.env(job_id)["tuneboard_env"] == ["TUNEBOARD_CPU_SLOTS"]
+
+
+def test_a_resumed_job_runs_again_as_attempt_two_in_the_same_run_dir_with_its_own_log_tail(kit) -> None:
+    from app.jobs import service
+    from app.models import Job
+
+    job_id = kit.queue("sleep=0 exit=4 reason=loss_became_nan")
+    first = kit.wait_status(job_id, *DONE)
+    assert (first.status, first.attempt, first.failure_reason) == (
+        JobStatus.FAILED,
+        1,
+        "diverged: loss became nan",
+    )
+    with kit.factory() as session:
+        job = session.get(Job, job_id)
+        service.resume_job(session, job=job)
+        session.commit()
+    kit.supervisor.launch_ready()
+    second = kit.job(job_id)
+    assert second.status == JobStatus.STARTING and second.attempt == 2 and second.run_dir == first.run_dir
+    assert second.failure_reason is None and second.exit_code is None
+    again = kit.wait_status(job_id, *DONE)
+    assert again.attempt == 2 and again.failure_reason == "diverged: loss became nan"
+    assert again.stderr_tail is not None and again.stderr_tail.count("fake trainer: started") == 1
+    with open(f"{again.run_dir}/stderr.log", encoding="utf-8") as fh:
+        assert fh.read().count("fake trainer: started") == 2  # the log keeps both attempts
