@@ -355,9 +355,13 @@ class TuneboardCallback(TrainerCallback):
         self.lr_scale *= factor
         for group in _inner(optimizer).param_groups:
             group["lr"] *= factor
-        if scheduler is not None and hasattr(scheduler, "base_lrs"):
-            # LambdaLR recomputes lr = base_lr × factor(step) each step: scale the base too.
-            scheduler.base_lrs = [b * factor for b in scheduler.base_lrs]
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the torch scheduler
+        if inner is not None and hasattr(inner, "base_lrs"):
+            # LambdaLR recomputes lr = base_lr × factor(step) each step: scale the base too, and the
+            # last computed value, which the Trainer logs for the next step.
+            inner.base_lrs = [b * factor for b in inner.base_lrs]
+            if hasattr(inner, "_last_lr"):
+                inner._last_lr = [v * factor for v in inner._last_lr]
 
     # ------------------------------------------------------------------------------------------ state
 

@@ -1,0 +1,128 @@
+"""`python -m worker.train RUN_DIR` trains real 4-bit QLoRA on CPU end to end, as the app launches it."""
+
+from __future__ import annotations
+
+import json
+from statistics import mean
+
+import pytest
+
+from tests.worker.training_runs import DEMO_RUN_STEPS, FinishedRun, demo_dict, demo_run, trained_run
+from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints
+
+pytestmark = pytest.mark.training
+
+
+@pytest.fixture(scope="module")
+def run() -> FinishedRun:
+    finished = demo_run()
+    assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
+    return finished
+
+
+def test_the_child_exits_zero_and_writes_a_succeeded_outcome(run: FinishedRun) -> None:
+    outcome = run.outcome
+    assert outcome["status"] == "succeeded"
+    assert outcome["exit_code"] == 0
+    assert "adapter" in outcome["reason"]
+
+
+def test_the_loss_falls_clearly_over_the_run(run: FinishedRun) -> None:
+    losses = [loss for _, loss in run.losses()]
+    steps = [step for step, _ in run.losses()]
+    assert steps == list(range(1, DEMO_RUN_STEPS + 1))  # logging_steps 1: one loss per step, in order
+    # Observed on this preset: ~12.5 over the first five steps, ~7 over the last five (assistant tokens only).
+    assert mean(losses[-5:]) < 0.7 * mean(losses[:5]), losses
+
+
+def test_metrics_carry_grad_norm_learning_rate_throughput_and_memory(run: FinishedRun) -> None:
+    payloads = [e["payload"] for e in run.of_kind("metric") if "loss" in e["payload"]]
+    for key in ("grad_norm", "learning_rate", "epoch", "tokens_per_second", "tokens_seen", "rss_gb"):
+        assert all(key in p for p in payloads), key
+    seen = [p["tokens_seen"] for p in payloads]
+    assert seen == sorted(seen) and seen[0] > 0
+    assert all(p["tokens_per_second"] > 0 for p in payloads)
+
+
+def test_evaluation_runs_at_eval_steps_and_produces_samples(run: FinishedRun) -> None:
+    evals = [e["step"] for e in run.of_kind("metric") if "eval_loss" in e["payload"]]
+    assert evals == [12, 24]
+    samples = run.of_kind("sample")
+    assert {s["step"] for s in samples} == {12, 24}
+    assert all(s["payload"]["prompt"].startswith("Reverse the letters") for s in samples)
+
+
+def test_status_progress_and_artifact_events_are_reported(run: FinishedRun) -> None:
+    status = run.of_kind("status")
+    assert status[0]["payload"] == {"status": "running", "total_steps": DEMO_RUN_STEPS}
+    progress = run.of_kind("progress")
+    assert progress[-1]["payload"]["step"] == DEMO_RUN_STEPS
+    assert run.of_kind("preflight")[0]["payload"]["ok"] is True
+    assert run.of_kind("artifact")[-1]["payload"] == {"name": "adapter", "path": "adapter"}
+    seqs = [e["seq"] for e in run.events]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_checkpoints_are_marked_complete_and_reported_after_the_marker(run: FinishedRun) -> None:
+    done = complete_checkpoints(run.run_dir)
+    assert [p.name for p in done] == ["checkpoint-12", "checkpoint-24"]
+    for ckpt in done:
+        assert (ckpt / CHECKPOINT_COMPLETE_MARKER).is_file()
+        assert (ckpt / "adapter_model.safetensors").is_file()
+        assert (ckpt / "optimizer.pt").is_file()
+    events = run.of_kind("checkpoint")
+    assert [e["payload"] for e in events] == [
+        {"path": "checkpoints/checkpoint-12", "step": 12},
+        {"path": "checkpoints/checkpoint-24", "step": 24},
+    ]
+
+
+def test_the_adapter_directory_has_weights_tokenizer_and_a_model_card(run: FinishedRun) -> None:
+    adapter = run.run_dir.adapter
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"):
+        assert (adapter / name).is_file(), name
+    card = (adapter / "README.md").read_text(encoding="utf-8")
+    assert "preset:tiny-gemma3n" in card
+    assert "fingerprint" in card and "eval_loss" in card and "tuneboard train" in card
+    saved = json.loads((adapter / "tuneboard_config.json").read_text(encoding="utf-8"))
+    assert saved["training"]["max_steps"] == DEMO_RUN_STEPS
+
+
+def _loads_with_plain_peft(run: FinishedRun) -> int:
+    """Load the base from the saved skip list with plain transformers, attach the adapter, count LoRA tensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = json.loads((run.run_dir.adapter / "tuneboard_quantization.json").read_text(encoding="utf-8"))
+    base = AutoModelForCausalLM.from_pretrained(
+        q["base_model"],
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=q["llm_int8_skip_modules"],
+        ),
+        dtype=torch.float32,
+    )
+    model = PeftModel.from_pretrained(base, str(run.run_dir.adapter))
+    return sum(1 for n, _ in model.named_parameters() if "lora_" in n)
+
+
+def test_the_adapter_loads_with_plain_peft(run: FinishedRun) -> None:
+    assert _loads_with_plain_peft(run) > 0
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma3n-multimodal", "tiny-llama"])
+def test_other_presets_train_and_save_an_adapter(preset: str) -> None:
+    cfg = demo_dict(max_steps=12, eval_steps=6, save_steps=6)
+    cfg["model"]["name"] = f"preset:{preset}"
+    finished = trained_run(preset, cfg)
+    assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
+    losses = [loss for _, loss in finished.losses()]
+    assert len(losses) == 12 and all(loss == loss for loss in losses)
+    assert mean(losses[-3:]) < mean(losses[:3]), losses
+    assert [e["step"] for e in finished.of_kind("metric") if "eval_loss" in e["payload"]] == [6, 12]
+    assert [p.name for p in complete_checkpoints(finished.run_dir)] == ["checkpoint-6", "checkpoint-12"]
+    assert (finished.run_dir.adapter / "adapter_model.safetensors").is_file()
