@@ -11,6 +11,7 @@ by its config's `name`, as space-separated key=value words (underscores in value
     outcome=0    do not write outcome.json
     ignore_term=1  ignore SIGTERM (the supervisor must SIGKILL it after the grace period)
     say=x_y      print this line to stderr just before exiting
+    probe_cuda=1 record in fake-env.json how many CUDA devices torch sees (needs torch; GPU tests only)
 
 It always writes RUN_DIR/fake-env.json: its pid, argv, CUDA_VISIBLE_DEVICES and the job id it was given.
 """
@@ -47,6 +48,15 @@ def write_outcome(run: RunDir, status: str, code: int, reason: str | None) -> No
     )
 
 
+def _probe_cuda(run: RunDir) -> None:
+    """Record what CUDA the process can see, which CUDA_VISIBLE_DEVICES decides."""
+    import torch  # only with probe_cuda=1: the other tests stay torch-free and fast
+
+    count = torch.cuda.device_count()
+    names = [torch.cuda.get_device_name(i) for i in range(count)]
+    (run.root / "fake-cuda.json").write_text(json.dumps({"device_count": count, "names": names}))
+
+
 def main(argv: list[str]) -> int:
     """Run the fake for RUN_DIR = argv[0]; return the exit code."""
     run = RunDir(Path(argv[0]))
@@ -66,6 +76,8 @@ def main(argv: list[str]) -> int:
         ),
         encoding="utf-8",
     )
+    if how.get("probe_cuda") == "1":
+        _probe_cuda(run)
     stop = {"requested": False}
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:

@@ -6,6 +6,7 @@ The parent conftest's `session_factory` (a migrated SQLite file) picks up these 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,8 @@ def unused_port() -> int:
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Two fake GPUs and one CPU slot; the fake trainer as worker; a 1 s cancel grace."""
     # the child runs `python -m tests.fakes.fake_trainer`: it must find this checkout's tests/ package
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    inherited = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO_ROOT), inherited) if p))
     return Settings(
         data_dir=tmp_path / "data",
         port=unused_port(),
