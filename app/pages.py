@@ -135,7 +135,8 @@ def _make_field(path: str) -> FormField:
     members = tuple(m for m in members if m is not type(None))
     literals = [m for m in members if typing.get_origin(m) is typing.Literal]
     lists = [m for m in members if typing.get_origin(m) is list]
-    kind, choices, integer, allows_auto = "text", (), False, False
+    kind, integer, allows_auto = "text", False, False
+    choices: tuple[str, ...] = ()
     if lists:
         kind = "lines" if path in LINE_LIST_FIELDS else "list"
         allows_auto = bool(literals)
@@ -151,7 +152,7 @@ def _make_field(path: str) -> FormField:
     hint = _constraint_hint(info)
     # descriptions that already state their range in parentheses do not need it twice
     if hint and kind == "number" and "(" not in help_text:
-        help_text = f"{help_text} ({hint})" if help_text else hint
+        help_text = f"{help_text} Allowed: {hint}."
     if optional:
         help_text += " Leave empty for none."
     if kind == "list":
@@ -427,11 +428,9 @@ def _new_job_context(
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job_page(
-    request: Request, session: SessionDep, preset: str | None = None, from_: int | None = None
-) -> Response:
+def new_job_page(request: Request, session: SessionDep, preset: str | None = None) -> Response:
     """The new-job form; ?from=ID prefills it from that job (clone and edit), ?preset=demo from the demo."""
-    from_id = request.query_params.get("from")
+    from_id = request.query_params.get("from")  # "from" is a Python keyword: read it by hand
     parent: Job | None = None
     if from_id is not None:
         try:
@@ -446,10 +445,14 @@ def new_job_page(
                 status_code=404,
             )
     if parent is not None:
-        config = parse_config(parent.config)
         text = service.clone_config(parent)
+        try:
+            config = parse_config(parent.config)
+        except ConfigError:
+            # stored before a schema change: the pasted-config box still carries the original text
+            config = JobConfig.model_validate({})
     else:
-        config = demo_config() if preset == "demo" else JobConfig()
+        config = demo_config() if preset == "demo" else JobConfig.model_validate({})
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     context = _new_job_context(
         values=form_values_from_config(config_to_dict(config)),
@@ -481,10 +484,7 @@ async def submit_new_job(request: Request, session: SessionDep) -> Response:
         try:
             job = service.submit_text(session, text=text, filename="config.yaml", parent_job_id=parent_id)
         except ConfigError as exc:
-            try:
-                values = form_values_from_config(config_to_dict(JobConfig()))
-            except ConfigError:  # pragma: no cover - defaults are valid by construction
-                values = {}
+            values = form_values_from_config(config_to_dict(JobConfig.model_validate({})))
             context = _new_job_context(
                 values=values,
                 config_text=text,
@@ -535,7 +535,7 @@ async def estimate_fragment(request: Request) -> Response:
 
 @router.post("/api/estimate", include_in_schema=True, tags=["jobs"])
 async def estimate_api(request: Request) -> Response:
-    """Memory estimate for a JSON config: {"total_gb", "breakdown", "notes"} (422 with problems if invalid)."""
+    """Memory estimate for a JSON config: {"total_gb", "breakdown", "notes"} (422 with the problems)."""
     try:
         data = await request.json()
     except ValueError:
@@ -627,8 +627,9 @@ def job_events_fragment(request: Request, job: JobDep, session: SessionDep, afte
 def _action_response(request: Request, session: SessionDep, job: Job, error: str | None) -> Response:
     if _is_htmx(request):
         # htmx swaps only 2xx answers: a refused action is still a 200 whose fragment says why
-        html = render_block("job_detail.html", "actions", {"request": request, "job": job_summary(job),
-                                                             "message": error})
+        html = render_block(
+            "job_detail.html", "actions", {"request": request, "job": job_summary(job), "message": error}
+        )
         return HTMLResponse(html)
     if error is None:
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)

@@ -541,6 +541,11 @@
     if (!main) return;
     if (main.dataset.page === "jobs-list") initJobsList(main);
     if (main.dataset.page === "job-detail") initJobDetail(main);
+    if (main.dataset.page === "job-new") {
+      // after a refused submit, put the keyboard on the first field that needs a fix
+      const invalid = document.querySelector('#job-form [aria-invalid="true"], #config-text[aria-invalid="true"]');
+      if (invalid) invalid.focus();
+    }
     document.body.addEventListener("htmx:afterSwap", (e) => localizeTimes(e.target));
   }
 
