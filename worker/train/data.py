@@ -245,8 +245,18 @@ def _prefix_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[i
         rendered = _ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=True))
         if rendered[: len(ids)] != ids:  # the template rewrote earlier turns; fall back to whole-sequence
             return rendered, [1] * len(rendered)
-        new = rendered[len(ids) :]
-        mask.extend([1 if message["role"] == "assistant" else 0] * len(new))
+        start = len(ids)
+        if message["role"] == "assistant" and i > 0:
+            # The turn header ("<start_of_turn>model\n") is the prompt's job, not the answer: skip it.
+            header = _ids(
+                tokenizer.apply_chat_template(
+                    messages[:i], tokenize=True, return_dict=True, add_generation_prompt=True
+                )
+            )
+            if rendered[: len(header)] == header and len(header) >= start:
+                mask.extend([0] * (len(header) - start))
+                start = len(header)
+        mask.extend([1 if message["role"] == "assistant" else 0] * (len(rendered) - start))
         ids = rendered
     return ids, mask
 

@@ -1,0 +1,53 @@
+"""A run killed with SIGKILL resumes from its last complete checkpoint with the same step numbering."""
+
+from __future__ import annotations
+
+import os
+import signal
+from statistics import mean
+
+import pytest
+
+from tests.worker.training_runs import demo_dict, new_run_dir, run_child, start_child, wait_for
+from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints, read_spool
+
+pytestmark = pytest.mark.training
+
+STEPS = 30
+
+
+def test_resume_after_kill_continues_the_step_count_and_the_loss_curve() -> None:
+    rd = new_run_dir("resume", demo_dict(max_steps=STEPS, save_steps=5, eval_steps=0))
+    child = start_child(rd)
+    try:
+        wait_for(
+            lambda: (rd.checkpoints / "checkpoint-10" / CHECKPOINT_COMPLETE_MARKER).is_file(),
+            timeout=120,
+            what="checkpoint-10 to complete",
+        )
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # no chance to clean up, like a lost machine
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert not rd.outcome.exists()
+    before = read_spool(rd.events)
+    resumed_from = int(complete_checkpoints(rd)[-1].name.split("-")[1])
+    assert resumed_from >= 10
+    losses_before = {e["step"]: float(e["payload"]["loss"]) for e in before if "loss" in e["payload"]}
+
+    finished = run_child(rd)
+    assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
+    after = [e for e in finished.events if e["seq"] > before[-1]["seq"]]
+    assert [e["seq"] for e in finished.events] == list(range(1, len(finished.events) + 1))
+    steps_after = [e["step"] for e in after if e["kind"] == "metric" and "loss" in e["payload"]]
+    assert steps_after[0] == resumed_from + 1
+    assert steps_after == list(range(resumed_from + 1, STEPS + 1))
+    status = [e for e in after if e["kind"] == "status"]
+    assert status[0]["payload"]["total_steps"] == STEPS
+    # The curve continues: the first resumed losses sit near the pre-kill ones, far below the start.
+    losses_after = [float(e["payload"]["loss"]) for e in after if "loss" in e["payload"]]
+    start = mean(losses_before[s] for s in range(1, 4))
+    near_kill = mean(losses_before[s] for s in range(resumed_from - 2, resumed_from + 1))
+    assert mean(losses_after[:3]) < 0.5 * (start + near_kill), (start, near_kill, losses_after[:3])
+    assert finished.outcome["status"] == "succeeded"
+    assert (rd.adapter / "adapter_model.safetensors").is_file()

@@ -1,0 +1,54 @@
+"""SIGTERM (and a cancel through control.json) stop training at a step boundary with a saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.worker.training_runs import demo_dict, new_run_dir, start_child, wait_for
+from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints, read_spool
+
+pytestmark = pytest.mark.training
+
+STOP_BOUND_S = 20.0  # from the signal to the process exit, checkpoint included
+
+
+def _steps_trained(events_path: object) -> int:
+    steps = [e["step"] for e in read_spool(events_path) if e["kind"] == "metric"]  # type: ignore[arg-type]
+    return max(steps, default=0)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "control_file"])
+def test_a_stop_request_saves_a_checkpoint_and_exits_cancelled(how: str) -> None:
+    rd = new_run_dir(f"stop-{how}", demo_dict(max_steps=500, save_steps=1000, eval_steps=0))
+    child = start_child(rd)
+    try:
+        wait_for(lambda: _steps_trained(rd.events) >= 3, timeout=120, what="three training steps")
+        sent = time.monotonic()
+        if how == "sigterm":
+            os.kill(child.pid, signal.SIGTERM)
+        else:
+            rd.control.write_text(json.dumps({"cancel": True}), encoding="utf-8")
+        child.wait(timeout=STOP_BOUND_S + 30)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == ExitCode.CANCELLED
+    assert took < STOP_BOUND_S
+    outcome = json.loads(rd.outcome.read_text(encoding="utf-8"))
+    assert outcome["status"] == "cancelled" and outcome["exit_code"] == ExitCode.CANCELLED
+    done = complete_checkpoints(rd)
+    assert len(done) == 1 and (done[0] / CHECKPOINT_COMPLETE_MARKER).is_file()
+    step = int(done[0].name.split("-")[1])
+    assert step >= 3 and step == _steps_trained(rd.events)
+    events = read_spool(rd.events)
+    assert [e["payload"] for e in events if e["kind"] == "checkpoint"] == [
+        {"path": f"checkpoints/checkpoint-{step}", "step": step}
+    ]
+    assert not rd.adapter.exists()
