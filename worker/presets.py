@@ -4,6 +4,11 @@ A preset model is built once from a config with random weights (initialised so L
 can actually learn), saved with a byte-level tokenizer and a chat template, and cached. Building happens in
 a temporary directory that is renamed into place, so concurrent builders never see half a preset.
 Torch is imported inside functions only.
+
+`tiny-gemma3n-multimodal` is the real Gemma3nForConditionalGeneration layout (audio conformer, embedders,
+language model) with a stand-in module where the timm vision tower would be: timm is not a dependency,
+and its MobileNet would add 300M random parameters. The text path trains as usual; image inputs raise a
+clear error. The catalogue's note for this preset says the same.
 """
 
 from __future__ import annotations

@@ -191,15 +191,6 @@ def keep_for_modules_to_save(
     return extra, notes
 
 
-def _model_class(config: Any) -> Any:
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    return cls if cls is not None else AutoModelForCausalLM
-
-
 def quantized_layer_types() -> tuple[type, ...]:
     """The bitsandbytes layer classes whose weights are packed integers."""
     import bitsandbytes as bnb
@@ -295,10 +286,10 @@ def load_source_for_training(
     from peft import LoraConfig, get_peft_model
 
     from worker.train.cpu import disable_cpu_weight_repacking
-    from worker.train.recipes.base import instantiate_on_meta
+    from worker.train.recipes.base import causal_lm_class, instantiate_on_meta
     from worker.train.recipes.gemma3n import timm_free_vision_tower
 
-    skeleton = instantiate_on_meta(config)
+    skeleton = instantiate_on_meta(config, trust_remote_code=cfg.model.trust_remote_code)
     recipe = recipe_for(skeleton)
     # An override replaces the recipe's judgement, so its explanations no longer apply.
     notes = list(recipe.notes) if keep_override is None else []
@@ -342,7 +333,7 @@ def load_source_for_training(
     )
     try:
         with stub:
-            model = _model_class(config).from_pretrained(
+            model = causal_lm_class(config).from_pretrained(
                 source.location,
                 revision=source.revision,
                 quantization_config=bnb_config(cfg, dtype, skip),

@@ -168,19 +168,29 @@ def build_target_regex(names: Sequence[str]) -> str:
     return "(?:" + "|".join(patterns) + ")"
 
 
-def instantiate_on_meta(config: Any) -> Any:
+def causal_lm_class(config: Any) -> Any:
+    """The class the loader builds for `config`: its own generative architecture, else AutoModelForCausalLM.
+
+    The recipe discovers names on the same class the weights are loaded into, so they always agree.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is not None and arch.endswith(("ForCausalLM", "ForConditionalGeneration")):
+        return cls
+    return AutoModelForCausalLM
+
+
+def instantiate_on_meta(config: Any, trust_remote_code: bool = False) -> Any:
     """Build the model skeleton on the meta device (no memory, no weights) to discover module names."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from worker.train.recipes.gemma3n import timm_free_vision_tower
 
-    arch = (getattr(config, "architectures", None) or [""])[0]
+    cls = causal_lm_class(config)
     with torch.device("meta"), timm_free_vision_tower():
-        if arch:
-            import transformers
-
-            cls = getattr(transformers, arch, None)
-            if cls is not None:
-                return cls._from_config(config)
-        return AutoModelForCausalLM.from_config(config)
+        if hasattr(cls, "_from_config"):
+            return cls._from_config(config)
+        return cls.from_config(config, trust_remote_code=trust_remote_code)
