@@ -199,8 +199,8 @@ async def job_event_stream(
             yield format_sse("job", result.summary, before)
             sent = True
         if result.series:
-            step = "" if cursor.metric_step is None else str(cursor.metric_step)
-            yield format_sse("metrics", {"series": result.series}, f"{seq_before}.{step}")
+            step_text = "" if cursor.metric_step is None else str(cursor.metric_step)
+            yield format_sse("metrics", {"series": result.series}, f"{seq_before}.{step_text}")
             sent = True
         if result.events:
             yield format_sse("events", result.events, cursor.event_id())
