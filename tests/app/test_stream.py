@@ -220,3 +220,14 @@ def test_each_message_id_covers_only_what_was_sent_up_to_it(live_server, started
     ids = {m.event: m.id for m in got}
     # a client that saw only the job message resumes at 0.0, one that saw the metrics too at 0.1
     assert ids == {"job": "0.0", "metrics": "0.1", "events": "2.1"}
+
+
+def test_an_idle_stream_sends_pings(live_server, started_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = started_job()  # settings.sse_ping_interval_s is 0.5 in the test settings
+    start = time.monotonic()
+    with httpx.stream("GET", f"{live_server.url}/api/jobs/{job_id}/stream", timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith(": ping"):
+                break
+            assert time.monotonic() - start < 5, "no ping within 5 s on an idle stream"
+    assert 0.4 < time.monotonic() - start < 5
