@@ -1,10 +1,19 @@
-"""The Scheduler the app's lifespan starts: reconcile once, then tick the supervisor every interval."""
+"""The Scheduler the app's lifespan starts: reconcile once, then tick the supervisor every interval.
+
+Only one scheduler may own a data directory's jobs, or two processes (uvicorn --workers 2, two
+`tuneboard serve` on one data dir) would both re-attach and signal the same children. A scheduler
+therefore takes an exclusive lock on DATA_DIR/scheduler.lock; one that cannot waits on standby and
+takes over (reconciling first) when the lock holder goes away.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +38,41 @@ def make_launcher(settings: Settings) -> Launcher:
     )
 
 
+class LeaderLock:
+    """An exclusive, non-blocking flock on a file; the kernel drops it when the holder dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; True when held afterwards."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give the lock up (closing the descriptor releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Scheduler:
     """Owns the supervisor loop. stop() leaves training processes running: the next start re-attaches."""
 
@@ -42,6 +86,7 @@ class Scheduler:
         self.supervisor = Supervisor(
             settings=settings, session_factory=session_factory, launcher=self.launcher, slots=self.slots
         )
+        self.lock = LeaderLock(settings.data_dir / "scheduler.lock")
         self.reconciled: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -51,14 +96,23 @@ class Scheduler:
         """Whether the loop task is alive."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def active(self) -> bool:
+        """Whether this scheduler owns the jobs (holds the lock) rather than standing by."""
+        return self.lock.held
+
     async def start(self) -> None:
-        """Reconcile jobs left active by a previous run, then start the loop task."""
+        """Take the lock and reconcile jobs left active by a previous run, then start the loop task."""
         if self.running:
             return
         log.info("scheduler: %s, launcher %s", self.slots.describe(), self.launcher.name)
-        self.reconciled = await asyncio.to_thread(
-            reconcile, self.session_factory, launcher=self.launcher, supervisor=self.supervisor
-        )
+        await self._try_lead()
+        if not self.active:
+            log.warning(
+                "another process runs the scheduler for %s (see %s); this one stands by",
+                self.settings.data_dir,
+                self.lock.path,
+            )
         self._stop_requested = asyncio.Event()
         self._task = asyncio.create_task(self._loop(self._stop_requested), name="tuneboard-scheduler")
 
@@ -71,6 +125,7 @@ class Scheduler:
             await self._task
         finally:
             self._task = None
+            self.lock.release()
         owned = self.supervisor.owned_job_ids()
         if owned:
             log.info(
@@ -81,16 +136,28 @@ class Scheduler:
         """What /api/health shows: slots, running jobs, loop state."""
         return {
             "running": self.running,
+            "role": "active" if self.active else "standby",
             "interval_s": self.settings.scheduler_interval_s,
             "reconciled_at_start": dict(self.reconciled),
             **self.supervisor.snapshot(),
         }
 
+    async def _try_lead(self) -> None:
+        if self.active or not self.lock.try_acquire():
+            return
+        # whatever the previous owner left active is settled before anything new starts
+        self.reconciled = await asyncio.to_thread(
+            reconcile, self.session_factory, launcher=self.launcher, supervisor=self.supervisor
+        )
+
     async def _loop(self, stop_requested: asyncio.Event) -> None:
         interval = self.settings.scheduler_interval_s
         while not stop_requested.is_set():
-            # tick() does blocking database and process work: keep it off the event loop
-            await asyncio.to_thread(self.supervisor.tick)
+            if not self.active:
+                await self._try_lead()
+            if self.active:
+                # tick() does blocking database and process work: keep it off the event loop
+                await asyncio.to_thread(self.supervisor.tick)
             try:
                 await asyncio.wait_for(stop_requested.wait(), timeout=interval)
             except TimeoutError:

@@ -79,3 +79,28 @@ def test_stopping_leaves_training_running_and_the_next_start_reattaches_it(
 def test_an_unknown_launcher_is_refused_with_the_setting_to_change(tmp_path) -> None:
     with pytest.raises(ValueError, match="TUNEBOARD_LAUNCHER=local"):
         make_launcher(Settings(data_dir=tmp_path, launcher="slurm"))
+
+
+def test_a_second_scheduler_on_the_same_data_dir_stands_by_and_takes_over_when_the_first_stops(
+    kit, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    async def scenario() -> tuple[str, str, str]:
+        first, second = Scheduler(settings, session_factory), Scheduler(settings, session_factory)
+        await first.start()
+        await second.start()
+        try:
+            roles = (first.snapshot()["role"], second.snapshot()["role"])
+            job_id = kit.queue("sleep=0")
+            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            assert kit.job(job_id).status == JobStatus.SUCCEEDED
+            assert second.supervisor.owned_job_ids() == [] and second.supervisor.last_tick_at is None
+            await first.stop()
+            await _wait_for(lambda: second.active, timeout=5)
+            later = kit.queue("sleep=0")
+            await _wait_for(lambda: kit.job(later).status in DONE)  # run by the second one now
+            return roles[0], roles[1], second.snapshot()["role"]
+        finally:
+            await first.stop()
+            await second.stop()
+
+    assert asyncio.run(scenario()) == ("active", "standby", "active")
