@@ -509,9 +509,18 @@
       } catch (err) {
         console.warn("tuneboard: could not load the metric history", err);
       }
+      connect();
+      // a resumed job runs again: listen again (the stream closed when the job had finished)
+      document.body.addEventListener("htmx:load", (e) => {
+        if (e.target && e.target.id === "job-actions" && (!es || es.readyState === EventSource.CLOSED)) connect();
+      });
+    }
+
+    let es = null;
+    function connect() {
       const step = store.lastStep();
       const cursor = lastSeq + "." + (step === null ? "" : step);
-      const es = openStream(main.dataset.stream + "?cursor=" + encodeURIComponent(cursor), {
+      es = openStream(main.dataset.stream + "?cursor=" + encodeURIComponent(cursor), {
         job: onJob,
         metrics: onMetrics,
         events: onEvents,

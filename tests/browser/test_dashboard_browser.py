@@ -160,6 +160,7 @@ def test_demo_job_submitted_from_the_form_trains_live_in_the_browser(live_app: s
             # times are formatted in the browser's zone, not left as the UTC fallback
             assert "UTC" not in page.locator("time").first.inner_text()
             cls = page.evaluate("() => window.__cls")
+            print(f"cumulative layout shift on the detail page: {cls:.4f}")
             assert cls < 0.1, f"layout shifted while data arrived (CLS {cls:.3f})"
             page.screenshot(path=str(SCREENSHOTS / "job-detail.png"), full_page=True)
 
@@ -190,6 +191,18 @@ def test_demo_job_submitted_from_the_form_trains_live_in_the_browser(live_app: s
             )
             page.wait_for_selector('[data-action="resume"]:not([hidden])')
             assert page.url.endswith(f"/jobs/{second}")
+
+            # resume: the page listens again and follows the job back to running; then stop it for good
+            page.click('[data-action="resume"] button')
+            page.wait_for_function(
+                "() => document.getElementById('main').dataset.status === 'running'",
+                timeout=DEMO_DEADLINE_S * 1000,
+            )
+            page.click('[data-action="cancel"] button')
+            page.wait_for_function(
+                "() => document.getElementById('main').dataset.status === 'cancelled'",
+                timeout=DEMO_DEADLINE_S * 1000,
+            )
             assert not errors, f"JavaScript errors: {errors}"
         finally:
             browser.close()
