@@ -52,3 +52,29 @@ def test_a_stop_request_saves_a_checkpoint_and_exits_cancelled(how: str) -> None
         {"path": f"checkpoints/checkpoint-{step}", "step": step}
     ]
     assert not rd.adapter.exists()
+
+
+def test_a_cancel_from_the_dashboard_stops_the_run_and_every_event_reaches_the_app() -> None:
+    from tests.worker.fake_app import TOKEN, FakeApp, free_port
+
+    app = FakeApp(free_port())
+    app.start()
+    rd = new_run_dir("stop-dashboard", demo_dict(max_steps=500, save_steps=1000, eval_steps=0))
+    rd.job.write_text(json.dumps({"job_id": 3, "app_url": f"http://127.0.0.1:{app.port}", "token": TOKEN}))
+    child = start_child(rd)
+    try:
+        wait_for(lambda: any(e["kind"] == "metric" and e["step"] >= 3 for e in list(app.stored)), 120,
+                 "three steps reported to the app")
+        app.control = "cancel"
+        child.wait(timeout=STOP_BOUND_S + 30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        app.stop()
+    assert child.returncode == ExitCode.CANCELLED
+    assert json.loads(rd.outcome.read_text(encoding="utf-8"))["reason"].startswith("cancelled from the dashboard")
+    spooled = read_spool(rd.events)
+    assert app.stored == spooled  # nothing lost, duplicated or reordered on the way
+    assert set(app.auth) == {f"Bearer {TOKEN}"}
+    assert any(e["kind"] == "checkpoint" for e in app.stored)
