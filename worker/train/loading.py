@@ -289,7 +289,9 @@ def load_source_for_training(
     from worker.train.recipes.base import causal_lm_class, instantiate_on_meta
     from worker.train.recipes.gemma3n import timm_free_vision_tower
 
-    skeleton = instantiate_on_meta(config, trust_remote_code=cfg.model.trust_remote_code)
+    skeleton = instantiate_on_meta(
+        config, trust_remote_code=cfg.model.trust_remote_code, force_vision_stub=source.force_vision_stub
+    )
     recipe = recipe_for(skeleton)
     # An override replaces the recipe's judgement, so its explanations no longer apply.
     notes = list(recipe.notes) if keep_override is None else []

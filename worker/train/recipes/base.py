@@ -183,14 +183,14 @@ def causal_lm_class(config: Any) -> Any:
     return AutoModelForCausalLM
 
 
-def instantiate_on_meta(config: Any, trust_remote_code: bool = False) -> Any:
+def instantiate_on_meta(config: Any, trust_remote_code: bool = False, force_vision_stub: bool = False) -> Any:
     """Build the model skeleton on the meta device (no memory, no weights) to discover module names."""
     import torch
 
     from worker.train.recipes.gemma3n import timm_free_vision_tower
 
     cls = causal_lm_class(config)
-    with torch.device("meta"), timm_free_vision_tower():
+    with torch.device("meta"), timm_free_vision_tower(force=force_vision_stub):
         if hasattr(cls, "_from_config"):
             return cls._from_config(config)
         return cls.from_config(config, trust_remote_code=trust_remote_code)

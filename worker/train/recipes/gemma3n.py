@@ -142,6 +142,8 @@ def gemma3n_recipe(model: Any) -> Recipe:
         and n not in must_keep
     ]
     multimodal = bool(towers)
+    stub = vision_tower_stub_class()
+    real_vision = multimodal and not any(isinstance(m, stub) for m in model.modules())
     notes = [
         f"AltUp's {len(altup_linears)} small Linear layers stay in full precision: it clamps and reads their "
         "weights directly, which packed 4-bit storage cannot do.",
@@ -154,9 +156,14 @@ def gemma3n_recipe(model: Any) -> Recipe:
             "The audio and vision towers and their embedders are kept out of 4-bit and are not adapted; "
             "LoRA trains the language model only."
         )
-        if not timm_is_installed():
+        if real_vision:
             notes.append(
-                "timm is not installed: the vision tower is a stand-in, so image inputs are not supported."
+                "timm's vision tower needs eager attention, so the whole model uses eager attention."
+            )
+        else:
+            notes.append(
+                "The vision tower is a stand-in (timm is not installed, or this is a preset), so image "
+                "inputs are not supported; text trains as usual."
             )
     return Recipe(
         name="gemma3n",
@@ -166,7 +173,7 @@ def gemma3n_recipe(model: Any) -> Recipe:
         lora_target_regex=build_target_regex(targets),
         lora_target_names=tuple(targets),
         # Text-only Gemma 3n trains with sdpa (measured faster); only timm's vision tower needs eager.
-        attn_implementation="sdpa",
+        attn_implementation="eager" if real_vision else "sdpa",
         chat_template=GEMMA_CHAT_TEMPLATE,
         supports_assistant_only_loss=True,
         needs_vision_stub=multimodal,
