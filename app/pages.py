@@ -436,13 +436,8 @@ def new_job_page(request: Request, session: SessionDep, preset: str | None = Non
         try:
             parent = service.get_job(session, int(from_id))
         except (ValueError, service.JobNotFound):
-            return HTMLResponse(
-                templates.get_template("error.html").render(
-                    request=request,
-                    title="Job not found",
-                    message=f"There is no job {from_id!r} to clone; pick one from the jobs list.",
-                ),
-                status_code=404,
+            return _not_found_page(
+                request, f"There is no job {from_id!r} to clone; pick one from the jobs list."
             )
     if parent is not None:
         text = service.clone_config(parent)
@@ -610,9 +605,18 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
     }
 
 
+def _not_found_page(request: Request, what: str) -> HTMLResponse:
+    html = templates.get_template("error.html").render(request=request, title="Job not found", message=what)
+    return HTMLResponse(html, status_code=404)
+
+
 @router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
-def job_detail_page(request: Request, job: JobDep, session: SessionDep) -> Response:
+def job_detail_page(request: Request, job_id: int, session: SessionDep) -> Response:
     """One job: summary, live charts, events, samples, logs and the config as submitted."""
+    try:
+        job = service.get_job(session, job_id)
+    except service.JobNotFound:
+        return _not_found_page(request, f"There is no job {job_id}; pick one from the jobs list.")
     return templates.TemplateResponse(request, "job_detail.html", _detail_context(session, job))
 
 

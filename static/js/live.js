@@ -109,6 +109,7 @@
         el.textContent = g ? "GPU " + g : (g === "" ? "CPU" : "—");
       } else if (field in s) {
         el.textContent = s[field] === null || s[field] === undefined ? "" : String(s[field]);
+        if (el.classList.contains("reason")) el.title = el.textContent;
       }
     });
   }
@@ -229,8 +230,8 @@
     ] },
     { id: "grad_norm", logToggle: true, series: [{ key: "grad_norm", label: "grad_norm", color: "--c1" }] },
     { id: "learning_rate", series: [{ key: "learning_rate", label: "learning_rate", color: "--c3" }] },
-    { id: "tokens_per_second", series: [{ key: "tokens_per_second", label: "tokens/s", color: "--c4" }] },
-    { id: "memory", series: [
+    { id: "tokens_per_second", zeroBased: true, series: [{ key: "tokens_per_second", label: "tokens/s", color: "--c4" }] },
+    { id: "memory", zeroBased: true, series: [
       { key: "vram_allocated_gb", label: "allocated GB", color: "--c1" },
       { key: "vram_reserved_gb", label: "reserved GB", color: "--c3" },
       { key: "vram_peak_gb", label: "peak GB", color: "--c2" },
@@ -301,7 +302,8 @@
         cursor: { drag: { x: true, y: false } },
         scales: {
           x: { time: false, range: xRange },
-          y: c.log ? { distr: 3 } : { auto: true },
+          // memory and throughput start at zero: a 4 MB wobble must not look like a leak
+          y: c.log ? { distr: 3 } : (c.spec.zeroBased ? { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } : { auto: true }),
           pct: { range: [0, 100] },
         },
         axes: [

@@ -55,7 +55,7 @@ class Elements(HTMLParser):
 
 def form_data(config: dict[str, Any] | None = None, **overrides: str) -> dict[str, str]:
     """What a browser posts for the form filled from `config` (defaults) with some fields changed."""
-    values = form_values_from_config(config or config_to_dict(JobConfig()))
+    values = form_values_from_config(config or config_to_dict(JobConfig.model_validate({})))
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     data = {"mode": "fields"}
     for f in FORM_FIELDS:
@@ -238,7 +238,8 @@ def test_pasted_config_is_stored_exactly_as_submitted(client: TestClient) -> Non
 
 def test_clone_and_edit_prefills_the_form_and_records_the_parent(client: TestClient) -> None:
     source = client.post(
-        "/api/jobs", content="name: original\ntraining: {learning_rate: 0.0003, max_steps: 7}\n",
+        "/api/jobs",
+        content="name: original\ntraining: {learning_rate: 0.0003, max_steps: 7}\n",
         headers={"Content-Type": "application/yaml"},
     ).json()["id"]
     page = client.get(f"/jobs/new?from={source}")
@@ -280,7 +281,9 @@ def test_estimate_fragment_follows_the_form_values(client: TestClient) -> None:
 
 
 def test_estimate_api_answers_json_and_422_for_a_bad_config(client: TestClient) -> None:
-    r = client.post("/api/estimate", json={"model": {"name": "google/gemma-3n-E4B-it"}, "resources": {"gpus": 1}})
+    r = client.post(
+        "/api/estimate", json={"model": {"name": "google/gemma-3n-E4B-it"}, "resources": {"gpus": 1}}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["total_gb"] > 5 and body["breakdown"] and body["notes"]
@@ -332,7 +335,9 @@ def test_job_detail_renders_summary_events_samples_logs_and_config(
     assert main["data-stream"] == f"/api/jobs/{job_id}/stream"
     assert main["data-last-seq"] == "7"
     # times carry ISO for the browser and UTC text for everyone else
-    assert re.search(r'<time datetime="[^"]+\+00:00" data-local-time>\d{4}-\d\d-\d\d [\d:]+ UTC</time>', page.text)
+    assert re.search(
+        r'<time datetime="[^"]+\+00:00" data-local-time>\d{4}-\d\d-\d\d [\d:]+ UTC</time>', page.text
+    )
 
 
 def test_events_fragment_returns_only_what_came_after_a_sequence_number(
@@ -342,7 +347,10 @@ def test_events_fragment_returns_only_what_came_after_a_sequence_number(
     post_events(
         client,
         job_id,
-        [event(1, "log", 0, level="info", message="first"), event(2, "log", 0, level="warning", message="second")],
+        [
+            event(1, "log", 0, level="info", message="first"),
+            event(2, "log", 0, level="warning", message="second"),
+        ],
     )
     r = client.get(f"/jobs/{job_id}/partials/events?after_seq=1")
     assert r.status_code == 200
@@ -351,7 +359,9 @@ def test_events_fragment_returns_only_what_came_after_a_sequence_number(
 
 
 def test_unknown_job_page_is_404(client: TestClient) -> None:
-    assert client.get("/jobs/12345").status_code == 404
+    r = client.get("/jobs/12345")
+    assert r.status_code == 404
+    assert "There is no job 12345" in r.text and 'href="/"' in r.text
 
 
 def test_cancel_button_works_without_javascript(client: TestClient) -> None:

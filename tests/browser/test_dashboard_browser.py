@@ -105,6 +105,18 @@ def test_demo_job_submitted_from_the_form_trains_live_in_the_browser(live_app: s
             page.goto(live_app + "/")
             assert page.locator("#empty-state").is_visible()
             assert "No runs yet" in page.locator("#empty-state").inner_text()
+            # a job created elsewhere appears without a reload; this one asks for a GPU this machine lacks,
+            # so the scheduler fails it at once with a reason (and it leaves the CPU slot to the demo)
+            gpu_job = httpx.post(
+                f"{live_app}/api/jobs", json={"name": "needs a GPU", "resources": {"gpus": 1}}
+            )
+            gpu_job_id = gpu_job.json()["id"]
+            page.wait_for_selector(f"#job-row-{gpu_job_id}")
+            assert page.locator("#empty-state").is_hidden()
+            assert page.locator("#jobs-table-wrap").is_visible()
+            page.wait_for_function(
+                f"() => document.getElementById('job-row-{gpu_job_id}').dataset.status === 'failed'"
+            )
 
             # the form, prefilled with the demo settings; the estimate follows a change through htmx
             page.goto(live_app + "/jobs/new?preset=demo")
