@@ -63,6 +63,13 @@ def main(argv: list[str]) -> int:
     config: dict[str, Any] = json.loads(run.config.read_text(encoding="utf-8"))
     job = json.loads(run.job.read_text(encoding="utf-8")) if run.job.exists() else None
     how = parse_behaviour(str(config.get("name", "")))
+    stop = {"requested": False}
+
+    def on_term(_signum: int, _frame: FrameType | None) -> None:
+        stop["requested"] = True
+
+    # installed before fake-env.json appears, so a test that waits for that file can signal safely
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if how.get("ignore_term") == "1" else on_term)
     (run.root / "fake-env.json").write_text(
         json.dumps(
             {
@@ -78,12 +85,6 @@ def main(argv: list[str]) -> int:
     )
     if how.get("probe_cuda") == "1":
         _probe_cuda(run)
-    stop = {"requested": False}
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN if how.get("ignore_term") == "1" else on_term)
     reporter = Reporter(run, job, send_interval=0.1, heartbeat_interval=0.2, backoff_cap=0.2)
     reporter.emit(EventKind.STATUS, 0, {"status": "running", "message": "fake trainer started"})
     print(

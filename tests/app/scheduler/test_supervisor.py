@@ -140,6 +140,8 @@ def test_exit_codes_of_real_processes_become_plain_reasons(kit) -> None:
 
 def test_a_job_past_its_deadline_is_stopped_and_failed(kit) -> None:
     job_id = kit.queue("sleep=30", max_runtime_minutes=0.01)  # 0.6 s
+    kit.supervisor.launch_ready()
+    kit.env(job_id)  # its SIGTERM handler is in place (a loaded machine may start Python slowly)
     job = kit.wait_status(job_id, *DONE, timeout=10)
     assert job.status == JobStatus.FAILED
     assert job.failure_reason == (

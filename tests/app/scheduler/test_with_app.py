@@ -18,7 +18,7 @@ from app.settings import Settings
 def server(settings: Settings) -> Iterator[str]:
     """The app with its scheduler on, served on settings.port (the URL workers report to)."""
     settings.scheduler_enabled = True
-    settings.heartbeat_timeout_s = 2.0  # the fake reports every ~0.1 s; silence would fail the job
+    settings.heartbeat_timeout_s = 2.5  # the fake reports every ~0.1 s; silence would fail the job
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -46,7 +46,7 @@ def _wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: fl
 
 def test_a_submitted_job_runs_reports_metrics_and_succeeds(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10) as client:
-        created = client.post("/api/jobs", json={"name": "sleep=3", "resources": {"gpus": 1}})
+        created = client.post("/api/jobs", json={"name": "sleep=4", "resources": {"gpus": 1}})
         assert created.status_code == 201
         job_id = created.json()["id"]
         running = _wait_job(client, job_id, {"running"})  # the worker's status event, through ingest
@@ -55,7 +55,7 @@ def test_a_submitted_job_runs_reports_metrics_and_succeeds(server: str) -> None:
         assert health["scheduler"]["running"] is True
         assert [j["job_id"] for j in health["scheduler"]["jobs"]] == [job_id]
         done = _wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
-        assert done["status"] == "succeeded", done["failure_reason"]  # heartbeats kept it alive past 2 s
+        assert done["status"] == "succeeded", done["failure_reason"]  # heartbeats kept it alive past 2.5 s
         loss = client.get(f"/api/jobs/{job_id}/metrics", params={"keys": "loss"}).json()["series"]["loss"]
         assert len(loss) >= 10 and loss[0] == [1, 2.0]
 
