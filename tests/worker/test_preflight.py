@@ -68,6 +68,26 @@ def test_preflight_discovers_that_altup_breaks_under_the_naive_list_and_keeps_it
     assert events[-1][1]["ok"] is True
 
 
+def test_preflight_finds_the_shape_error_of_a_quantized_correction_matrix() -> None:
+    # prediction_coefs kept, correction_coefs packed: AltUp.correct() feeds the packed weight to F.linear.
+    only_prediction = ["lm_head", r"model\.layers\.\d+\.altup\.prediction_coefs"]
+    result = run_preflight(demo_config(), keep_override=only_prediction)
+    assert result.ok, result.summary
+    assert pattern_keeps("model.layers.2.altup.correction_coefs", [*only_prediction, *result.extra_keep])
+    assert any("AltUp" in n and "shapes cannot be multiplied" in n for n in result.notes)
+
+
+def test_preflight_with_an_empty_skip_list_also_finds_the_tied_head() -> None:
+    # The facts' trap: an explicit list replaces the default, so leaving out lm_head quantizes the tied head.
+    result = run_preflight(demo_config(), keep_override=[])
+    assert result.ok, result.summary
+    assert "lm_head" in result.extra_keep
+    assert pattern_keeps("model.layers.0.altup.prediction_coefs", result.extra_keep)
+    # one layer role at a time: the decoder's projections stay quantized
+    assert not pattern_keeps("model.layers.0.self_attn.q_proj", result.extra_keep)
+    assert "after 2 fix" in result.summary
+
+
 def test_preflight_that_runs_out_of_attempts_fails_in_plain_words() -> None:
     events, report = _recorder()
     result = run_preflight(demo_config(), report=report, keep_override=NAIVE_SKIP, max_attempts=1)

@@ -215,12 +215,22 @@ def culprits(exc: BaseException, model: Any) -> tuple[str, list[str], list[str]]
     in AltUp.predict (which owns the packed Linears), a bad F.linear may fail inside the packed layer.
     """
     modules = dict(model.named_modules())
+    qtypes = quantized_layer_types()
     for name in module_frames(exc, model):
-        cls = type(modules[name])
-        same_kind = [n for n, m in modules.items() if type(m) is cls]
+        module = modules[name]
+        base = getattr(module, "base_layer", None)  # a LoRA wrapper around a packed layer
+        if isinstance(module, qtypes) or isinstance(base, qtypes):
+            # A packed layer failed itself: keep that layer's role (same name in every block), not every
+            # packed layer of the model, which would undo the quantization altogether.
+            clean = _strip(name)
+            role = re.compile(generalize_names([clean])[0])
+            same_role = [_strip(n) for n, m in modules.items() if isinstance(m, qtypes)]
+            packed = [q for q in dict.fromkeys(same_role) if role.fullmatch(q)]
+            return clean.rsplit(".", 1)[-1], [clean], packed
+        same_kind = [n for n, m in modules.items() if type(m) is type(module)]
         packed = [q for n in same_kind for q in quantized_under(model, n)]
         if packed:
-            return cls.__name__, [_strip(n) for n in same_kind], packed
+            return type(module).__name__, [_strip(n) for n in same_kind], packed
     return "", [], []
 
 
@@ -235,6 +245,11 @@ def patterns_for(kind_names: Sequence[str], packed: Sequence[str], current: Sequ
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not text:  # a bare assert: say where it fired instead
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            last = frames[-1]
+            text = f"raised in {Path(last.filename).name}, {last.name}()"
     return f"{type(exc).__name__}: {text}"[:300]
 
 
