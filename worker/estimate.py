@@ -99,7 +99,9 @@ def _weights_bytes(info: ModelInfo, config: JobConfig, full_bytes: int) -> tuple
         per_param = _DOUBLE_QUANT_BYTES
     quantized = params * info.quantizable_fraction
     rest = params - quantized
-    label = f"base weights ({method} for {info.quantizable_fraction:.0%}, {_dtype_name(full_bytes)} for the rest)"
+    label = (
+        f"base weights ({method} for {info.quantizable_fraction:.0%}, {_dtype_name(full_bytes)} for the rest)"
+    )
     return quantized * per_param + rest * full_bytes, label
 
 
