@@ -65,7 +65,9 @@ def slots_in_use(session: Session) -> tuple[set[str], int]:
     return gpus, cpu
 
 
-def claim_next_job(factory: sessionmaker[Session], *, settings: Settings, slots: Slots) -> ClaimedJob | None:
+def claim_next_job(
+    factory: sessionmaker[Session], *, settings: Settings, slots: Slots, launcher: str = "local"
+) -> ClaimedJob | None:
     """Claim the next placeable queued job (status → starting), or None when nothing fits now.
 
     Runs in one BEGIN IMMEDIATE transaction, so slot usage is read and the claim written under the
@@ -109,7 +111,7 @@ def claim_next_job(factory: sessionmaker[Session], *, settings: Settings, slots:
         job.attempt = (job.attempt or 0) + 1
         job.run_dir = str(run_dir)
         job.token_hash = hash_token(token)
-        job.launcher = "local"
+        job.launcher = launcher  # reconciliation after a restart only settles its own launcher's jobs
         job.pid = None
         job.exit_code = None
         job.failure_reason = None

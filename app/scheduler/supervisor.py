@@ -111,7 +111,9 @@ class Supervisor:
         """Claim and launch queued jobs while they fit; return the ids launched."""
         launched: list[int] = []
         for _ in range(MAX_CLAIMS_PER_TICK):
-            claimed = claim_next_job(self.session_factory, settings=self.settings, slots=self.slots)
+            claimed = claim_next_job(
+                self.session_factory, settings=self.settings, slots=self.slots, launcher=self.launcher.name
+            )
             if claimed is None:
                 break
             if self._start(claimed):
