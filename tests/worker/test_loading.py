@@ -164,6 +164,13 @@ def test_an_unreachable_hub_model_says_to_use_a_local_path_or_a_preset(
     assert err.value.field == "model.name"
 
 
+def test_an_attention_kernel_that_is_not_installed_names_the_field() -> None:
+    cfg = _cfg(model__attn_implementation="flash_attention_2")
+    with pytest.raises(ModelLoadError, match="attn_implementation") as err:
+        load_for_training(cfg, device="cpu")
+    assert err.value.field == "model.attn_implementation"
+
+
 def test_a_missing_local_directory_is_named(tmp_path: Any) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_for_training(_cfg(model__name=str(tmp_path / "nope")), device="cpu")

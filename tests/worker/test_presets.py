@@ -50,6 +50,16 @@ def test_a_second_call_reuses_the_cached_preset_without_rebuilding(cache: Path) 
     assert not [p for p in cache.iterdir() if p.name.startswith(".building-")]
 
 
+def test_concurrent_builders_all_get_the_same_complete_preset(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        paths = list(pool.map(lambda _: preset_model_dir("tiny-llama", tmp_path), range(3)))
+    assert len(set(paths)) == 1
+    assert (paths[0] / READY_MARKER).is_file() and (paths[0] / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # losers cleaned up their temp dirs
+
+
 def test_an_incomplete_preset_directory_is_rebuilt(tmp_path: Path) -> None:
     stale = tmp_path / f"tiny-llama-v{PRESET_VERSION}"
     stale.mkdir()

@@ -249,6 +249,11 @@ def _tokenizer(source: ModelSource, cfg: JobConfig, recipe: Recipe, notes: list[
     return tok
 
 
+def _is_attention_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "attention" in text and any(k in text for k in ("flash", "sdpa", "attn_implementation", "eager"))
+
+
 def _emit(report: Report | None, message: str) -> None:
     if report is not None:
         report("log", {"level": "info", "message": message})
@@ -344,7 +349,15 @@ def load_source_for_training(
                 device_map={"": device},
                 trust_remote_code=cfg.model.trust_remote_code,
             )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
+        if _is_attention_error(exc):
+            raise ModelLoadError(
+                f"attention kernel {attn!r} cannot be used here ({str(exc).splitlines()[0]}); "
+                "set model.attn_implementation to auto, sdpa or eager",
+                "model.attn_implementation",
+            ) from exc
+        if isinstance(exc, ImportError):
+            raise
         if source.is_local:
             raise ModelLoadError(
                 f"cannot load the weights in {source.location}: {exc}", "model.name"
