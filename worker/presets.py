@@ -19,6 +19,7 @@ import random
 import shutil
 import string
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from worker.catalog import PRESET_DATASETS, PRESET_MODELS
 
 # Bump when a builder, an init rule, a tokenizer or a template changes: old cached presets are then ignored.
 PRESET_VERSION = 2
+_BUILD_LOCK = threading.Lock()
 READY_MARKER = "tuneboard_preset.json"  # written last inside the temp dir; its presence means "complete"
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
@@ -63,6 +65,15 @@ def preset_model_dir(name: str, cache_dir: Path | None = None) -> Path:
     target = root / f"{name}-v{PRESET_VERSION}"
     if is_preset_dir(target):
         return target
+    # Threads of one process build one at a time (transformers' lazy imports are not thread-safe);
+    # separate processes race safely through the atomic rename below.
+    with _BUILD_LOCK:
+        if not is_preset_dir(target):
+            _build_into(name, root, target)
+    return target
+
+
+def _build_into(name: str, root: Path, target: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".building-{name}-", dir=root))
     try:
@@ -79,7 +90,6 @@ def preset_model_dir(name: str, cache_dir: Path | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers

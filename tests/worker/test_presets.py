@@ -60,6 +60,33 @@ def test_concurrent_builders_all_get_the_same_complete_preset(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # losers cleaned up their temp dirs
 
 
+def test_concurrent_builder_processes_race_safely_to_one_complete_preset(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from pathlib import Path; from worker.presets import preset_model_dir; "
+    code += "print(preset_model_dir('tiny-gemma3n', Path(sys.argv[1])))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs[0] == outputs[1]
+    assert [p.name for p in tmp_path.iterdir()] == [Path(outputs[0]).name]
+    assert (Path(outputs[0]) / READY_MARKER).is_file()
+
+
+def test_a_builder_that_loses_the_rename_race_keeps_the_winners_preset(tmp_path: Path) -> None:
+    from worker.presets import _build_into
+
+    winner = preset_model_dir("tiny-llama", tmp_path)
+    stamp = (winner / "model.safetensors").stat().st_mtime_ns
+    _build_into("tiny-llama", tmp_path, winner)  # a second builder finishing after the first renamed
+    assert (winner / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [winner.name]
+
+
 def test_an_incomplete_preset_directory_is_rebuilt(tmp_path: Path) -> None:
     stale = tmp_path / f"tiny-llama-v{PRESET_VERSION}"
     stale.mkdir()
