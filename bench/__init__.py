@@ -1,0 +1,1 @@
+"""Benchmarks and real-size runs (see bench/README.md)."""

@@ -1,0 +1,105 @@
+"""A short real-size run through Tuneboard's own worker: Gemma 3n E2B/E4B dims, random weights, 4-bit, one GPU.
+
+    python bench/real_size_run.py --size e2b --steps 12 --batch 4 --seq 512 --work /tmp/tb-real
+
+Builds the model from its config (bench/gemma3n_dims.py), writes a dataset of full-length text rows, runs
+`python -m worker.train RUN_DIR` exactly as the app's launcher does (standalone: no app), then prints what the
+worker reported: preflight summary, loss, tokens/s (median of steps after warm-up) and peak VRAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker.protocol import RunDir, read_spool  # noqa: E402
+
+
+def write_text_dataset(path: Path, rows: int, chars: int, seed: int = 0) -> None:
+    """Rows of pseudo-words long enough to fill `chars` byte-level tokens each."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(400)]
+    with path.open("w", encoding="utf-8") as fh:
+        for _ in range(rows):
+            text = ""
+            while len(text) < chars:
+                text += rng.choice(words) + " "
+            fh.write(json.dumps({"text": text[:chars]}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="e2b", choices=["e2b", "e4b"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--quant", default="nf4")
+    parser.add_argument("--work", type=Path, required=True)
+    args = parser.parse_args()
+
+    from bench.gemma3n_dims import save_random_model
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.work / f"gemma3n-{args.size}"
+    if not (model_dir / "config.json").exists():
+        save_random_model(args.size, model_dir)
+    data = args.work / "long-text.jsonl"
+    write_text_dataset(data, rows=args.batch * (args.steps + 2), chars=args.seq + 64)
+
+    run = RunDir(args.work / f"run-{args.size}-{args.quant}-b{args.batch}-s{args.seq}")
+    run.root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": f"real-size {args.size} {args.quant}",
+        "model": {"name": str(model_dir)},
+        "dataset": {"source": str(data), "format": "text", "eval_fraction": 0.0, "assistant_only_loss": False},
+        "quantization": {"method": args.quant},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "training": {
+            "max_steps": args.steps,
+            "batch_size": args.batch,
+            "max_seq_len": args.seq,
+            "learning_rate": 2e-4,
+            "eval_steps": 0,
+            "save_steps": args.steps,
+            "logging_steps": 1,
+        },
+        "resources": {"gpus": 1},
+    }
+    run.config.write_text(json.dumps(config, indent=2))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "worker.train", str(run.root)], check=False)
+    wall = time.time() - start
+
+    events = read_spool(run.events)
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    for ev in events:
+        if ev["kind"] == "metric":
+            for key, value in ev["payload"].items():
+                if isinstance(value, (int, float)):
+                    metrics.setdefault(key, []).append((ev["step"], float(value)))
+        elif ev["kind"] in ("preflight", "guard", "log"):
+            print(f"[{ev['kind']}] {json.dumps(ev['payload'])[:400]}")
+    tps = [v for s, v in metrics.get("tokens_per_second", []) if s > 2]
+    loss = metrics.get("loss", [])
+    print("\n== real-size run summary")
+    print(f"exit code {proc.returncode}, wall {wall:.0f} s, outcome: {run.outcome.read_text() if run.outcome.exists() else '-'}")
+    if loss:
+        print(f"loss: first {loss[0][1]:.3f} (step {loss[0][0]}), last {loss[-1][1]:.3f} (step {loss[-1][0]})")
+    if tps:
+        print(f"tokens/s (median of steps > 2): {statistics.median(tps):.0f}")
+    for key in ("vram_peak_gb", "vram_reserved_gb", "vram_allocated_gb", "gpu_util"):
+        vals = [v for _, v in metrics.get(key, [])]
+        if vals:
+            print(f"{key}: max {max(vals):.2f}")
+
+
+if __name__ == "__main__":
+    main()
