@@ -20,7 +20,9 @@ def run() -> FinishedRun:
     return finished
 
 
-def _plain_peft_logits(run: FinishedRun, *, with_adapter: bool, repack_off: bool = True) -> tuple[object, object]:
+def _plain_peft_logits(
+    run: FinishedRun, *, with_adapter: bool, repack_off: bool = True
+) -> tuple[object, object]:
     import bitsandbytes as bnb
     import torch
     from peft import PeftModel
@@ -65,7 +67,6 @@ def test_plain_peft_reproduces_the_reference_logits(run: FinishedRun) -> None:
 
 
 def test_the_base_without_the_adapter_gives_different_logits(run: FinishedRun) -> None:
-    import torch
 
     logits, reference = _plain_peft_logits(run, with_adapter=False)
     # The check above can fail: training moved the logits far beyond the tolerance it uses.

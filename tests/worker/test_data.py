@@ -23,7 +23,12 @@ from worker.train.data import (
     validate_rows,
 )
 
-CHAT = {"messages": [{"role": "user", "content": "Reverse the letters: abc"}, {"role": "assistant", "content": "cba"}]}
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "Reverse the letters: abc"},
+        {"role": "assistant", "content": "cba"},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +70,20 @@ def test_formats_are_detected_from_the_columns() -> None:
 
 
 def test_bad_rows_are_reported_with_their_row_numbers() -> None:
-    rows = [CHAT, {"messages": [{"role": "user", "content": "hi"}]}, CHAT, {"messages": [{"role": "bot", "content": "x"}]}]
+    rows = [
+        CHAT,
+        {"messages": [{"role": "user", "content": "hi"}]},
+        CHAT,
+        {"messages": [{"role": "bot", "content": "x"}]},
+    ]
     with pytest.raises(DatasetError) as err:
         validate_rows(rows, "messages")
     text = str(err.value)
-    assert "2 bad row(s)" in text and "row 2: no assistant message" in text and "row 4: message 0 has role 'bot'" in text
+    assert (
+        "2 bad row(s)" in text
+        and "row 2: no assistant message" in text
+        and "row 4: message 0 has role 'bot'" in text
+    )
 
 
 def test_a_broken_jsonl_line_is_named(tmp_path: Path) -> None:
@@ -79,13 +93,17 @@ def test_a_broken_jsonl_line_is_named(tmp_path: Path) -> None:
         load_rows(_cfg(str(path)))
 
 
-def test_jsonl_csv_parquet_and_uploads_load_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jsonl_csv_parquet_and_uploads_load_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(5)]
     _jsonl(tmp_path / "d.jsonl", rows)
-    (tmp_path / "d.csv").write_text("prompt,completion\n" + "".join(f"p{i},c{i}\n" for i in range(5)), encoding="utf-8")
+    (tmp_path / "d.csv").write_text(
+        "prompt,completion\n" + "".join(f"p{i},c{i}\n" for i in range(5)), encoding="utf-8"
+    )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     (tmp_path / "up" / "abc123").mkdir(parents=True)
     _jsonl(tmp_path / "up" / "abc123" / "data.jsonl", rows)
@@ -157,7 +175,9 @@ def test_long_rows_are_truncated_to_max_seq_len(tokenizer: Any) -> None:
 
 
 def test_prepare_data_refuses_when_truncation_leaves_nothing_to_learn(tokenizer: Any, tmp_path: Path) -> None:
-    long_prompt = {"messages": [{"role": "user", "content": "y" * 200}, {"role": "assistant", "content": "ok"}]}
+    long_prompt = {
+        "messages": [{"role": "user", "content": "y" * 200}, {"role": "assistant", "content": "ok"}]
+    }
     cfg = _cfg(str(_jsonl(tmp_path / "long.jsonl", [long_prompt] * 10)))
     cfg.training.max_seq_len = 32
     with pytest.raises(DatasetError, match="raise training.max_seq_len"):
@@ -173,8 +193,10 @@ def test_prepare_data_on_a_preset_splits_and_tokenizes(tokenizer: Any) -> None:
 
 def test_the_collator_pads_labels_with_ignore_index() -> None:
     batch = PadCollator(pad_token_id=0)(
-        [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
-         {"input_ids": [5], "attention_mask": [1], "labels": [5]}]
+        [
+            {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
+            {"input_ids": [5], "attention_mask": [1], "labels": [5]},
+        ]
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -40,7 +40,9 @@ def test_out_of_memory_is_classified_with_advice() -> None:
 
     from worker.train.pipeline import _classify
 
-    outcome = _classify(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), demo_config())
+    outcome = _classify(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), demo_config()
+    )
     assert outcome.code == ExitCode.OUT_OF_MEMORY
     assert "training.batch_size" in outcome.reason and "training.max_seq_len" in outcome.reason
 
@@ -66,11 +68,13 @@ def test_run_standalone_trains_with_a_progress_bar_and_prints_the_adapter_path(t
         "import sys; from pathlib import Path; from worker.train.pipeline import run_standalone; "
         f"sys.exit(run_standalone(Path({str(config)!r}), Path({str(tmp_path / 'run')!r})))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                         timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"adapter saved to {tmp_path / 'run' / 'adapter'}" in out.stdout
     assert "4/4" in out.stderr  # the tqdm bar reached the last step
-    again = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                           timeout=240)
+    again = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240
+    )
     assert again.returncode == ExitCode.CONFIG_ERROR and "--resume" in again.stderr

@@ -72,7 +72,11 @@ def _policy_run(policy: str) -> FinishedRun:
 
 
 def _lr_by_step(run: FinishedRun) -> dict[int, float]:
-    return {e["step"]: e["payload"]["learning_rate"] for e in run.of_kind("metric") if "learning_rate" in e["payload"]}
+    return {
+        e["step"]: e["payload"]["learning_rate"]
+        for e in run.of_kind("metric")
+        if "learning_rate" in e["payload"]
+    }
 
 
 @pytest.mark.training

@@ -15,6 +15,7 @@ from tests.worker.fake_app import TOKEN, FakeApp, free_port
 from worker.protocol import EventKind, RunDir, read_spool
 from worker.train.reporter import Reporter
 
+
 @pytest.fixture
 def app() -> Iterator[FakeApp]:
     fake = FakeApp(free_port())
@@ -45,7 +46,11 @@ def test_standalone_reporter_spools_events_with_increasing_seq(tmp_path: Path) -
     assert [rep.emit(EventKind.METRIC, s, {"loss": 1.0 / s}) for s in (1, 2, 3)] == [1, 2, 3]
     rep.close()
     events = read_spool(rd.events)
-    assert [(e["seq"], e["kind"], e["step"]) for e in events] == [(1, "metric", 1), (2, "metric", 2), (3, "metric", 3)]
+    assert [(e["seq"], e["kind"], e["step"]) for e in events] == [
+        (1, "metric", 1),
+        (2, "metric", 2),
+        (3, "metric", 3),
+    ]
 
 
 def test_a_resumed_run_continues_seq_after_the_existing_spool(tmp_path: Path) -> None:
@@ -97,7 +102,9 @@ def test_nothing_is_lost_duplicated_or_reordered_while_the_app_is_down(tmp_path:
     assert all(a < b for a, b in zip(sent, sent[1:], strict=False))  # no seq sent twice, none out of order
 
 
-def test_a_relaunched_worker_resends_only_what_the_app_did_not_acknowledge(tmp_path: Path, app: FakeApp) -> None:
+def test_a_relaunched_worker_resends_only_what_the_app_did_not_acknowledge(
+    tmp_path: Path, app: FakeApp
+) -> None:
     app.start()
     rd = RunDir(tmp_path)
     first = _fast(rd, _job(app))
@@ -140,6 +147,9 @@ def test_an_idle_reporter_sends_heartbeats(tmp_path: Path, app: FakeApp) -> None
 def test_the_reporter_module_does_not_import_torch() -> None:
     import subprocess
 
-    code = "import sys, worker.train.reporter, worker.train.guard, worker.train.signals; print('torch' in sys.modules)"
+    code = (
+        "import sys, worker.train.reporter, worker.train.guard, worker.train.signals; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

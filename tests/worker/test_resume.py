@@ -13,7 +13,7 @@ from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_check
 
 pytestmark = pytest.mark.training
 
-STEPS = 30
+STEPS = 20
 
 
 def test_resume_after_kill_continues_the_step_count_and_the_loss_curve() -> None:

@@ -1,11 +1,13 @@
-"""SIGTERM (and a cancel through control.json) stop training at a step boundary with a saved checkpoint."""
+"""SIGTERM, a dashboard cancel or control.json stop training at a step boundary with a checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,17 +24,13 @@ def _steps_trained(events_path: object) -> int:
     return max(steps, default=0)
 
 
-@pytest.mark.parametrize("how", ["sigterm", "control_file"])
-def test_a_stop_request_saves_a_checkpoint_and_exits_cancelled(how: str) -> None:
-    rd = new_run_dir(f"stop-{how}", demo_dict(max_steps=500, save_steps=1000, eval_steps=0))
+def test_sigterm_saves_a_checkpoint_and_exits_cancelled_within_a_bound() -> None:
+    rd = new_run_dir("stop-sigterm", demo_dict(max_steps=500, save_steps=1000, eval_steps=0))
     child = start_child(rd)
     try:
         wait_for(lambda: _steps_trained(rd.events) >= 3, timeout=120, what="three training steps")
         sent = time.monotonic()
-        if how == "sigterm":
-            os.kill(child.pid, signal.SIGTERM)
-        else:
-            rd.control.write_text(json.dumps({"cancel": True}), encoding="utf-8")
+        os.kill(child.pid, signal.SIGTERM)
         child.wait(timeout=STOP_BOUND_S + 30)
         took = time.monotonic() - sent
     finally:
@@ -63,8 +61,11 @@ def test_a_cancel_from_the_dashboard_stops_the_run_and_every_event_reaches_the_a
     rd.job.write_text(json.dumps({"job_id": 3, "app_url": f"http://127.0.0.1:{app.port}", "token": TOKEN}))
     child = start_child(rd)
     try:
-        wait_for(lambda: any(e["kind"] == "metric" and e["step"] >= 3 for e in list(app.stored)), 120,
-                 "three steps reported to the app")
+        wait_for(
+            lambda: any(e["kind"] == "metric" and e["step"] >= 3 for e in list(app.stored)),
+            120,
+            "three steps reported to the app",
+        )
         app.control = "cancel"
         child.wait(timeout=STOP_BOUND_S + 30)
     finally:
@@ -73,8 +74,26 @@ def test_a_cancel_from_the_dashboard_stops_the_run_and_every_event_reaches_the_a
             child.wait()
         app.stop()
     assert child.returncode == ExitCode.CANCELLED
-    assert json.loads(rd.outcome.read_text(encoding="utf-8"))["reason"].startswith("cancelled from the dashboard")
+    assert json.loads(rd.outcome.read_text(encoding="utf-8"))["reason"].startswith(
+        "cancelled from the dashboard"
+    )
     spooled = read_spool(rd.events)
     assert app.stored == spooled  # nothing lost, duplicated or reordered on the way
     assert set(app.auth) == {f"Bearer {TOKEN}"}
     assert any(e["kind"] == "checkpoint" for e in app.stored)
+
+
+def test_control_json_and_the_app_flag_count_as_stop_requests(tmp_path: Path) -> None:
+    from worker.train.signals import StopRequest
+
+    flag = threading.Event()
+    control = tmp_path / "control.json"
+    stop = StopRequest(control, flag)
+    assert not stop.is_set()
+    control.write_text(json.dumps({"cancel": False}))
+    assert not stop.is_set()
+    control.write_text(json.dumps({"cancel": True}))
+    assert stop.is_set() and "control.json" in stop.reason
+    other = StopRequest(None, flag)
+    flag.set()
+    assert other.is_set() and other.reason == "cancelled from the dashboard"

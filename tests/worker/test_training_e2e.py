@@ -89,7 +89,7 @@ def test_the_adapter_directory_has_weights_tokenizer_and_a_model_card(run: Finis
 
 
 def _loads_with_plain_peft(run: FinishedRun) -> int:
-    """Load the base from the saved skip list with plain transformers, attach the adapter, count LoRA tensors."""
+    """Load the base with the saved skip list, attach the adapter with plain PEFT, count LoRA tensors."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

@@ -14,8 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse RUN_DIR from argv and run the job in it."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m worker.train RUN_DIR  (RUN_DIR holds config.json, optionally job.json)",
-              file=sys.stderr)
+        print(
+            "usage: python -m worker.train RUN_DIR  (RUN_DIR holds config.json, optionally job.json)",
+            file=sys.stderr,
+        )
         return 2
     from worker.train.pipeline import run_training
 

@@ -58,7 +58,9 @@ class StepStats:
     def step_is_finite(self) -> bool:
         """False when this step's loss or gradient norm is NaN or infinite."""
         loss = self.step_loss()
-        return (loss is None or math.isfinite(loss)) and (self.grad_norm is None or math.isfinite(self.grad_norm))
+        return (loss is None or math.isfinite(loss)) and (
+            self.grad_norm is None or math.isfinite(self.grad_norm)
+        )
 
     def close_step(self) -> None:
         """Move the finished step's loss into the logging window."""
@@ -207,8 +209,11 @@ class TuneboardCallback(TrainerCallback):
             self.cancelled = True
             control.should_save = True  # a complete checkpoint, then a clean exit
             control.should_training_stop = True
-            self._emit(EventKind.LOG, step, {"level": "warning", "message": f"Stopping: {self.stop.reason}; "
-                                             "saving a checkpoint first."})
+            self._emit(
+                EventKind.LOG,
+                step,
+                {"level": "warning", "message": f"Stopping: {self.stop.reason}; saving a checkpoint first."},
+            )
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             if loss is not None:
@@ -269,7 +274,9 @@ class TuneboardCallback(TrainerCallback):
         if model is None:
             return
         for prompt, completion in self.sampler(model):
-            self.reporter.emit(EventKind.SAMPLE, state.global_step, {"prompt": prompt, "completion": completion})
+            self.reporter.emit(
+                EventKind.SAMPLE, state.global_step, {"prompt": prompt, "completion": completion}
+            )
 
     @property
     def last_eval_step(self) -> int:
@@ -279,21 +286,23 @@ class TuneboardCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        ckpt = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not ckpt.is_dir():
             return
         # Our state first, the marker last: a kill before the marker leaves a directory nobody resumes from.
         (ckpt / STATE_FILE).write_text(json.dumps(self.state_dict()), encoding="utf-8")
         _write_marker(ckpt / CHECKPOINT_COMPLETE_MARKER, state.global_step)
         prune_checkpoints(self.run_dir, self.cfg.training.save_total_limit)
-        self._emit(EventKind.CHECKPOINT, state.global_step,
-                   {"path": f"checkpoints/{ckpt.name}", "step": state.global_step})
+        self._emit(
+            EventKind.CHECKPOINT,
+            state.global_step,
+            {"path": f"checkpoints/{ckpt.name}", "step": state.global_step},
+        )
 
     # ------------------------------------------------------------------------------------------ guard
 
     def _on_guard(self, verdict: GuardVerdict, control: TrainerControl, kwargs: dict[str, Any]) -> None:
         policy = self.cfg.guard.policy
-        step = verdict.step
         # Never checkpoint or evaluate a step the guard just judged bad.
         control.should_save = False
         control.should_evaluate = False
@@ -308,7 +317,12 @@ class TuneboardCallback(TrainerCallback):
             self._guard_event(
                 verdict,
                 "rollback",
-                {"restored": source, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "learning_rate": lr[0]},
+                {
+                    "restored": source,
+                    "rollbacks": self.rollbacks,
+                    "lr_scale": self.lr_scale,
+                    "learning_rate": lr[0],
+                },
             )
             return
         extra = {}
@@ -320,10 +334,12 @@ class TuneboardCallback(TrainerCallback):
 
     def _guard_event(self, verdict: GuardVerdict, action: str, extra: dict[str, Any]) -> None:
         detail = {"kind": verdict.kind, **verdict.detail, **extra}
-        self._emit(EventKind.GUARD, verdict.step, {"reason": verdict.reason, "action": action, "detail": detail})
+        self._emit(
+            EventKind.GUARD, verdict.step, {"reason": verdict.reason, "action": action, "detail": detail}
+        )
 
     def _rollback(self, kwargs: dict[str, Any]) -> str:
-        """Restore the last complete checkpoint's adapter and optimizer state, then halve the learning rate."""
+        """Restore the last complete checkpoint's adapter and optimizer state, then halve the lr."""
         import torch
 
         model = kwargs["model"]
@@ -339,7 +355,9 @@ class TuneboardCallback(TrainerCallback):
             set_peft_model_state_dict(model, weights)
             opt_file = ckpt / "optimizer.pt"
             if opt_file.is_file():
-                optimizer.load_state_dict(torch.load(opt_file, map_location=_device_of(model), weights_only=False))
+                optimizer.load_state_dict(
+                    torch.load(opt_file, map_location=_device_of(model), weights_only=False)
+                )
             source = f"checkpoints/{ckpt.name}"
         else:
             with torch.no_grad():
@@ -411,7 +429,11 @@ def remove_incomplete_checkpoints(run_dir: RunDir) -> list[Path]:
         return []
     removed = []
     for child in run_dir.checkpoints.iterdir():
-        if child.is_dir() and child.name.startswith("checkpoint-") and not (child / CHECKPOINT_COMPLETE_MARKER).exists():
+        if (
+            child.is_dir()
+            and child.name.startswith("checkpoint-")
+            and not (child / CHECKPOINT_COMPLETE_MARKER).exists()
+        ):
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
     return removed

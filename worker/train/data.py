@@ -84,9 +84,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path.name} line {number}: not valid JSON ({exc.msg}); fix or remove it") from None
+                raise DatasetError(
+                    f"{path.name} line {number}: not valid JSON ({exc.msg}); fix or remove it"
+                ) from None
             if not isinstance(row, dict):
-                raise DatasetError(f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}")
+                raise DatasetError(
+                    f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}"
+                )
             rows.append(row)
     return rows
 

@@ -57,7 +57,11 @@ class DivergenceGuard:
         self, step: int, loss: float | None, grad_norm: float | None, *, trivial_data: bool = False
     ) -> GuardVerdict | None:
         """Judge one optimizer step; None when it looks healthy."""
-        bad = {k: v for k, v in (("loss", loss), ("grad_norm", grad_norm)) if v is not None and not math.isfinite(v)}
+        bad = {
+            k: v
+            for k, v in (("loss", loss), ("grad_norm", grad_norm))
+            if v is not None and not math.isfinite(v)
+        }
         if bad:
             self._spikes = 0
             what = " and ".join(f"{k} is {v}" for k, v in bad.items())
@@ -88,7 +92,8 @@ class DivergenceGuard:
                     return GuardVerdict(
                         step,
                         f"gradient norm exploded: {grad_norm:.4g} at step {step} is more than "
-                        f"{self.grad_norm_factor:g}× the recent median {median:.4g}, for {streak} steps in a row",
+                        f"{self.grad_norm_factor:g}× the recent median {median:.4g}, "
+                        f"for {streak} steps in a row",
                         "grad_explosion",
                         {"grad_norm": grad_norm, "median": median, "steps": streak},
                     )

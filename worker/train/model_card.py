@@ -48,7 +48,9 @@ def render_model_card(
         "",
     ]
     if metrics:
-        lines += [f"- {k}: {v:.6g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(metrics.items())]
+        lines += [
+            f"- {k}: {v:.6g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(metrics.items())
+        ]
     else:
         lines.append("- (none recorded)")
     lines += ["", "## Quantization", ""]

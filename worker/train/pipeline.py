@@ -64,7 +64,12 @@ class Outcome:
 
 def write_outcome(run_dir: RunDir, outcome: Outcome) -> None:
     """Write outcome.json atomically (the supervisor reads it after exit)."""
-    body = {"status": outcome.status, "reason": outcome.reason, "exit_code": int(outcome.code), **outcome.extra}
+    body = {
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "exit_code": int(outcome.code),
+        **outcome.extra,
+    }
     tmp = run_dir.outcome.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2), encoding="utf-8")
     os.replace(tmp, run_dir.outcome)
@@ -77,7 +82,9 @@ def read_job(run_dir: RunDir) -> dict[str, Any] | None:
     data = json.loads(run_dir.job.read_text(encoding="utf-8"))
     missing = [k for k in ("job_id", "app_url", "token") if k not in data]
     if missing:
-        raise RunStopped(ExitCode.CONFIG_ERROR, f"{run_dir.job.name} lacks {missing}; the launcher must write them")
+        raise RunStopped(
+            ExitCode.CONFIG_ERROR, f"{run_dir.job.name} lacks {missing}; the launcher must write them"
+        )
     return dict(data)
 
 
@@ -108,8 +115,16 @@ def _trainer_class() -> type:
             self.step_stats = step_stats
             self.nan_steps = _nan_steps()
 
-        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: Any,
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            result: Any = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
             if model.training and (self.state.global_step + 1) in self.nan_steps:
                 if return_outputs:
                     return result[0] * float("nan"), result[1]
@@ -189,7 +204,8 @@ def training_arguments(cfg: JobConfig, run_dir: RunDir, device: str, dtype: str,
         fp16=device.startswith("cuda") and dtype == "float16",
         dataloader_num_workers=0,
         dataloader_pin_memory=device.startswith("cuda"),
-        logging_nan_inf_filter=True,  # keeps the Trainer's own running loss finite; we report true per-step losses
+        # keeps the Trainer's own running loss finite; the callback reports the true per-step losses
+        logging_nan_inf_filter=True,
     )
 
 
@@ -197,7 +213,7 @@ def training_arguments(cfg: JobConfig, run_dir: RunDir, device: str, dtype: str,
 
 
 def make_sampler(cfg: JobConfig, tokenizer: Any, prepared: Any, device: str) -> Any:
-    """A function model -> [(prompt, completion)] generating from fixed prompts (config's or held-out rows)."""
+    """A function model -> [(prompt, completion)] generating from fixed prompts (configured or held out)."""
     from worker.train.data import prompt_of, user_prompt
 
     if cfg.training.sample_prompts:
@@ -222,8 +238,11 @@ def make_sampler(cfg: JobConfig, tokenizer: Any, prepared: Any, device: str) -> 
         try:
             with torch.no_grad():
                 for shown, text in prompts:
-                    enc = tokenizer(text, return_tensors="pt", add_special_tokens=not text.startswith(
-                        tokenizer.bos_token or "\0"))
+                    enc = tokenizer(
+                        text,
+                        return_tensors="pt",
+                        add_special_tokens=not text.startswith(tokenizer.bos_token or "\0"),
+                    )
                     enc = {k: v.to(device) for k, v in enc.items()}
                     gen = model.generate(
                         **enc,
@@ -252,7 +271,9 @@ def _preflight(cfg: JobConfig, run_dir: RunDir, reporter: Reporter, report: Any)
     if saved.is_file():
         data = json.loads(saved.read_text(encoding="utf-8"))
         result = PreflightResult(**data)
-        reporter.emit(EventKind.LOG, 0, {"level": "info", "message": "Reusing this run's earlier preflight result."})
+        reporter.emit(
+            EventKind.LOG, 0, {"level": "info", "message": "Reusing this run's earlier preflight result."}
+        )
         return result
     result = run_preflight(cfg, report=report)
     if result.ok:
@@ -278,11 +299,15 @@ def _check_stop(stop: StopRequest) -> None:
 
 
 def _train(
-    cfg: JobConfig, run_dir: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool
+    cfg: JobConfig,
+    run_dir: RunDir,
+    reporter: Reporter,
+    stop: StopRequest,
+    *,
+    resume: bool,
+    progress_bar: bool,
 ) -> Outcome:
-    from worker.train.callbacks import STATE_FILE, StepStats, TuneboardCallback, remove_incomplete_checkpoints
-    from worker.train.data import PadCollator, load_rows, prepare_data, validate_rows, detect_format
-    from worker.train.loading import load_for_training
+    from worker.train.data import PadCollator, detect_format, load_rows, prepare_data, validate_rows
 
     def report(kind: str, payload: dict[str, Any]) -> None:
         reporter.emit(EventKind(kind), 0, payload)
@@ -291,6 +316,9 @@ def _train(
     rows = load_rows(cfg)
     validate_rows(rows, cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0]))
     _check_stop(stop)
+    # Heavy imports only once the data is known to be usable.
+    from worker.train.callbacks import STATE_FILE, StepStats, TuneboardCallback, remove_incomplete_checkpoints
+    from worker.train.loading import load_for_training
 
     pre = _preflight(cfg, run_dir, reporter, report)
     if not pre.ok:
@@ -298,7 +326,6 @@ def _train(
     _check_stop(stop)
 
     device = pick_device()
-    import torch
     from transformers import set_seed
 
     set_seed(cfg.training.seed)
@@ -306,17 +333,33 @@ def _train(
     model, tokenizer = loaded.model, loaded.tokenizer
     prepared = prepare_data(cfg, tokenizer)
     if prepared.num_truncated:
-        reporter.emit(EventKind.LOG, 0, {"level": "warning", "message": (
-            f"{prepared.num_truncated} example(s) were longer than training.max_seq_len="
-            f"{cfg.training.max_seq_len} tokens and were truncated.")})
+        reporter.emit(
+            EventKind.LOG,
+            0,
+            {
+                "level": "warning",
+                "message": (
+                    f"{prepared.num_truncated} example(s) were longer than training.max_seq_len="
+                    f"{cfg.training.max_seq_len} tokens and were truncated."
+                ),
+            },
+        )
     _check_stop(stop)
 
     ckpt = last_complete_checkpoint(run_dir) if resume else None
     removed = remove_incomplete_checkpoints(run_dir)
     if removed:
-        reporter.emit(EventKind.LOG, 0, {"level": "warning", "message": (
-            f"Removed {len(removed)} incomplete checkpoint(s) left by an interrupted save: "
-            + ", ".join(p.name for p in removed))})
+        reporter.emit(
+            EventKind.LOG,
+            0,
+            {
+                "level": "warning",
+                "message": (
+                    f"Removed {len(removed)} incomplete checkpoint(s) left by an interrupted save: "
+                    + ", ".join(p.name for p in removed)
+                ),
+            },
+        )
 
     stats = StepStats()
     callback = TuneboardCallback(
@@ -346,10 +389,19 @@ def _train(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events and progress bar replace its stdout dicts
-    reporter.emit(EventKind.LOG, 0, {"level": "info", "message": (
-        f"Training on {device} with {opt_name}: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
-        f"({prepared.format}), {loaded.num_trainable_params:,} trainable parameters"
-        + (f"; resuming from {ckpt.name}" if ckpt is not None else ""))})
+    reporter.emit(
+        EventKind.LOG,
+        0,
+        {
+            "level": "info",
+            "message": (
+                f"Training on {device} with {opt_name}: {len(prepared.train)} train / "
+                f"{len(prepared.eval)} eval rows "
+                f"({prepared.format}), {loaded.num_trainable_params:,} trainable parameters"
+                + (f"; resuming from {ckpt.name}" if ckpt is not None else "")
+            ),
+        },
+    )
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     seconds = time.monotonic() - started
@@ -415,7 +467,9 @@ def _finish(
         ),
         encoding="utf-8",
     )
-    metrics = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss", "grad_norm", "epoch")}
+    metrics = {
+        k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss", "grad_norm", "epoch")
+    }
     metrics["steps"] = trainer.state.global_step
     metrics["train_seconds"] = round(seconds, 1)
     write_model_card(
@@ -451,7 +505,7 @@ def _oom_advice(cfg: JobConfig) -> str:
 
 
 def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = False) -> ExitCode:
-    """Run the job in RUN_DIR (config.json, optional job.json); always writes outcome.json; returns the exit code."""
+    """Run the job in RUN_DIR (config.json, maybe job.json); always writes outcome.json; returns its code."""
     rd = RunDir(Path(run_dir))
     rd.root.mkdir(parents=True, exist_ok=True)
     if rd.outcome.exists():
@@ -477,7 +531,9 @@ def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = Fal
     return outcome.code
 
 
-def _run_guarded(rd: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool) -> Outcome:
+def _run_guarded(
+    rd: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool
+) -> Outcome:
     from worker.train.data import DatasetError
 
     cfg: JobConfig | None = None
@@ -487,7 +543,9 @@ def _run_guarded(rd: RunDir, reporter: Reporter, stop: StopRequest, *, resume: b
     except ConfigError as exc:
         return Outcome(ExitCode.CONFIG_ERROR, str(exc), {"problems": exc.problems})
     except DatasetError as exc:
-        return Outcome(ExitCode.CONFIG_ERROR, f"dataset problem: {exc}", {"problems": {"dataset.source": str(exc)}})
+        return Outcome(
+            ExitCode.CONFIG_ERROR, f"dataset problem: {exc}", {"problems": {"dataset.source": str(exc)}}
+        )
     except RunStopped as exc:
         return Outcome(exc.code, exc.reason)
     except Exception as exc:  # classified below; the traceback goes to stderr for the supervisor's tail
@@ -508,7 +566,9 @@ def _classify(exc: Exception, cfg: JobConfig | None) -> Outcome:
         extra = {"problems": {exc.field: str(exc)}} if exc.field else {}
         return Outcome(ExitCode.CONFIG_ERROR, str(exc), extra)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return Outcome(ExitCode.FAILED, f"unexpected error: {type(exc).__name__}: {first} (see stderr.log for the traceback)")
+    return Outcome(
+        ExitCode.FAILED, f"unexpected error: {type(exc).__name__}: {first} (see stderr.log for the traceback)"
+    )
 
 
 def default_run_dir(config_path: Path, cfg: JobConfig) -> Path:
@@ -518,7 +578,7 @@ def default_run_dir(config_path: Path, cfg: JobConfig) -> Path:
 
 
 def run_standalone(config_path: Path, run_dir: Path | None = None, resume: bool = False) -> int:
-    """`tuneboard train CONFIG`: validate, train in the foreground with a progress bar, print the adapter path."""
+    """`tuneboard train CONFIG`: train in the foreground with a progress bar, then print the adapter path."""
     config_path = Path(config_path)
     try:
         cfg = load_config_file(config_path)
@@ -544,6 +604,10 @@ def run_standalone(config_path: Path, run_dir: Path | None = None, resume: bool 
         print(f"adapter saved to {rd.adapter}")
     else:
         print(f"{outcome['status']}: {outcome['reason']}", file=sys.stderr)
-        print(f"events: {rd.events}  (re-run with --resume --run-dir {shlex.quote(str(rd.root))} to continue)"
-              if last_complete_checkpoint(rd) else f"events: {rd.events}", file=sys.stderr)
+        print(
+            f"events: {rd.events}  (re-run with --resume --run-dir {shlex.quote(str(rd.root))} to continue)"
+            if last_complete_checkpoint(rd)
+            else f"events: {rd.events}",
+            file=sys.stderr,
+        )
     return int(code)
