@@ -325,6 +325,8 @@ def load_source_for_training(
     quantizing = cfg.quantization.method != "none"
     kept_names = [n for n in all_linears if pattern_keeps(n, skip)] if quantizing else []
 
+    # The tokenizer first: it is quick, and a broken one should fail before minutes of weight loading.
+    tokenizer = _tokenizer(source, cfg, recipe, notes) if with_tokenizer else None
     dtype = resolve_dtype(cfg, device, recipe)
     attn = (
         recipe.attn_implementation
@@ -417,7 +419,6 @@ def load_source_for_training(
         raise
     verify_trainable(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    tokenizer = _tokenizer(source, cfg, recipe, notes) if with_tokenizer else None
     _emit(
         report,
         f"Loaded {recipe.architecture}: {trainable:,} trainable of {total:,} parameters; "
