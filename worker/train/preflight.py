@@ -148,12 +148,12 @@ def build_twin(config: Any, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------- one step
 
 
-def _train_one_step(model: Any) -> list[str]:
+def _train_one_step(model: Any, device: str) -> list[str]:
     """Forward, backward and one optimizer step; return names of LoRA modules that got no gradient."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, TWIN_VOCAB, (TWIN_BATCH, TWIN_SEQ), generator=gen)
+    ids = torch.randint(3, TWIN_VOCAB, (TWIN_BATCH, TWIN_SEQ), generator=gen).to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
@@ -261,12 +261,14 @@ def run_preflight(
     *,
     report: Report | None = None,
     max_attempts: int = 4,
+    device: str = "cpu",
     keep_override: Sequence[str] | None = None,
 ) -> PreflightResult:
     """Train one step on a tiny twin of cfg.model under cfg's quantization and LoRA; find modules to keep.
 
     Raises ModelLoadError when the model itself cannot be found (same errors as load_for_training).
     `keep_override` replaces the recipe's skip patterns (used to show preflight repairing a naive list).
+    `device` runs the twin there (default CPU: seconds, and no GPU memory taken before the real load).
     """
     started = time.monotonic()
     source = resolve_model_source(cfg.model.name, cfg.model.revision)
@@ -299,12 +301,12 @@ def run_preflight(
                     twin_cfg,
                     twin_source,
                     twin_config_loaded,
-                    device="cpu",
+                    device=device,
                     extra_keep=extra,
                     keep_override=keep_override,
                     with_tokenizer=False,
                 )
-                starved = _train_one_step(loaded.model)
+                starved = _train_one_step(loaded.model, device)
             except ModelLoadError as exc:
                 # modules_to_save on a packed module and the like: the loader says what to change
                 last_error = str(exc)
@@ -359,6 +361,13 @@ def run_preflight(
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if device.startswith("cuda"):  # hand the twin's memory back before the real model loads
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
 
 
 def _group(name: str) -> str:
