@@ -101,5 +101,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(pages_router)
     # --- end pages router ---
+    # --- compare + sweeps (compare+sweeps helper) ---
+    from app.compare.api import router as compare_api_router
+    from app.compare.pages import router as compare_pages_router
+    from app.sweeps.api import router as sweeps_api_router
+    from app.sweeps.pages import router as sweeps_pages_router
+
+    app.include_router(compare_api_router)
+    app.include_router(sweeps_api_router)
+    app.include_router(compare_pages_router)
+    app.include_router(sweeps_pages_router)
+    # --- end compare + sweeps ---
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

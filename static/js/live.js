@@ -84,6 +84,10 @@
         if (fill) fill.style.width = pct + "%";
       } else if (field === "steps") {
         el.textContent = s.total_steps ? s.last_step + " / " + s.total_steps : (s.last_step ? String(s.last_step) : "—");
+      } else if (field === "select") {
+        // the compare checkbox of a row cloned from the template
+        el.value = String(s.id);
+        el.setAttribute("aria-label", "Select #" + s.id + " to compare");
       } else if (field === "link") {
         el.href = "/jobs/" + s.id;
         el.textContent = "#" + s.id;
@@ -483,6 +487,8 @@
       updateActions(s);
       if (TERMINAL.has(s.status)) refreshLogs(true);
       scheduleDraw();
+      // other panels of the page (static/js/takeaway.js) follow the job's state too
+      document.dispatchEvent(new CustomEvent("tuneboard:job", { detail: s }));
     }
 
     function onMetrics(msg) {
@@ -544,6 +550,9 @@
     }
     start();
   }
+
+  // shared with static/js/compare.js (the compare and sweep-group pages)
+  window.TuneboardLive = { fmtNum, fmtDuration, localizeTimes, applySummary, openStream, makeStore, cssVar, TERMINAL };
 
   // ------------------------------------------------------------------ boot
   function boot() {

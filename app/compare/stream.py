@@ -1,0 +1,123 @@
+"""One server-sent-events stream for a whole compare page (2–8 runs, or a sweep group).
+
+Browsers allow about six connections per origin, so a compare page must not open one detail stream
+per run. This stream polls every run with app.metrics.stream.poll_job — the same cursor logic as the
+detail page, each poll in a short session of its own, none held across a sleep — and multiplexes the
+results: one `run` message per run that changed, {"job_id", "row"?, "series"?}. The first message of
+each run carries its downsampled history; later ones only new points. The SSE id is
+"<job_id>:<seq>.<step>,..." for every run, covering only what was sent, so a reconnect with
+Last-Event-ID resumes each run where it stopped. `end` follows once every run has finished and its
+last points went out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.compare.service import compare_row, run_stats
+from app.metrics.stream import JobCursor, PollResult, format_sse, parse_last_event_id, poll_job
+from app.settings import Settings
+
+
+def parse_compare_event_id(value: str | None) -> dict[int, str]:
+    """'3:12.40,4:9.38' → {3: '12.40', 4: '9.38'}; unreadable parts are ignored (those runs start over)."""
+    cursors: dict[int, str] = {}
+    for part in (value or "").split(","):
+        job_text, sep, cursor = part.strip().partition(":")
+        if sep and job_text.isdigit():
+            cursors[int(job_text)] = cursor
+    return cursors
+
+
+def compare_event_id(sent: dict[int, str]) -> str:
+    """The SSE id for what has been sent so far, per run."""
+    return ",".join(f"{job_id}:{cursor}" for job_id, cursor in sent.items())
+
+
+@dataclass
+class RunUpdate:
+    """What one poll found for one run of the compare page."""
+
+    job_id: int
+    poll: PollResult
+    row: dict[str, Any] | None = None
+
+
+def poll_runs(
+    factory: sessionmaker[Session], job_ids: Sequence[int], cursors: dict[int, JobCursor]
+) -> list[RunUpdate]:
+    """Poll every run (advancing its cursor) and build fresh summary rows for those that changed."""
+    updates = [RunUpdate(job_id, poll_job(factory, job_id, cursors[job_id])) for job_id in job_ids]
+    changed = [u for u in updates if u.poll.exists and (u.poll.summary or u.poll.series or u.poll.events)]
+    if changed:
+        with factory() as session:
+            stats = run_stats(session, [u.job_id for u in changed])
+        for u in changed:
+            summary = u.poll.summary or cursors[u.job_id].last_summary or {}
+            u.row = compare_row(summary, stats[u.job_id])
+    return updates
+
+
+async def _disconnected(request: Request) -> bool:
+    try:
+        return await request.is_disconnected()
+    except Exception:  # noqa: BLE001 - a broken transport means the client is gone
+        return True
+
+
+async def compare_event_stream(
+    request: Request,
+    *,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    job_ids: Sequence[int],
+    last_event_id: str | None,
+) -> AsyncIterator[str]:
+    """`run` messages for each run as it changes; `end` when all have finished."""
+    resumed = parse_compare_event_id(last_event_id)
+    cursors: dict[int, JobCursor] = {}
+    for job_id in job_ids:
+        if job_id in resumed:
+            seq, step = parse_last_event_id(resumed[job_id])
+            cursors[job_id] = JobCursor(event_seq=seq, metric_step=step, history_sent=True)
+        else:
+            cursors[job_id] = JobCursor()
+    sent = {job_id: cursors[job_id].event_id() for job_id in job_ids}
+    started = last_ping = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        if await _disconnected(request):
+            return
+        updates = await anyio.to_thread.run_sync(poll_runs, factory, list(job_ids), cursors)
+        sent_any = False
+        for u in updates:
+            if not u.poll.exists:
+                continue  # deleted meanwhile: the page keeps what it has
+            data: dict[str, Any] = {"job_id": u.job_id}
+            if u.row is not None:
+                data["row"] = u.row
+            if u.poll.series:
+                data["series"] = u.poll.series
+            sent[u.job_id] = cursors[u.job_id].event_id()
+            if len(data) > 1:
+                yield format_sse("run", data, compare_event_id(sent))
+                sent_any = True
+        if all((not u.poll.exists) or (u.poll.terminal and u.poll.caught_up) for u in updates):
+            yield format_sse("end", {"job_ids": list(job_ids)}, compare_event_id(sent))
+            return
+        now = time.monotonic()
+        if now - started > settings.sse_max_lifetime_s:
+            return  # the browser reconnects with Last-Event-ID
+        if sent_any:
+            last_ping = now
+        elif now - last_ping >= settings.sse_ping_interval_s:
+            yield ": ping\n\n"
+            last_ping = now
+        await anyio.sleep(settings.sse_batch_interval_s)

@@ -1,0 +1,294 @@
+/* Tuneboard compare: overlaid curves of several runs, live from ONE EventSource (/api/compare/stream).
+ *
+ * Compare and sweep-group pages: `run` messages {"job_id", "row"?, "series"?} feed one series store per
+ * run (the store from live.js: a point at or before the last step replaces the tail, as after a guard
+ * rollback) and the summary table; `end` closes the stream once every run has finished. The metric and
+ * x-axis pickers and the differences-only toggle redraw in place and write their state into the URL,
+ * so the address bar is always a link to this exact view.
+ * Jobs list: enables "Compare selected" while 2 to 8 rows are ticked.
+ * Everything here is an enhancement: the server-rendered page is complete without it.
+ */
+(function () {
+  "use strict";
+
+  const MIN_RUNS = 2;
+  const MAX_RUNS = 8;
+
+  // ------------------------------------------------------------------ jobs list: pick runs to compare
+  function initSelection() {
+    const form = document.getElementById("compare-form");
+    const button = document.getElementById("compare-button");
+    const count = document.getElementById("compare-count");
+    if (!form || !button) return;
+    function boxes() {
+      return Array.from(document.querySelectorAll('input[type="checkbox"][form="compare-form"]'));
+    }
+    function update() {
+      const n = boxes().filter((b) => b.checked).length;
+      const ok = n >= MIN_RUNS && n <= MAX_RUNS;
+      button.disabled = !ok;
+      button.setAttribute("aria-disabled", ok ? "false" : "true");
+      button.title = ok ? "Compare the " + n + " ticked runs" : (n > MAX_RUNS ? "Tick at most " + MAX_RUNS + " runs" : "Tick 2 to 8 runs in the list, then compare them");
+      count.textContent = n ? "(" + n + ")" : "";
+    }
+    document.addEventListener("change", (e) => {
+      if (e.target && e.target.matches && e.target.matches('input[form="compare-form"]')) update();
+    });
+    update();
+  }
+
+  // ------------------------------------------------------------------ x axis mapping (mirrors app/compare/service.py map_to_x)
+  /** [[x, y]] for a metric series, x taken from another series of the same run (tokens_seen, epoch). */
+  function mapToX(metric, xSeries) {
+    const known = [];
+    if (xSeries) {
+      for (let i = 0; i < xSeries.xs.length; i++) {
+        if (xSeries.ys[i] !== null) known.push([xSeries.xs[i], xSeries.ys[i]]);
+      }
+    }
+    if (!known.length) return [];
+    if (known[0][0] > 0) known.unshift([0, 0]); // a run starts from no tokens seen, epoch 0
+    const out = [];
+    for (let i = 0; i < metric.xs.length; i++) {
+      const step = metric.xs[i];
+      let lo = 0;
+      let hi = known.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (known[mid][0] < step) lo = mid + 1;
+        else hi = mid;
+      }
+      let x;
+      if (lo < known.length && known[lo][0] === step) x = known[lo][1];
+      else if (lo > 0 && lo < known.length) {
+        const [s0, x0] = known[lo - 1];
+        const [s1, x1] = known[lo];
+        x = x0 + ((x1 - x0) * (step - s0)) / (s1 - s0);
+      } else continue; // past the last reported x value: not guessed
+      out.push([x, metric.ys[i]]);
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ compare page
+  function initCompare(main) {
+    const L = window.TuneboardLive;
+    const data = JSON.parse(document.getElementById("compare-data").textContent);
+    const runs = data.runs;
+    const stores = new Map(runs.map((r) => [r.id, L.makeStore()]));
+    const received = new Set(); // runs whose history arrived (until then the server's legend stands)
+    const chartEl = document.getElementById("compare-chart");
+    const metricPicker = document.getElementById("metric-picker");
+    const xPicker = document.getElementById("x-picker");
+    const diffToggle = document.getElementById("diff-only");
+    const submit = document.getElementById("controls-submit");
+    if (submit) submit.hidden = true; // the pickers apply at once
+    let metric = data.metric;
+    let x = data.x;
+    let plot = null;
+    let plotKey = "";
+    let drawQueued = false;
+
+    window.tuneboardCompare = { stores, mapToX };
+
+    function pointsFor(run) {
+      const store = stores.get(run.id);
+      const s = store.series.get(metric);
+      if (!s || !s.xs.length) return [];
+      if (x === "step") return s.xs.map((step, i) => [step, s.ys[i]]);
+      return mapToX(s, store.series.get(x));
+    }
+
+    function writeUrl() {
+      const url = new URL(window.location.href);
+      url.searchParams.set("metric", metric);
+      url.searchParams.set("x", x);
+      if (diffToggle && !diffToggle.checked) url.searchParams.set("diff", "0");
+      else url.searchParams.delete("diff");
+      const text = url.pathname + "?" + url.searchParams.toString().replace(/%2C/gi, ",");
+      window.history.replaceState(null, "", text);
+      const share = document.getElementById("share-link");
+      if (share) share.href = text;
+    }
+
+    function legendItem(runId) {
+      return document.querySelector('#compare-legend li[data-run="' + runId + '"]');
+    }
+
+    function setLegendValues(values) {
+      runs.forEach((run, i) => {
+        const li = legendItem(run.id);
+        if (!li) return;
+        const v = values ? values[i] : null;
+        li.querySelector("[data-legend-value]").textContent = v === null || v === undefined ? "" : L.fmtNum(v);
+      });
+    }
+
+    function build(perRun) {
+      const axis = L.cssVar("--chart-axis", "#666");
+      const grid = L.cssVar("--chart-grid", "rgba(0,0,0,.07)");
+      const dpr = window.devicePixelRatio || 1;
+      const xLabel = x === "tokens_seen" ? "tokens seen" : x;
+      const opts = {
+        width: Math.max(240, chartEl.clientWidth),
+        height: Math.max(160, chartEl.clientHeight),
+        cursor: { drag: { x: true, y: false } },
+        legend: { show: false },
+        scales: { x: { time: false }, y: { auto: true } },
+        axes: [
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: xLabel, labelSize: 22,
+            values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 60,
+            values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
+        ],
+        series: [{ label: xLabel }].concat(runs.map((run) => ({
+          label: "#" + run.id,
+          stroke: L.cssVar("--cmp-" + run.colour, "#36c"),
+          width: 1.75,
+          dash: run.dash.length ? run.dash.map((d) => d * dpr) : undefined,
+          spanGaps: true,
+          points: { size: 5 },
+        }))),
+        hooks: {
+          setCursor: [(u) => {
+            const idx = u.cursor.idx;
+            setLegendValues(idx === null || idx === undefined ? null : runs.map((r, i) => u.data[i + 1][idx]));
+          }],
+        },
+      };
+      chartEl.replaceChildren();
+      if (plot) plot.destroy();
+      plot = new uPlot(opts, aligned(perRun), chartEl);
+      plotKey = metric + "|" + x;
+    }
+
+    /** uPlot's aligned data: the union of the runs' x values, null where a run has no point there. */
+    function aligned(perRun) {
+      const xsSet = new Set();
+      perRun.forEach((pts) => pts.forEach((p) => xsSet.add(p[0])));
+      const xs = Array.from(xsSet).sort((a, b) => a - b);
+      const index = new Map(xs.map((v, i) => [v, i]));
+      const out = [xs];
+      perRun.forEach((pts) => {
+        const ys = new Array(xs.length).fill(null);
+        pts.forEach(([px, py]) => { ys[index.get(px)] = typeof py === "number" ? py : null; });
+        out.push(ys);
+      });
+      return out;
+    }
+
+    function draw() {
+      drawQueued = false;
+      const perRun = runs.map(pointsFor);
+      let total = 0;
+      runs.forEach((run, i) => {
+        const n = perRun[i].filter((p) => typeof p[1] === "number").length;
+        total += n;
+        const li = legendItem(run.id);
+        if (!li || !received.has(run.id)) return;
+        li.classList.toggle("no-data", n === 0);
+        const note = li.querySelector("[data-legend-nodata]");
+        note.hidden = n > 0;
+        const hasMetric = stores.get(run.id).series.has(metric);
+        note.title = n > 0 ? "" : (hasMetric && x !== "step" ? "this run reported no " + x : "this run reported no " + metric + " yet");
+      });
+      chartEl.dataset.points = String(total);
+      if (typeof uPlot === "undefined") return;
+      if (!total) {
+        if (plot) { plot.destroy(); plot = null; plotKey = ""; }
+        const waiting = received.size < runs.length;
+        const note = document.createElement("div");
+        note.className = "chart-empty";
+        note.textContent = waiting ? "Waiting for data…" : "No run has " + metric + " data" + (x !== "step" ? " against " + x : "") + " yet.";
+        chartEl.replaceChildren(note);
+        return;
+      }
+      if (!plot || plotKey !== metric + "|" + x) build(perRun);
+      else plot.setData(aligned(perRun));
+    }
+
+    function scheduleDraw() {
+      if (drawQueued) return;
+      drawQueued = true;
+      requestAnimationFrame(draw);
+    }
+
+    function addMetricOption(key) {
+      if (!metricPicker || Array.from(metricPicker.options).some((o) => o.value === key)) return;
+      const opt = document.createElement("option");
+      opt.value = key;
+      opt.textContent = key;
+      metricPicker.appendChild(opt);
+    }
+
+    function onRun(msg) {
+      if (!msg || !stores.has(msg.job_id)) return;
+      const store = stores.get(msg.job_id);
+      if (msg.series) {
+        Object.entries(msg.series).forEach(([key, points]) => {
+          store.merge(key, points);
+          addMetricOption(key);
+        });
+      }
+      if (msg.row) {
+        const tr = document.getElementById("compare-row-" + msg.job_id);
+        if (tr) {
+          L.applySummary(tr, msg.row);
+          const d = tr.querySelector("[data-duration]");
+          if (d) d.textContent = L.fmtDuration(msg.row.duration_seconds);
+        }
+      }
+      received.add(msg.job_id);
+      scheduleDraw();
+    }
+
+    if (metricPicker) metricPicker.addEventListener("change", () => {
+      metric = metricPicker.value;
+      document.getElementById("chart-metric").textContent = metric;
+      writeUrl();
+      scheduleDraw();
+    });
+    if (xPicker) xPicker.addEventListener("change", () => {
+      x = xPicker.value;
+      document.getElementById("chart-x").textContent = xPicker.options[xPicker.selectedIndex].textContent;
+      writeUrl();
+      scheduleDraw();
+    });
+    if (diffToggle) diffToggle.addEventListener("change", () => {
+      const only = diffToggle.checked;
+      document.querySelectorAll("#compare-config tr.same").forEach((tr) => { tr.hidden = only; });
+      const identical = document.getElementById("config-identical");
+      if (identical) identical.hidden = !only || document.querySelectorAll("#compare-config tr.differs").length > 0;
+      document.getElementById("compare-config").dataset.diffOnly = only ? "true" : "false";
+      writeUrl();
+    });
+
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => {
+        if (plot) plot.setSize({ width: Math.max(240, chartEl.clientWidth), height: Math.max(160, chartEl.clientHeight) });
+      }).observe(chartEl);
+    }
+    chartEl.addEventListener("mouseleave", () => setLegendValues(null));
+
+    const es = L.openStream(main.dataset.stream, {
+      run: onRun,
+      end: () => es.close(), // every run finished: the page holds the final state
+    });
+  }
+
+  function boot() {
+    const main = document.getElementById("main");
+    if (!main) return;
+    if (main.dataset.page === "jobs-list") initSelection();
+    if (main.dataset.page === "compare") {
+      if (!window.TuneboardLive) {
+        console.warn("tuneboard: live.js did not load; the compare page stays static");
+        return;
+      }
+      initCompare(main);
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+  else boot();
+})();
