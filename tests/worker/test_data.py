@@ -82,7 +82,7 @@ def test_bad_rows_are_reported_with_their_row_numbers() -> None:
     assert (
         "2 bad row(s)" in text
         and "row 2: no assistant message" in text
-        and "row 4: message 0 has role 'bot'" in text
+        and "row 4: message 1 has role 'bot'" in text
     )
 
 

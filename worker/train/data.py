@@ -11,7 +11,6 @@ markers when it has them, else from rendering growing prefixes of the conversati
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -24,14 +23,18 @@ from typing import Any
 from worker.catalog import PRESET_PREFIX
 from worker.config import JobConfig
 
+# Reading and checking rows is shared with the app (upload checks): one reader, one checker.
+from worker.datasets.validate import (  # noqa: F401  (re-exported: callers import them from here)
+    FORMATS,
+    ROLES,
+    DatasetError,
+    detect_format,
+    read_rows,
+    validate_rows,
+)
+
 UPLOAD_PREFIX = "upload:"
 IGNORE_INDEX = -100
-FORMATS = ("messages", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant")
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used; the message names the file and rows at fault and what to do."""
 
 
 @dataclass
@@ -75,55 +78,6 @@ def resolve_source(source: str) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(
-                    f"{path.name} line {number}: not valid JSON ({exc.msg}); fix or remove it"
-                ) from None
-            if not isinstance(row, dict):
-                raise DatasetError(
-                    f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}"
-                )
-            rows.append(row)
-    return rows
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json/.csv/.parquet file as dicts."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".json":
-            text = path.read_text(encoding="utf-8")
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                return _read_jsonl(path)  # JSON Lines saved with a .json name
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                data = data["data"]
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise DatasetError(f"{path.name}: expected a JSON list of objects (or JSON Lines)")
-            return data
-        if suffix == ".csv":
-            with path.open("r", encoding="utf-8", newline="") as fh:
-                return [dict(r) for r in csv.DictReader(fh)]
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_table(path).to_pylist())
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path.name}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    raise DatasetError(f"{path.name}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
-
-
 def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
     """All rows of cfg.dataset.source (capped by max_rows), not yet validated."""
     source = cfg.dataset.source
@@ -140,59 +94,7 @@ def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------- checking
-
-
-def detect_format(row: dict[str, Any]) -> str:
-    """messages | prompt_completion | text, from the columns of one row."""
-    if "messages" in row:
-        return "messages"
-    if "prompt" in row and "completion" in row:
-        return "prompt_completion"
-    if "text" in row:
-        return "text"
-    raise DatasetError(
-        f"row 1 has columns {sorted(row)[:10]}; expected 'messages', 'prompt' + 'completion', or 'text'"
-    )
-
-
-def _row_problem(row: dict[str, Any], fmt: str) -> str | None:
-    if fmt == "messages":
-        msgs = row.get("messages")
-        if isinstance(msgs, str):  # CSV cells carry JSON text
-            try:
-                msgs = json.loads(msgs)
-                row["messages"] = msgs
-            except json.JSONDecodeError:
-                return "'messages' is not a list of {role, content} objects"
-        if not isinstance(msgs, list) or not msgs:
-            return "'messages' must be a non-empty list of {role, content} objects"
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-                return f"message {i} needs a string 'content'"
-            if m.get("role") not in ROLES:
-                return f"message {i} has role {m.get('role')!r}; use system, user or assistant"
-        if not any(m["role"] == "assistant" for m in msgs):
-            return "no assistant message: there is nothing to learn from this row"
-        return None
-    if fmt == "prompt_completion":
-        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            return "'prompt' and 'completion' must both be strings"
-        if not row["completion"]:
-            return "'completion' is empty: there is nothing to learn from this row"
-        return None
-    if not isinstance(row.get("text"), str) or not row["text"].strip():
-        return "'text' must be a non-empty string"
-    return None
-
-
-def validate_rows(rows: list[dict[str, Any]], fmt: str) -> None:
-    """Raise DatasetError listing (up to 10) bad rows by number (1-based, as in the file)."""
-    problems = [(n, p) for n, row in enumerate(rows, start=1) if (p := _row_problem(row, fmt)) is not None]
-    if problems:
-        listed = "; ".join(f"row {n}: {p}" for n, p in problems[:10])
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise DatasetError(f"{len(problems)} bad row(s) for format {fmt}: {listed}{more}")
+# ---------------------------------------------------------------------------------------------- splitting
 
 
 def split_rows(
