@@ -43,6 +43,11 @@ async def stop_scheduler(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Migrate the database, open the engine, start the scheduler; undo in reverse at shutdown."""
     settings: Settings = app.state.settings
+    # --- auth (auth+input helper): never serve beyond loopback without a password or token ---
+    from app.auth import refuse_unprotected_bind
+
+    refuse_unprotected_bind(settings, app.state.auth_cache)
+    # --- end auth ---
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     # migrations are the only way the schema is made (never create_all), as in `tuneboard db upgrade`
@@ -113,4 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sweeps_pages_router)
     # --- end compare + sweeps ---
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    # --- auth (auth+input helper): login page; the middleware guards every route, mounts included ---
+    from app.auth.middleware import AuthMiddleware
+    from app.auth.routes import router as auth_router
+    from app.auth.store import AuthCache
+
+    app.state.auth_cache = AuthCache(app.state.settings.data_dir)
+    app.include_router(auth_router)
+    app.add_middleware(AuthMiddleware, settings=app.state.settings, cache=app.state.auth_cache)
+    # --- end auth ---
     return app

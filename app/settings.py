@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_config_bytes: int = Field(256 * 1024, ge=1)
     max_events_per_batch: int = Field(5000, ge=1)
 
+    # auth (app/auth): on when DATA_DIR/auth.json has a password or an API token, or when forced here
+    auth_required: bool = Field(
+        False, description="Require a login or API token even on loopback (auth.json must hold one)."
+    )
+    session_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="How long a browser login lasts.")
+
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -78,3 +78,17 @@ def test_run_standalone_trains_with_a_progress_bar_and_prints_the_adapter_path(t
         [sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240
     )
     assert again.returncode == ExitCode.CONFIG_ERROR and "--resume" in again.stderr
+
+
+def test_the_8bit_optimizer_keeps_8bit_state_even_for_small_lora_tensors() -> None:
+    import torch
+
+    from worker.train.pipeline import build_optimizer
+
+    model = torch.nn.Linear(16, 8)  # 136 parameters: far below bitsandbytes' default min_8bit_size of 4096
+    optimizer, name = build_optimizer(demo_config(), model, "cpu")
+    assert name == "adamw_8bit"
+    model(torch.randn(4, 16)).sum().backward()
+    optimizer.step()
+    state = optimizer.state[model.weight]
+    assert state["state1"].dtype == torch.uint8 and state["state2"].dtype == torch.uint8

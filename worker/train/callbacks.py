@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ from worker.train.reporter import Reporter
 from worker.train.signals import StopRequest
 
 STATE_FILE = "tuneboard_state.json"  # guard and learning-rate state saved inside each checkpoint
+# Test hook: SIGKILL this process after checkpoint-N's files are written and before its COMPLETE marker,
+# once per run directory (a relaunch passes step N again and must then save). Never set it for real runs.
+INJECT_KILL_BEFORE_MARKER_ENV = "TUNEBOARD_INJECT_KILL_BEFORE_MARKER_AT_STEP"
 GB = 1024**3
 
 
@@ -99,17 +103,29 @@ def memory_metrics() -> dict[str, float]:
     return out
 
 
+_NVML_HANDLES: dict[int, Any] = {}
+
+
+def _nvml_handle(index: int) -> Any:
+    """The NVML handle of torch's device `index` (NVML counts physical GPUs), opened once."""
+    import pynvml
+
+    if index not in _NVML_HANDLES:
+        pynvml.nvmlInit()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        physical = int(ids[index]) if index < len(ids) and ids[index].isdigit() else index
+        _NVML_HANDLES[index] = pynvml.nvmlDeviceGetHandleByIndex(physical)
+    return _NVML_HANDLES[index]
+
+
 def _nvml_metrics(index: int) -> dict[str, float]:
     try:
         import pynvml
     except ImportError:
         return {}
     try:
-        pynvml.nvmlInit()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        ids = [v.strip() for v in visible.split(",") if v.strip()]
-        physical = int(ids[index]) if index < len(ids) and ids[index].isdigit() else index
-        handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+        handle = _nvml_handle(index)
         util = pynvml.nvmlDeviceGetUtilizationRates(handle)
         power_mw = pynvml.nvmlDeviceGetPowerUsage(handle)
         return {"gpu_util": float(util.gpu), "gpu_power_w": power_mw / 1000.0}
@@ -291,6 +307,7 @@ class TuneboardCallback(TrainerCallback):
             return
         # Our state first, the marker last: a kill before the marker leaves a directory nobody resumes from.
         (ckpt / STATE_FILE).write_text(json.dumps(self.state_dict()), encoding="utf-8")
+        _maybe_kill_before_marker(self.run_dir, state.global_step)
         _write_marker(ckpt / CHECKPOINT_COMPLETE_MARKER, state.global_step)
         prune_checkpoints(self.run_dir, self.cfg.training.save_total_limit)
         self._emit(
@@ -404,6 +421,17 @@ def _inner(optimizer: Any) -> Any:
 
 def _device_of(model: Any) -> Any:
     return next(p.device for p in model.parameters())
+
+
+def _maybe_kill_before_marker(run_dir: RunDir, step: int) -> None:
+    """The INJECT_KILL_BEFORE_MARKER_ENV test hook: a kill in the middle of a checkpoint save."""
+    if os.environ.get(INJECT_KILL_BEFORE_MARKER_ENV, "").strip() != str(step):
+        return
+    done = run_dir.root / f"injected-kill-before-marker-{step}"
+    if done.exists():
+        return
+    done.write_text("killed once here by the test hook\n", encoding="utf-8")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_marker(path: Path, step: int) -> None:
