@@ -6,7 +6,6 @@ time: `tuneboard train` imports the training pipeline only after the config has 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
@@ -30,6 +29,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+auth_app = typer.Typer(
+    help="The dashboard password and API tokens (needed to serve beyond 127.0.0.1).", no_args_is_help=True
+)
+app.add_typer(auth_app, name="auth")
 
 
 class CliError(Exception):
@@ -42,6 +45,16 @@ ServerOption = Annotated[
         "--server", envvar="TUNEBOARD_SERVER", help="URL of a running `tuneboard serve`.", show_default=True
     ),
 ]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="TUNEBOARD_TOKEN",
+        help="API token for a server with auth on (from `tuneboard auth create-token NAME`).",
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[Path | None, typer.Option(help="The server's data directory (holds auth.json).")]
 
 
 def _settings(**overrides: Any) -> Any:
@@ -51,28 +64,33 @@ def _settings(**overrides: Any) -> Any:
 
 
 def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (the only binds allowed until auth exists)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """True for localhost and loopback addresses (the only binds allowed without auth)."""
+    from app.auth.store import is_loopback as _is_loopback
+
+    return _is_loopback(host)
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (loopback only for now).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (beyond loopback only with a password or token).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="SQLite file, run directories, uploads.")] = None,
 ) -> None:
     """Start the dashboard (migrates the database first)."""
+    from app.auth import UnprotectedBindError, refuse_unprotected_bind
+    from app.auth.store import AuthError
+
     settings = _settings(host=host, port=port, data_dir=data_dir)
-    if not is_loopback(settings.host):
-        raise CliError(
-            f"binding to {settings.host} needs auth, which is not configured; "
-            "serve on 127.0.0.1 and reach it through an SSH tunnel"
-        )
+    try:
+        refuse_unprotected_bind(settings)
+    except (UnprotectedBindError, AuthError) as exc:
+        raise CliError(str(exc)) from None
     import uvicorn
 
     from app.main import create_app
@@ -101,6 +119,80 @@ def db_upgrade(
         ) from None
     shown = make_url(url).render_as_string(hide_password=True)
     typer.echo(f"database at revision {current_revision(url)}: {shown}")
+
+
+def _auth_dir(data_dir: Path | None) -> Path:
+    settings = _settings(data_dir=data_dir)
+    return Path(settings.data_dir)
+
+
+@auth_app.command("set-password")
+def auth_set_password(data_dir: DataDirOption = None) -> None:
+    """Set the dashboard password (prompts; scripts may set TUNEBOARD_PASSWORD). Logs every browser out."""
+    from app.auth.store import AuthError, set_password
+
+    password = os.environ.get("TUNEBOARD_PASSWORD")
+    if not password:
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to prompt on: set TUNEBOARD_PASSWORD in the environment instead")
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    directory = _auth_dir(data_dir)
+    try:
+        set_password(directory, password)
+    except AuthError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"password set in {directory / 'auth.json'}; browsers must log in again")
+
+
+@auth_app.command("create-token")
+def auth_create_token(
+    name: Annotated[str, typer.Argument(help="A name to recognise and revoke it by, e.g. laptop-cli.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an API token for scripts and the CLI; it is printed once and only its hash is kept."""
+    from app.auth.store import AuthError, create_token
+
+    try:
+        token = create_token(_auth_dir(data_dir), name)
+    except AuthError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(token)
+    typer.echo(
+        f"token {name!r} created; it is shown only this once. Use it with --token or TUNEBOARD_TOKEN, "
+        "or as 'Authorization: Bearer <token>'",
+        err=True,
+    )
+
+
+@auth_app.command("list-tokens")
+def auth_list_tokens(data_dir: DataDirOption = None) -> None:
+    """List API tokens by name and creation time (the tokens themselves are not stored)."""
+    from app.auth.store import AuthError, list_tokens
+
+    try:
+        tokens = list_tokens(_auth_dir(data_dir))
+    except AuthError as exc:
+        raise CliError(str(exc)) from None
+    if not tokens:
+        typer.echo("no API tokens; create one with: tuneboard auth create-token NAME")
+        return
+    typer.echo(f"{'NAME':<24}  CREATED")
+    for t in tokens:
+        typer.echo(f"{t.name:<24}  {t.created_at}")
+
+
+@auth_app.command("revoke-token")
+def auth_revoke_token(
+    name: Annotated[str, typer.Argument(help="Name of the token to revoke.")], data_dir: DataDirOption = None
+) -> None:
+    """Revoke an API token: requests that send it are refused from now on."""
+    from app.auth.store import AuthError, revoke_token
+
+    try:
+        revoke_token(_auth_dir(data_dir), name)
+    except AuthError as exc:
+        raise CliError(str(exc)) from None
+    typer.echo(f"token {name!r} revoked")
 
 
 def _config_problems_line(problems: dict[str, str]) -> str:
@@ -169,6 +261,7 @@ def submit(
     config: Annotated[Path, typer.Argument(help="Job config (YAML or JSON).")],
     server: ServerOption = DEFAULT_SERVER,
     wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar until it ends.")] = False,
+    token: TokenOption = None,
 ) -> None:
     """Queue a job on a running server."""
     try:
@@ -177,13 +270,17 @@ def submit(
         raise CliError(f"cannot read {config}: {exc.strerror}") from None
     content_type = "application/json" if config.suffix.lower() == ".json" else "application/yaml"
     created = _call(
-        "POST", server, "/api/jobs", content=text.encode(), headers={"Content-Type": content_type}
+        "POST",
+        server,
+        "/api/jobs",
+        content=text.encode(),
+        headers={"Content-Type": content_type, **_auth_headers(token)},
     )
     job_id = created.json()["id"]
     typer.echo(f"job {job_id} queued: {server.rstrip('/')}/jobs/{job_id}")
     if not wait:
         return
-    final = follow_job(server, job_id)
+    final = follow_job(server, job_id, token=token)
     status = final.get("status")
     if status == "succeeded":
         typer.echo(f"job {job_id} succeeded; download the adapter with: tuneboard download {job_id}")
@@ -215,7 +312,7 @@ def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
             ident = value
 
 
-def follow_job(server: str, job_id: int) -> dict[str, Any]:
+def follow_job(server: str, job_id: int, token: str | None = None) -> dict[str, Any]:
     """Show a progress bar fed by the job's SSE stream; return the final summary."""
     from tqdm import tqdm
 
@@ -226,6 +323,7 @@ def follow_job(server: str, job_id: int) -> dict[str, Any]:
     try:
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
+            headers.update(_auth_headers(token))
             try:
                 with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(10.0, read=120.0)) as r:
                     if r.status_code >= 400:
@@ -265,10 +363,11 @@ def _update_bar(bar: Any, summary: dict[str, Any]) -> None:
 def list_jobs(
     server: ServerOption = DEFAULT_SERVER,
     status: Annotated[str | None, typer.Option(help="Only these statuses (comma-separated).")] = None,
+    token: TokenOption = None,
 ) -> None:
     """List jobs, newest first."""
     params = {"status": status} if status else {}
-    jobs = _call("GET", server, "/api/jobs", params=params).json()
+    jobs = _call("GET", server, "/api/jobs", params=params, headers=_auth_headers(token)).json()
     if not jobs:
         typer.echo("no jobs yet; submit one with: tuneboard submit CONFIG")
         return
@@ -281,10 +380,12 @@ def list_jobs(
 
 @app.command()
 def cancel(
-    job_id: Annotated[int, typer.Argument(help="Job id.")], server: ServerOption = DEFAULT_SERVER
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
 ) -> None:
     """Cancel a job (a running one saves a checkpoint first)."""
-    job = _call("POST", server, f"/api/jobs/{job_id}/cancel").json()
+    job = _call("POST", server, f"/api/jobs/{job_id}/cancel", headers=_auth_headers(token)).json()
     typer.echo(f"job {job_id} {job['status']}")
 
 
@@ -293,13 +394,16 @@ def download(
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Zip file to write.")] = None,
     server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
 ) -> None:
     """Download a job's adapter as a zip."""
     target = output or Path(f"tuneboard-job-{job_id}-adapter.zip")
     url = f"{server.rstrip('/')}/api/jobs/{job_id}/adapter"
     partial = target.with_name(target.name + ".part")
     try:
-        with httpx.stream("GET", url, timeout=httpx.Timeout(30.0, read=300.0)) as r:
+        with httpx.stream(
+            "GET", url, headers=_auth_headers(token), timeout=httpx.Timeout(30.0, read=300.0)
+        ) as r:
             if r.status_code >= 400:
                 r.read()
                 raise CliError(f"{r.status_code}: {_detail(r)}")

@@ -15,7 +15,7 @@ from app import artifacts
 from app.deps import JobDep, SessionDep, SettingsDep
 from app.http import read_body_limited
 from app.jobs import service
-from app.jobs.schemas import Created, JobDetail, JobSummary, job_detail, job_summary
+from app.jobs.schemas import Created, JobDetail, JobSummary, config_request_body, job_detail, job_summary
 from app.jobs.status import JobStatus
 from worker.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
 from worker.config import ConfigError, config_to_dict, demo_config, parse_config
@@ -33,7 +33,7 @@ async def config_body(request: Request, settings: SettingsDep) -> bytes:
 ConfigBody = Annotated[bytes, Depends(config_body)]
 
 
-@router.post("/jobs", status_code=201, response_model=Created)
+@router.post("/jobs", status_code=201, response_model=Created, openapi_extra=config_request_body())
 def create_job(body: ConfigBody, request: Request, session: SessionDep) -> dict[str, Any]:
     """Queue a job. Body: the config as JSON (application/json) or YAML (application/yaml, text/yaml)."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()

@@ -121,3 +121,32 @@ def job_detail(job: Job, *, stderr_tail: str | None = None) -> dict[str, Any]:
     data["config_text"] = job.config_text
     data["stderr_tail"] = stderr_tail if stderr_tail is not None else job.stderr_tail
     return data
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """Replace local `#/$defs/X` references by their definitions (JobConfig has no recursive models)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def config_request_body() -> dict[str, Any]:
+    """OpenAPI `requestBody` of routes that read a job config from the raw body (for /docs and fuzzing)."""
+    from worker.config import JobConfig
+
+    schema = JobConfig.model_json_schema()
+    inlined = _inline_refs(schema, schema.get("$defs", {}))
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": inlined},
+                "application/yaml": {"schema": {"type": "string", "description": "The config as YAML."}},
+            },
+        }
+    }

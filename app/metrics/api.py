@@ -35,7 +35,38 @@ async def events_body(request: Request, settings: SettingsDep) -> bytes:
 EventsBody = Annotated[bytes, Depends(events_body)]
 
 
-@router.post("/jobs/{job_id}/events")
+_EVENT_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["events"],
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["seq", "kind"],
+                                "properties": {
+                                    "seq": {"type": "integer", "minimum": 1},
+                                    "kind": {"type": "string"},
+                                    "step": {"type": "integer", "minimum": 0},
+                                    "ts": {"type": "number"},
+                                    "payload": {"type": "object"},
+                                },
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/jobs/{job_id}/events", openapi_extra=_EVENT_BATCH_BODY)
 def ingest(
     body: EventsBody,
     job: JobDep,
