@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,3 +116,19 @@ class MetricPoint(Base):
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL when not finite
     nonfinite: Mapped[str | None] = mapped_column(String(8), nullable=True)  # 'nan' | 'inf' | '-inf'
     ts: Mapped[float] = mapped_column(Float)
+
+
+class Dataset(Base):
+    """An uploaded dataset, stored once under DATA_DIR/datasets/<id>/data.jsonl (content-addressed)."""
+
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_dataset_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # a prefix of sha256; jobs say upload:<id>
+    name: Mapped[str] = mapped_column(String(200), default="")
+    filename: Mapped[str] = mapped_column(String(255), default="")  # as uploaded
+    format: Mapped[str] = mapped_column(String(32))  # messages | prompt_completion | text
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # of the file as uploaded
+    sha256: Mapped[str] = mapped_column(String(64))  # of the bytes as uploaded
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
