@@ -117,6 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compare_pages_router)
     app.include_router(sweeps_pages_router)
     # --- end compare + sweeps ---
+    # --- takeaway: downloads, merged export, try the adapter (takeaway helper) ---
+    from app.tasks.api import router as takeaway_router
+
+    app.include_router(takeaway_router)
+    # --- end takeaway ---
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     # --- auth (auth+input helper): login page; the middleware guards every route, mounts included ---
     from app.auth.middleware import AuthMiddleware

@@ -18,8 +18,11 @@ class FakeApp:
         self.port = port
         self.stored: list[dict[str, Any]] = []
         self.requests: list[list[int]] = []
+        self.refused: list[int] = []
         self.auth: list[str | None] = []
         self.control: str | None = None
+        self.max_batch: int | None = None  # answer 413 above this many events
+        self.poison_seq: int | None = None  # answer 422 to any batch holding this seq
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -29,6 +32,20 @@ class FakeApp:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seqs = [e["seq"] for e in body["events"]]
+                refusal = None
+                if app.max_batch is not None and len(seqs) > app.max_batch:
+                    refusal = 413
+                elif app.poison_seq in seqs:
+                    refusal = 422
+                if refusal is not None:
+                    with app.lock:
+                        app.refused.append(refusal)
+                    self.send_response(refusal)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
                 with app.lock:
                     app.auth.append(self.headers.get("Authorization"))
                     app.requests.append([e["seq"] for e in body["events"]])

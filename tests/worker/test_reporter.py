@@ -124,6 +124,24 @@ def test_a_relaunched_worker_resends_only_what_the_app_did_not_acknowledge(
     assert [s for r in app.requests for s in r] == [6, 7]
 
 
+def test_oversized_batches_shrink_and_a_rejected_event_does_not_block_the_rest(
+    tmp_path: Path, app: FakeApp
+) -> None:
+    app.max_batch = 8
+    app.poison_seq = 13
+    rd = RunDir(tmp_path)
+    rep = _fast(rd, None)
+    for step in range(1, 41):  # spooled before the sender starts: the first batch holds all 40
+        rep.emit(EventKind.METRIC, step, {"loss": 1.0})
+    rep.close()
+    app.start()
+    sender = _fast(rd, _job(app))
+    assert sender.close(timeout=10)
+    assert app.seqs() == [s for s in range(1, 41) if s != 13]
+    assert 413 in app.refused and 422 in app.refused
+    assert [e["seq"] for e in read_spool(rd.events)] == list(range(1, 41))  # the spool keeps everything
+
+
 def test_a_cancel_control_in_the_response_sets_the_cancel_flag(tmp_path: Path, app: FakeApp) -> None:
     app.control = "cancel"
     app.start()

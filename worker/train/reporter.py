@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -62,6 +63,7 @@ class Reporter:
         self._pending: deque[dict[str, Any]] = deque(e for e in existing if e["seq"] > self._acked)
         self._spool = run_dir.events.open("a", encoding="utf-8")
         self._thread: threading.Thread | None = None
+        self._batch_limit = MAX_BATCH
         if job is not None:
             self._url = f"{str(job['app_url']).rstrip('/')}/api/jobs/{job['job_id']}/events"
             self._token = str(job.get("token", ""))
@@ -116,7 +118,7 @@ class Reporter:
                 if not self._pending and not self._closing:
                     self._wake.wait(self._send_interval)
                 closing = self._closing
-                batch = [self._pending[i] for i in range(min(MAX_BATCH, len(self._pending)))]
+                batch = [self._pending[i] for i in range(min(self._batch_limit, len(self._pending)))]
                 idle = time.monotonic() - self._last_emit
             if not batch:
                 if closing:
@@ -124,9 +126,22 @@ class Reporter:
                 if idle >= self._heartbeat_interval:
                     self.emit(EventKind.HEARTBEAT, self._step, {})
                 continue
-            ok = self._post(batch)
-            if ok:
+            result = self._post(batch)
+            if result == "too_big" or (result == "rejected" and len(batch) > 1):
+                # Smaller batches: fits the app's limit, and isolates an event the app cannot accept.
+                self._batch_limit = max(1, len(batch) // 2)
+                continue
+            if result == "rejected":
+                # The app refuses this one event for good (a bug on our side): skip it rather than
+                # wedge every later event behind it. It stays in the spool for inspection.
+                print(
+                    f"tuneboard reporter: the app rejected event {batch[0]['seq']}: {self.last_error}",
+                    file=sys.stderr,
+                )
+            if result in ("ok", "rejected"):
                 backoff = 0.5
+                if result == "ok":
+                    self._batch_limit = min(MAX_BATCH, self._batch_limit * 2)
                 with self._lock:
                     top = batch[-1]["seq"]
                     while self._pending and self._pending[0]["seq"] <= top:
@@ -142,7 +157,8 @@ class Reporter:
                 self._wake.wait(backoff)  # close() wakes us early for a last attempt
             backoff = min(backoff * 2, self._backoff_cap)
 
-    def _post(self, batch: list[dict[str, Any]]) -> bool:
+    def _post(self, batch: list[dict[str, Any]]) -> str:
+        """POST one batch: "ok", "retry" (app away or failing), "too_big" (413) or "rejected" (422)."""
         body = json.dumps({"events": batch}, allow_nan=False).encode("utf-8")
         request = urllib.request.Request(
             self._url,
@@ -153,9 +169,17 @@ class Reporter:
         try:
             with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
                 raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            self.last_error = f"HTTP {exc.code}: {detail}"
+            if exc.code == 413:
+                return "too_big"
+            if exc.code == 422:
+                return "rejected"
+            return "retry"  # 401/403/404/5xx: the app may come back or be fixed; keep everything
         except (urllib.error.URLError, OSError, ValueError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            return False
+            return "retry"
         try:
             answer = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
@@ -163,7 +187,7 @@ class Reporter:
         if isinstance(answer, dict) and answer.get("control") == "cancel":
             self.cancel_requested.set()
         self.last_error = None
-        return True
+        return "ok"
 
     # ------------------------------------------------------------------------------------------ files
 
