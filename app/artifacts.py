@@ -1,11 +1,25 @@
-"""Files a job leaves in its run directory, served safely: the adapter as a zip, the stderr tail."""
+"""Files a job leaves in its run directory, served safely: the adapter as a zip, the stderr tail,
+complete checkpoints and the merged export as zips, and every stored metric point as CSV or JSON."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.models import MetricPoint
+from worker.protocol import CHECKPOINT_COMPLETE_MARKER, RunDir
+from worker.tasks import MERGED_DIR
 
 
 class ArtifactError(Exception):
@@ -14,6 +28,10 @@ class ArtifactError(Exception):
 
 class ArtifactMissing(ArtifactError):
     """The artifact does not exist (yet)."""
+
+
+class ArtifactIncomplete(ArtifactError):
+    """The artifact exists but was not finished (an interrupted checkpoint save)."""
 
 
 def contained_path(root: Path, relative: str) -> Path:
@@ -37,7 +55,7 @@ def adapter_dir(run_dir: str | None, adapter_path: str | None) -> Path:
     return target
 
 
-def zip_directory(source: Path, dest_dir: Path | None = None) -> Path:
+def zip_directory(source: Path, dest_dir: Path | None = None, *, compress: bool = True) -> Path:
     """Zip `source` into a temporary file and return its path (the caller deletes it).
 
     Every file is re-checked after resolving links: a symlink pointing outside `source` is refused
@@ -48,7 +66,9 @@ def zip_directory(source: Path, dest_dir: Path | None = None) -> Path:
     os.close(fd)
     out = Path(name)
     try:
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        # model weights barely compress: `compress=False` stores them and saves minutes on large exports
+        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zipfile.ZipFile(out, "w", compression=method, compresslevel=1 if compress else None) as zf:
             for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
                 for dirname in list(dirnames):
                     if not (Path(dirpath) / dirname).resolve().is_relative_to(base):
@@ -91,3 +111,176 @@ def stderr_tail(run_dir: str | None, max_lines: int = 200) -> str | None:
     if not run_dir:
         return None
     return tail_lines(Path(run_dir) / "stderr.log", max_lines=max_lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints and the merged export
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{1,12})")
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def list_checkpoints(run_dir: str | None) -> list[dict[str, Any]]:
+    """Every checkpoint directory of a run, oldest first: {"name", "step", "complete", "size_bytes"}."""
+    if not run_dir:
+        return []
+    root = RunDir(Path(run_dir)).checkpoints
+    if not root.is_dir():
+        return []
+    found: list[dict[str, Any]] = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_NAME.fullmatch(child.name)
+        if match is None or not child.is_dir() or child.is_symlink():
+            continue
+        complete = (child / CHECKPOINT_COMPLETE_MARKER).is_file()
+        found.append(
+            {
+                "name": child.name,
+                "step": int(match.group(1)),
+                "complete": complete,
+                "size_bytes": _dir_size(child),
+            }
+        )
+    return sorted(found, key=lambda c: c["step"])
+
+
+def checkpoint_dir(run_dir: str | None, name: str) -> Path:
+    """The complete checkpoint `name` of a run; ArtifactMissing / ArtifactIncomplete say why not."""
+    if _CHECKPOINT_NAME.fullmatch(name) is None:
+        raise ArtifactMissing(f"{name!r} is not a checkpoint name; checkpoints are named checkpoint-<step>")
+    if not run_dir:
+        raise ArtifactMissing("this job has not started yet, so it has no checkpoints")
+    target = contained_path(RunDir(Path(run_dir)).checkpoints, name)
+    if not target.is_dir():
+        raise ArtifactMissing(f"there is no {name}; GET /api/jobs/<id>/checkpoints lists the complete ones")
+    if not (target / CHECKPOINT_COMPLETE_MARKER).is_file():
+        raise ArtifactIncomplete(
+            f"{name} is incomplete: its {CHECKPOINT_COMPLETE_MARKER} marker is missing, so the save was "
+            "interrupted (or is still being written) and the files may be half-written; download a complete "
+            "checkpoint instead (GET /api/jobs/<id>/checkpoints lists them)"
+        )
+    return target
+
+
+def merged_dir(run_dir: str | None) -> Path:
+    """RUN_DIR/merged once the merged export finished (it is renamed into place only when complete)."""
+    if not run_dir:
+        raise ArtifactMissing("this job has not started yet, so it has no merged model")
+    target = contained_path(Path(run_dir), MERGED_DIR)
+    if not target.is_dir():
+        raise ArtifactMissing(
+            "there is no merged model yet; start the export (POST /api/jobs/<id>/export-merged) and "
+            "download it when it has finished"
+        )
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metric exports: every stored point (no downsampling), streamed in chunks of short sessions
+
+_metric = MetricPoint.__table__
+EXPORT_CHUNK_ROWS = 20_000
+
+
+def metric_export_keys(session: Session, job_id: int) -> list[str]:
+    """The metric keys of a job, alphabetically."""
+    stmt = select(_metric.c.key).where(_metric.c.job_id == job_id).distinct().order_by(_metric.c.key)
+    return [row[0] for row in session.execute(stmt)]
+
+
+def _value(value: float | None, nonfinite: str | None) -> float | str | None:
+    """A stored value as exported: the float, or 'nan' / 'inf' / '-inf' for non-finite ones."""
+    if value is None:
+        return nonfinite  # None only when the worker sent no value at all
+    return value
+
+
+def _metric_rows(
+    factory: sessionmaker[Session], job_id: int, *, by_step: bool, chunk_rows: int
+) -> Iterator[tuple[str, int, float | str | None]]:
+    """(key, step, value) for every point, ordered by (step, key) or (key, step), one session per chunk.
+
+    Keyset pagination: no session or cursor stays open while the response is sent to a slow client.
+    """
+    order = (_metric.c.step, _metric.c.key) if by_step else (_metric.c.key, _metric.c.step)
+    last: tuple[Any, Any] | None = None
+    while True:
+        stmt = select(_metric.c.key, _metric.c.step, _metric.c.value, _metric.c.nonfinite).where(
+            _metric.c.job_id == job_id
+        )
+        if last is not None:
+            stmt = stmt.where(tuple_(*order) > tuple_(*last))
+        stmt = stmt.order_by(*order).limit(chunk_rows)
+        with factory() as session:
+            rows = list(session.execute(stmt))
+        for key, step, value, nonfinite in rows:
+            yield key, step, _value(value, nonfinite)
+        if len(rows) < chunk_rows:
+            return
+        tail = rows[-1]
+        last = (tail.step, tail.key) if by_step else (tail.key, tail.step)
+
+
+def _csv_cell(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else repr(value)
+
+
+def metrics_csv(
+    factory: sessionmaker[Session], job_id: int, *, chunk_rows: int = EXPORT_CHUNK_ROWS
+) -> Iterator[str]:
+    """CSV text in pieces: a `step` column and one column per key; empty where a key has no point."""
+    with factory() as session:
+        keys = metric_export_keys(session, job_id)
+    column = {key: i for i, key in enumerate(keys)}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", *keys])
+    current: int | None = None
+    cells: list[str] = []
+    for key, step, value in _metric_rows(factory, job_id, by_step=True, chunk_rows=chunk_rows):
+        if step != current:
+            if current is not None:
+                writer.writerow([current, *cells])
+            current, cells = step, [""] * len(keys)
+        if key in column:  # a key that appeared after the header was written: the next export has it
+            cells[column[key]] = _csv_cell(value)
+        if buf.tell() > 64 * 1024:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    if current is not None:
+        writer.writerow([current, *cells])
+    yield buf.getvalue()
+
+
+def metrics_json(
+    factory: sessionmaker[Session], job_id: int, *, chunk_rows: int = EXPORT_CHUNK_ROWS
+) -> Iterator[str]:
+    """JSON in pieces: {"job_id", "series": {key: [[step, value], ...]}}; non-finite values as strings."""
+    yield '{"job_id": ' + json.dumps(job_id) + ', "series": {'
+    current: str | None = None
+    first_point = True
+    pieces: list[str] = []
+    size = 0
+    for key, step, value in _metric_rows(factory, job_id, by_step=False, chunk_rows=chunk_rows):
+        if key != current:
+            if current is not None:
+                pieces.append("], ")
+            pieces.append(json.dumps(key) + ": [")
+            current, first_point = key, True
+        piece = ("" if first_point else ", ") + json.dumps([step, value], allow_nan=False)
+        first_point = False
+        pieces.append(piece)
+        size += len(piece)
+        if size > 64 * 1024:
+            yield "".join(pieces)
+            pieces, size = [], 0
+    if current is not None:
+        pieces.append("]")
+    pieces.append("}}")
+    yield "".join(pieces)

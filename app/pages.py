@@ -593,7 +593,10 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
     summary = job_summary(job)
     events = _recent_events(session, job.id)
     tail = artifacts.stderr_tail(job.run_dir)
+    from app.tasks.views import takeaway_context  # downloads, merged export, try-the-adapter panels
+
     return {
+        "takeaway": takeaway_context(job),
         "job": summary,
         "config_text": job.config_text,
         "logs": tail if tail is not None else (job.stderr_tail or ""),

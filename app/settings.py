@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     max_config_bytes: int = Field(256 * 1024, ge=1)
     max_events_per_batch: int = Field(5000, ge=1)
 
+    # short worker-side tasks on finished runs (app/tasks): try-the-adapter generation, merged export
+    task_gpus: str = Field(
+        "",
+        description="CUDA_VISIBLE_DEVICES for short tasks, e.g. '0'; empty: CPU (not scheduled with jobs).",
+    )
+    try_timeout_s: float = Field(
+        300.0, gt=0, description="A try-the-adapter generation is killed after this."
+    )
+    try_max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer a try may ask for.")
+    try_max_prompt_chars: int = Field(8000, ge=1, description="Longest prompt a try accepts.")
+    merge_timeout_s: float = Field(3600.0, gt=0, description="A merged-model export is killed after this.")
+
     # auth (app/auth): on when DATA_DIR/auth.json has a password or an API token, or when forced here
     auth_required: bool = Field(
         False, description="Require a login or API token even on loopback (auth.json must hold one)."

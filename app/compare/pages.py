@@ -152,9 +152,9 @@ def compare_page(
     try:
         ids = service.parse_ids(raw_ids)
         if len(raw_ids) > 1:
-            # checkboxes send ids=1&ids=2: answer with the short, shareable form of the same view
+            # checkboxes send ids=9&ids=4 (list order): answer with the short, shareable form, oldest first
             query = {
-                "ids": ",".join(map(str, ids)),
+                "ids": ",".join(map(str, sorted(ids))),
                 **{k: v for k, v in request.query_params.items() if k != "ids"},
             }
             return RedirectResponse("/compare?" + urlencode(query, safe=","), status_code=303)

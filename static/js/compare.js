@@ -13,6 +13,9 @@
 
   const MIN_RUNS = 2;
   const MAX_RUNS = 8;
+  const SPARSE_POINTS = 40;
+  const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 25000,
+    50000, 100000, 200000, 250000, 500000, 1000000, 2000000, 5000000, 10000000];
 
   // ------------------------------------------------------------------ jobs list: pick runs to compare
   function initSelection() {
@@ -137,17 +140,20 @@
         scales: { x: { time: false }, y: { auto: true } },
         axes: [
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: xLabel, labelSize: 22,
+            // steps are whole numbers: no 2.5 ticks
+            incrs: x === "step" ? STEP_INCRS : undefined,
             values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 60,
             values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
         ],
-        series: [{ label: xLabel }].concat(runs.map((run) => ({
+        series: [{ label: xLabel }].concat(runs.map((run, i) => ({
           label: "#" + run.id,
           stroke: L.cssVar("--cmp-" + run.colour, "#36c"),
           width: 1.75,
           dash: run.dash.length ? run.dash.map((d) => d * dpr) : undefined,
           spanGaps: true,
-          points: { size: 5 },
+          // dots only where a run has few points (eval_loss): on dense curves they would hide the dashes
+          points: { show: perRun[i].length <= SPARSE_POINTS, size: 5 },
         }))),
         hooks: {
           setCursor: [(u) => {
@@ -289,6 +295,7 @@
     }
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
-  else boot();
+  // pages load this before live.js (both deferred): wait for the document, by when live.js has run
+  if (window.TuneboardLive || document.readyState === "complete") boot();
+  else document.addEventListener("DOMContentLoaded", boot);
 })();

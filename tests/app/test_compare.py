@@ -286,7 +286,7 @@ def test_ticked_checkboxes_redirect_to_the_short_shareable_url(
     client: TestClient, three_runs: list[int]
 ) -> None:
     a, b, _c = three_runs
-    r = client.get(f"/compare?ids={a}&ids={b}&metric=loss", follow_redirects=False)
+    r = client.get(f"/compare?ids={b}&ids={a}&metric=loss", follow_redirects=False)
     assert r.status_code == 303
     assert r.headers["location"] == f"/compare?ids={a},{b}&metric=loss"
     jobs_list = Elements(client.get("/").text)

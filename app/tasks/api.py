@@ -1,0 +1,258 @@
+"""Routes to take a run away: checkpoint and merged-model zips, metric exports, merged export, try it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.background import BackgroundTask
+
+from app import artifacts
+from app.deps import JobDep, SettingsDep, get_session_factory
+from app.models import Job
+from app.pages import render_block
+from app.settings import Settings
+from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status
+from app.tasks.views import can_try, has_adapter, quantization_method, takeaway_context
+from worker.tasks import merge_refusal
+
+router = APIRouter(tags=["takeaway"])
+ManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _zip_response(source: Path, settings: Settings, filename: str, *, compress: bool) -> FileResponse:
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    archive = artifacts.zip_directory(source, tmp_dir, compress=compress)
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=filename,
+        background=BackgroundTask(Path(archive).unlink, missing_ok=True),
+    )
+
+
+def _artifact_http_error(job: Job, exc: artifacts.ArtifactError) -> HTTPException:
+    status = 404 if isinstance(exc, artifacts.ArtifactMissing) else 409
+    return HTTPException(status, f"job {job.id}: {exc}")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+@router.get("/api/jobs/{job_id}/checkpoints")
+def list_checkpoints(job: JobDep) -> list[dict[str, Any]]:
+    """The job's complete checkpoints, oldest first: name, step, size and download URL."""
+    return [
+        {**c, "download_url": f"/api/jobs/{job.id}/checkpoints/{c['name']}.zip"}
+        for c in artifacts.list_checkpoints(job.run_dir)
+        if c["complete"]
+    ]
+
+
+@router.get("/api/jobs/{job_id}/checkpoints/{name}.zip", response_class=FileResponse)
+def download_checkpoint(job: JobDep, name: str, settings: SettingsDep) -> FileResponse:
+    """One complete checkpoint as a zip (404 unknown, 409 incomplete: its save never finished)."""
+    try:
+        source = artifacts.checkpoint_dir(job.run_dir, name)
+        # optimizer state and weights hardly compress: store them
+        return _zip_response(source, settings, f"tuneboard-job-{job.id}-{name}.zip", compress=False)
+    except artifacts.ArtifactError as exc:
+        raise _artifact_http_error(job, exc) from None
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+@router.get("/api/jobs/{job_id}/metrics.csv")
+def metrics_csv(job: JobDep, request: Request) -> StreamingResponse:
+    """Every stored metric point as CSV: `step` plus one column per key; nan/inf/-inf if non-finite."""
+    return StreamingResponse(
+        artifacts.metrics_csv(get_session_factory(request), job.id),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="tuneboard-job-{job.id}-metrics.csv"'},
+    )
+
+
+@router.get("/api/jobs/{job_id}/metrics.json")
+def metrics_json(job: JobDep, request: Request) -> StreamingResponse:
+    """Every stored metric point as {"job_id", "series": {key: [[step, value], ...]}}, not downsampled."""
+    return StreamingResponse(
+        artifacts.metrics_json(get_session_factory(request), job.id),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="tuneboard-job-{job.id}-metrics.json"'},
+    )
+
+
+# ------------------------------------------------------------------------------------------- merged export
+
+
+def _merge_view(job: Job) -> dict[str, Any]:
+    status = merge_status(Path(job.run_dir) if job.run_dir else None)
+    url = f"/api/jobs/{job.id}/merged.zip" if status["state"] == "succeeded" else None
+    return {"job_id": job.id, **status, "download_url": url}
+
+
+def _merge_refused(job: Job) -> str | None:
+    """Why this job cannot be exported now (None when it can)."""
+    if job.status != "succeeded" or not has_adapter(job):
+        return (
+            f"job {job.id} has no finished adapter (status {job.status}); the merged export needs a job "
+            "that succeeded"
+        )
+    refusal = merge_refusal(quantization_method(job))
+    return f"job {job.id}: {refusal}" if refusal else None
+
+
+async def _start_merge(job: Job, manager: TaskManager) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body): 202 started, 200 already exported, 409 refused or busy."""
+    refused = _merge_refused(job)
+    if refused:
+        return 409, {"detail": refused}
+    assert job.run_dir is not None
+    current = _merge_view(job)
+    if current["state"] == "succeeded":
+        return 200, current
+    try:
+        await manager.start_merge(job.id, Path(job.run_dir))
+    except TaskBusy as exc:
+        return 409, {"detail": str(exc)}
+    return 202, _merge_view(job)
+
+
+@router.post("/api/jobs/{job_id}/export-merged", status_code=202)
+async def export_merged(job: JobDep, manager: ManagerDep) -> JSONResponse:
+    """Start merging the adapter into the base (non-quantized runs only): 202, then poll GET on this URL."""
+    status, body = await _start_merge(job, manager)
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/api/jobs/{job_id}/export-merged")
+def export_merged_status(job: JobDep) -> dict[str, Any]:
+    """The merged export's state (none, starting, running, succeeded, failed), stage, progress and message."""
+    return _merge_view(job)
+
+
+@router.get("/api/jobs/{job_id}/merged.zip", response_class=FileResponse)
+def download_merged(job: JobDep, settings: SettingsDep) -> FileResponse:
+    """The merged model as a zip (404 with a reason until the export has finished)."""
+    try:
+        source = artifacts.merged_dir(job.run_dir)
+        return _zip_response(source, settings, f"tuneboard-job-{job.id}-merged.zip", compress=False)
+    except artifacts.ArtifactError as exc:
+        raise _artifact_http_error(job, exc) from None
+
+
+# ------------------------------------------------------------------------------------------- try the adapter
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _try_stream(lines: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[str]:
+    """The generation task's JSON lines as SSE: `token` {side, token}, then `done` or `error` {detail}."""
+    try:
+        yield ": generating\n\n"  # headers and a first byte at once: the browser knows it started
+        async for message in lines:
+            if message is None:
+                yield ": ping\n\n"
+            elif "token" in message:
+                yield _sse("token", {"side": message.get("side"), "token": message["token"]})
+            elif message.get("done"):
+                yield _sse("done", {})
+                return
+            elif "error" in message:
+                yield _sse("error", {"detail": str(message["error"])})
+                return
+    finally:
+        # a disconnected client cancels this generator: close the task's stream (kills the child) shielded
+        with anyio.CancelScope(shield=True):
+            await lines.aclose()  # type: ignore[attr-defined]
+
+
+@router.get("/api/jobs/{job_id}/try")
+async def try_adapter(
+    job: JobDep,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    prompt: Annotated[str, Query(min_length=1, description="What to ask the model.")],
+    max_new_tokens: Annotated[int, Query(ge=1, description="Answer length in tokens.")] = 64,
+    raw: Annotated[bool, Query(description="Send the prompt without the chat template.")] = False,
+) -> Response:
+    """SSE: the answer with the adapter, then with the base alone, token by token (succeeded jobs only)."""
+    if len(prompt) > settings.try_max_prompt_chars:
+        raise HTTPException(
+            422,
+            f"the prompt has {len(prompt)} characters; at most {settings.try_max_prompt_chars} are allowed",
+        )
+    if max_new_tokens > settings.try_max_new_tokens:
+        raise HTTPException(
+            422,
+            f"max_new_tokens is {max_new_tokens}; at most {settings.try_max_new_tokens} "
+            "(TUNEBOARD_TRY_MAX_NEW_TOKENS) are allowed",
+        )
+    if not can_try(job):
+        raise HTTPException(
+            409, f"job {job.id} has no finished adapter (status {job.status}); try a job that succeeded"
+        )
+    assert job.run_dir is not None
+    try:
+        claim = manager.claim(job.id, "try", settings.try_timeout_s)
+    except TaskBusy as exc:
+        raise HTTPException(409, str(exc)) from None
+    lines = manager.generation_lines(
+        claim, Path(job.run_dir), prompt=prompt, max_new_tokens=max_new_tokens, raw=raw
+    )
+    return StreamingResponse(_try_stream(lines), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+# ------------------------------------------------------------------------------------------- page fragments
+
+
+@router.get("/jobs/{job_id:int}/partials/takeaway", response_class=HTMLResponse, include_in_schema=False)
+def takeaway_fragment(request: Request, job: JobDep) -> HTMLResponse:
+    """The "Take it away" and "Try the adapter" panels (refreshed when the job finishes)."""
+    context = {"request": request, "takeaway": takeaway_context(job)}
+    return HTMLResponse(render_block("partials/takeaway.html", "takeaway", context))
+
+
+@router.get("/jobs/{job_id:int}/partials/merge", response_class=HTMLResponse, include_in_schema=False)
+def merge_fragment(request: Request, job: JobDep) -> HTMLResponse:
+    """The merged-export box (htmx polls it while an export runs)."""
+    context = {"request": request, "takeaway": takeaway_context(job)}
+    return HTMLResponse(render_block("partials/takeaway.html", "merge", context))
+
+
+@router.post("/jobs/{job_id:int}/export-merged", include_in_schema=False)
+async def export_merged_page(request: Request, job: JobDep, manager: ManagerDep) -> Response:
+    """The page's export button: htmx gets the updated box, a plain form post is sent back to the page."""
+    status, body = await _start_merge(job, manager)
+    message = body.get("detail") if status == 409 else None
+    if request.headers.get("hx-request") == "true":
+        context = {"request": request, "takeaway": takeaway_context(job), "merge_message": message}
+        return HTMLResponse(render_block("partials/takeaway.html", "merge", context))
+    if message:
+        return HTMLResponse(
+            render_block(
+                "partials/takeaway.html",
+                "merge",
+                {"request": request, "takeaway": takeaway_context(job), "merge_message": message},
+            ),
+            status_code=409,
+        )
+    return RedirectResponse(f"/jobs/{job.id}#takeaway", status_code=303)
