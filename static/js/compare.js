@@ -158,7 +158,9 @@
         hooks: {
           setCursor: [(u) => {
             const idx = u.cursor.idx;
-            setLegendValues(idx === null || idx === undefined ? null : runs.map((r, i) => u.data[i + 1][idx]));
+            const none = idx === null || idx === undefined;
+            setLegendValues(none ? null : runs.map((r, i) => u.data[i + 1][idx]));
+            document.getElementById("cursor-x").textContent = none ? "" : "at " + xLabel + " " + L.fmtNum(u.data[0][idx]);
           }],
         },
       };
@@ -274,7 +276,10 @@
         if (plot) plot.setSize({ width: Math.max(240, chartEl.clientWidth), height: Math.max(160, chartEl.clientHeight) });
       }).observe(chartEl);
     }
-    chartEl.addEventListener("mouseleave", () => setLegendValues(null));
+    chartEl.addEventListener("mouseleave", () => {
+      setLegendValues(null);
+      document.getElementById("cursor-x").textContent = "";
+    });
 
     const es = L.openStream(main.dataset.stream, {
       run: onRun,
