@@ -121,3 +121,5 @@ def test_warn_policy_records_an_event_and_changes_nothing_else() -> None:
     # The NaN step's update was skipped, so the weights stay finite and training goes on.
     assert all(math.isfinite(v) for s, v in losses.items() if s != NAN_STEP)
     assert max(losses) == STEPS
+    # eval_steps 0: one evaluation, at the end.
+    assert [e["step"] for e in run.of_kind("metric") if "eval_loss" in e["payload"]] == [STEPS]

@@ -34,6 +34,10 @@ def test_resume_after_kill_continues_the_step_count_and_the_loss_curve() -> None
     resumed_from = int(complete_checkpoints(rd)[-1].name.split("-")[1])
     assert resumed_from >= 10
     losses_before = {e["step"]: float(e["payload"]["loss"]) for e in before if "loss" in e["payload"]}
+    # A save cut short by the kill: a directory without the marker, which must never be resumed from.
+    torn = rd.checkpoints / f"checkpoint-{resumed_from + 1}"
+    torn.mkdir(exist_ok=True)
+    (torn / "adapter_model.safetensors").write_bytes(b"half a file")
 
     finished = run_child(rd)
     assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
@@ -50,4 +54,14 @@ def test_resume_after_kill_continues_the_step_count_and_the_loss_curve() -> None
     near_kill = mean(losses_before[s] for s in range(resumed_from - 2, resumed_from + 1))
     assert mean(losses_after[:3]) < 0.5 * (start + near_kill), (start, near_kill, losses_after[:3])
     assert finished.outcome["status"] == "succeeded"
+    assert any(
+        "incomplete checkpoint" in e["payload"].get("message", "") for e in after if e["kind"] == "log"
+    )
+    # save_total_limit 3 (the default): only the newest three complete checkpoints remain.
+    assert [p.name for p in complete_checkpoints(rd)] == ["checkpoint-10", "checkpoint-15", "checkpoint-20"]
+    assert sorted(p.name for p in rd.checkpoints.iterdir()) == [
+        "checkpoint-10",
+        "checkpoint-15",
+        "checkpoint-20",
+    ]
     assert (rd.adapter / "adapter_model.safetensors").is_file()
