@@ -117,6 +117,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compare_pages_router)
     app.include_router(sweeps_pages_router)
     # --- end compare + sweeps ---
+    # --- datasets (datasets helper) ---
+    from app.datasets.api import router as datasets_api_router
+    from app.datasets.pages import router as datasets_pages_router
+
+    app.include_router(datasets_api_router)
+    app.include_router(datasets_pages_router)
+    # --- end datasets ---
     # --- takeaway: downloads, merged export, try the adapter (takeaway helper) ---
     from app.tasks.api import router as takeaway_router
 

@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app import artifacts
@@ -389,7 +390,11 @@ def _model_choices() -> list[tuple[str, str]]:
     return presets + hub
 
 
-def _dataset_choices() -> list[tuple[str, str]]:
+def _dataset_choices(session: Session | None = None) -> list[tuple[str, str]]:
+    if session is not None:  # uploads (app/datasets) first, then the presets
+        from app.datasets.service import dataset_choices
+
+        return dataset_choices(session)
     return [(PRESET_PREFIX + d.name, d.description) for d in PRESET_DATASETS.values()]
 
 
@@ -409,6 +414,7 @@ def _new_job_context(
     mode: str = "fields",
     estimate: MemoryEstimate | None = None,
     estimate_problem: str | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     return {
         "sections": form_sections(),
@@ -421,15 +427,18 @@ def _new_job_context(
         "text_errors": text_errors or {},
         "mode": mode,
         "model_choices": _model_choices(),
-        "dataset_choices": _dataset_choices(),
+        "dataset_choices": _dataset_choices(session),
         "estimate": estimate,
         "estimate_problem": estimate_problem,
     }
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job_page(request: Request, session: SessionDep, preset: str | None = None) -> Response:
-    """The new-job form; ?from=ID prefills it from that job (clone and edit), ?preset=demo from the demo."""
+def new_job_page(
+    request: Request, session: SessionDep, preset: str | None = None, dataset: str | None = None
+) -> Response:
+    """The new-job form; ?from=ID prefills it from that job (clone and edit), ?preset=demo from the demo,
+    ?dataset=SOURCE sets dataset.source (the "New job with this dataset" button)."""
     from_id = request.query_params.get("from")  # "from" is a Python keyword: read it by hand
     parent: Job | None = None
     if from_id is not None:
@@ -448,12 +457,20 @@ def new_job_page(request: Request, session: SessionDep, preset: str | None = Non
             config = JobConfig.model_validate({})
     else:
         config = demo_config() if preset == "demo" else JobConfig.model_validate({})
+        if dataset:
+            data = config_to_dict(config)
+            data["dataset"]["source"] = dataset
+            try:
+                config = parse_config(data)
+            except ConfigError:
+                pass  # an unknown preset name: keep the default source rather than fail the page
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     context = _new_job_context(
         values=form_values_from_config(config_to_dict(config)),
         config_text=text,
         parent_job_id=parent.id if parent is not None else None,
         estimate=_estimate_for(config),
+        session=session,
     )
     return templates.TemplateResponse(request, "job_new.html", context)
 
@@ -486,6 +503,7 @@ async def submit_new_job(request: Request, session: SessionDep) -> Response:
                 parent_job_id=parent_id,
                 text_errors=exc.problems,
                 mode="text",
+                session=session,
             )
             return templates.TemplateResponse(request, "job_new.html", context, status_code=422)
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
@@ -503,6 +521,7 @@ async def submit_new_job(request: Request, session: SessionDep) -> Response:
             section_errors=by_section,
             general_errors=general,
             estimate_problem="Fix the highlighted fields to see a memory estimate.",
+            session=session,
         )
         return templates.TemplateResponse(request, "job_new.html", context, status_code=422)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -37,9 +37,16 @@ class LocalLauncher:
 
     name = "local"
 
-    def __init__(self, *, python: str | None = None, worker_module: str = "worker.train") -> None:
+    def __init__(
+        self,
+        *,
+        python: str | None = None,
+        worker_module: str = "worker.train",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.python = python or sys.executable
         self.worker_module = worker_module
+        self.extra_env = dict(extra_env or {})  # e.g. TUNEBOARD_DATASETS_DIR for upload:<id> sources
 
     def command(self, run_dir: Path) -> list[str]:
         """The argv of a training process (no shell anywhere)."""
@@ -49,6 +56,7 @@ class LocalLauncher:
         """Start the training process for `spec`; raise LaunchError with the OS's reason when it cannot."""
         run = RunDir(spec.run_dir)
         env = child_env(os.environ)
+        env.update(self.extra_env)
         # empty string hides every GPU (CPU job); unset would expose them all
         env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
         env["PYTHONUNBUFFERED"] = "1"

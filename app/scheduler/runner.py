@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 def make_launcher(settings: Settings) -> Launcher:
     """The launcher named by settings.launcher."""
     if settings.launcher == "local":
-        return LocalLauncher(python=settings.worker_python, worker_module=settings.worker_module)
+        return LocalLauncher(
+            python=settings.worker_python,
+            worker_module=settings.worker_module,
+            # the worker resolves dataset.source upload:<id> under this directory (worker/train/data.py)
+            extra_env={"TUNEBOARD_DATASETS_DIR": str(settings.datasets_dir)},
+        )
     raise ValueError(
         f"unknown launcher {settings.launcher!r}; "
         "set TUNEBOARD_LAUNCHER=local (the Ray launcher is not built yet)"

@@ -15,7 +15,24 @@ from app.sweeps.service import SweepError, create_sweep
 router = APIRouter(prefix="/api", tags=["sweeps"])
 
 
-@router.post("/jobs/{job_id}/sweep", status_code=201)
+_SWEEP_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "description": "One or two dotted config fields, each with a non-empty list of values.",
+                "minProperties": 1,
+                "maxProperties": 2,
+                "additionalProperties": {"type": "array", "minItems": 1},
+            },
+            "example": {"training.learning_rate": [1e-4, 2e-4], "lora.r": [8, 16]},
+        }
+    },
+}
+
+
+@router.post("/jobs/{job_id}/sweep", status_code=201, openapi_extra={"requestBody": _SWEEP_BODY})
 def sweep_job(job: JobDep, session: SessionDep, body: ConfigBody) -> JSONResponse:
     """Queue a grid of copies of this job: {"training.learning_rate": [1e-4, 2e-4], "lora.r": [8, 16]}.
 
