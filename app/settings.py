@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_config_bytes: int = Field(256 * 1024, ge=1)
     max_events_per_batch: int = Field(5000, ge=1)
 
+    # datasets (app/datasets)
+    dataset_preview_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a dataset preview (tokenizer subprocess) may take."
+    )
+
     # short worker-side tasks on finished runs (app/tasks): try-the-adapter generation, merged export
     task_gpus: str = Field(
         "",
@@ -77,6 +82,11 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Uploaded datasets: <id>/data.jsonl (workers get it as TUNEBOARD_DATASETS_DIR)."""
+        return self.data_dir / "datasets"
 
     @property
     def app_url(self) -> str:

@@ -65,10 +65,10 @@ NAN_STEP = 7
 STEPS = 12
 
 
-def _policy_run(policy: str) -> FinishedRun:
+def _policy_run(policy: str, nan_steps: str = str(NAN_STEP)) -> FinishedRun:
     cfg = demo_dict(max_steps=STEPS, save_steps=4, eval_steps=0, scheduler="constant", warmup=0.0)
     cfg["guard"]["policy"] = policy
-    return trained_run(f"guard-{policy}", cfg, TUNEBOARD_INJECT_NAN_AT_STEP=str(NAN_STEP))
+    return trained_run(f"guard-{policy}", cfg, TUNEBOARD_INJECT_NAN_AT_STEP=nan_steps)
 
 
 def _lr_by_step(run: FinishedRun) -> dict[int, float]:
@@ -94,18 +94,21 @@ def test_stop_policy_ends_the_run_as_diverged_keeping_the_last_good_checkpoint()
 
 @pytest.mark.training
 def test_rollback_policy_restores_the_checkpoint_halves_the_lr_and_finishes() -> None:
-    run = _policy_run("rollback")
+    # NaN at step 2 (no checkpoint yet: back to the initial adapter) and at step 7 (back to checkpoint-4).
+    run = _policy_run("rollback", nan_steps=f"2,{NAN_STEP}")
     assert run.returncode == ExitCode.SUCCEEDED, run.stderr[-3000:]
     guard = run.of_kind("guard")
-    assert [(e["step"], e["payload"]["action"]) for e in guard] == [(NAN_STEP, "rollback")]
-    detail = guard[0]["payload"]["detail"]
-    assert detail["restored"] == "checkpoints/checkpoint-4" and detail["rollbacks"] == 1
+    assert [(e["step"], e["payload"]["action"]) for e in guard] == [(2, "rollback"), (NAN_STEP, "rollback")]
+    first, second = (e["payload"]["detail"] for e in guard)
+    assert first["restored"].startswith("initial adapter") and first["rollbacks"] == 1
+    assert second["restored"] == "checkpoints/checkpoint-4" and second["rollbacks"] == 2
     lr = _lr_by_step(run)
-    assert lr[NAN_STEP - 1] == pytest.approx(5e-3)
-    assert lr[NAN_STEP + 1] == pytest.approx(2.5e-3) and lr[STEPS] == pytest.approx(2.5e-3)
+    assert lr[1] == pytest.approx(5e-3)
+    assert lr[3] == pytest.approx(2.5e-3) and lr[NAN_STEP - 1] == pytest.approx(2.5e-3)
+    assert lr[NAN_STEP + 1] == pytest.approx(1.25e-3) and lr[STEPS] == pytest.approx(1.25e-3)
     losses = dict(run.losses())
-    assert math.isnan(losses[NAN_STEP])
-    assert all(math.isfinite(v) for s, v in losses.items() if s != NAN_STEP)
+    assert math.isnan(losses[2]) and math.isnan(losses[NAN_STEP])
+    assert all(math.isfinite(v) for s, v in losses.items() if s not in (2, NAN_STEP))
     assert (run.run_dir.adapter / "adapter_model.safetensors").is_file()
 
 
