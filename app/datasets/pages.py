@@ -1,0 +1,141 @@
+"""Dataset pages: the list with an upload form, and one dataset with its preview (readable without JS).
+
+htmx loads the preview after the page (it runs a tokenizer subprocess the first time); without
+JavaScript the preview form reloads the page with ?show=1 and the preview is rendered in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.datasets import preview as previews
+from app.datasets import service
+from app.datasets.api import accept_upload, preview_request
+from app.deps import SessionDep, SettingsDep, get_session_factory
+from app.pages import render_block, templates
+from worker.catalog import KNOWN_HUB_MODELS, PRESET_MODELS, PRESET_PREFIX
+from worker.datasets.validate import SUFFIXES
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+
+def filesize(value: int | None) -> str:
+    """1536 → '1.5 KiB'; None → '—'."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+templates.env.filters["filesize"] = filesize
+
+
+def _model_choices() -> list[str]:
+    return [PRESET_PREFIX + m for m in PRESET_MODELS] + list(KNOWN_HUB_MODELS)
+
+
+def _list_context(
+    session: SessionDep, settings: SettingsDep, *, error: str | None = None, problems: Any = None
+) -> dict[str, Any]:
+    return {
+        "datasets": service.list_summaries(session),
+        "accept": ",".join(SUFFIXES),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "error": error,
+        "problems": problems,
+    }
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Uploaded and generated datasets, and the upload form."""
+    return templates.TemplateResponse(request, "datasets.html", _list_context(session, settings))
+
+
+@router.post("/datasets", response_class=HTMLResponse)
+async def upload_dataset_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Upload from the form: success → the dataset's page; problems → this page again, by line (422)."""
+    try:
+        _upload, dataset, created, problems = await accept_upload(request, settings, session)
+    except HTTPException as exc:  # too large, not multipart, no file
+        context = _list_context(session, settings, error=str(exc.detail))
+        return templates.TemplateResponse(request, "datasets.html", context, status_code=exc.status_code)
+    if problems is not None or dataset is None:
+        context = _list_context(session, settings, error=problems and problems["detail"], problems=problems)
+        return templates.TemplateResponse(request, "datasets.html", context, status_code=422)
+    note = "uploaded" if created else "existing"
+    return RedirectResponse(f"/datasets/{dataset.id}?{note}=1", status_code=303)
+
+
+def _preview_context(ref: str, model: str, max_seq_len: int) -> dict[str, Any]:
+    query = urlencode({"model": model, "max_seq_len": max_seq_len})
+    return {
+        "ref": ref,
+        "model": model,
+        "max_seq_len": max_seq_len,
+        "preview_url": f"/datasets/{ref}/partials/preview?{query}",
+    }
+
+
+async def _run_preview(
+    request: Request, settings: SettingsDep, ref: str, model: str, max_seq_len: int
+) -> dict[str, Any]:
+    """{"preview": answer} or {"preview_error": message, "preview_problems": [...]}."""
+    try:
+        req = preview_request(get_session_factory(request), settings, ref, model, max_seq_len)
+        return {"preview": await previews.preview(settings, req)}
+    except previews.PreviewError as exc:
+        return {"preview_error": str(exc), "preview_problems": exc.problems}
+
+
+@router.get("/datasets/{ref}", response_class=HTMLResponse)
+async def dataset_page(
+    request: Request,
+    ref: str,
+    settings: SettingsDep,
+    model: str | None = None,
+    max_seq_len: int | None = None,
+    show: bool = False,
+) -> Response:
+    """One dataset: what it is, how to use it, and its preview through a model's chat template."""
+    with get_session_factory(request)() as session:
+        try:
+            dataset = service.get_summary(session, ref)
+        except service.DatasetNotFound as exc:
+            html = templates.get_template("error.html").render(
+                request=request, title="Dataset not found", message=f"{exc}."
+            )
+            return HTMLResponse(html, status_code=404)
+    model = model or previews.default_model()
+    max_seq_len = max_seq_len or previews.default_max_seq_len()
+    context = _preview_context(dataset["id"], model, max_seq_len)
+    note = next((n for n in ("uploaded", "existing") if n in request.query_params), None)
+    context.update(dataset=dataset, model_choices=_model_choices(), show=show, note=note)
+    if show:
+        context.update(await _run_preview(request, settings, dataset["id"], model, max_seq_len))
+    return templates.TemplateResponse(request, "dataset_detail.html", context)
+
+
+@router.get("/datasets/{ref}/partials/preview", response_class=HTMLResponse)
+async def dataset_preview_fragment(
+    request: Request,
+    ref: str,
+    settings: SettingsDep,
+    model: str | None = None,
+    max_seq_len: int | None = None,
+) -> Response:
+    """The preview block of the dataset page (htmx loads it after the page)."""
+    model = model or previews.default_model()
+    max_seq_len = max_seq_len or previews.default_max_seq_len()
+    context = _preview_context(ref, model, max_seq_len)
+    context.update(await _run_preview(request, settings, ref, model, max_seq_len))
+    context.update(request=request, show=True)
+    return HTMLResponse(render_block("dataset_detail.html", "preview", context))

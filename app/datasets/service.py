@@ -1,0 +1,237 @@
+"""Uploaded datasets: check, store once by content, list alongside the generated presets.
+
+A dataset lives in DATA_DIR/datasets/<id>/data.jsonl, where <id> is a prefix of the sha256 of the bytes
+as uploaded; a job names it `upload:<id>` and the worker finds it through TUNEBOARD_DATASETS_DIR (see
+worker/train/data.py's resolve_source). JSONL uploads are kept byte for byte, so the lines the checker
+named are the lines of the stored file; CSV and Parquet are stored as the JSONL of their checked rows.
+Files are written before the row is added, so a row never points at a missing file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.datasets.upload import ReceivedUpload
+from app.jobs.schemas import iso
+from app.models import Dataset, utcnow
+from app.settings import Settings
+from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
+from worker.datasets.validate import SUFFIXES, CheckedDataset, DatasetError, check_file
+
+UPLOAD_PREFIX = "upload:"
+DATA_FILE = "data.jsonl"
+ID_LENGTHS = (12, 20, 64)  # a shorter id is taken only when no other file already has it
+
+
+class DatasetNotFound(LookupError):
+    """No dataset with that id (or preset name); the message says where to find the list."""
+
+
+class DatasetSummary(BaseModel):
+    """One entry of GET /api/datasets: an upload (kind "upload") or a generated preset (kind "preset")."""
+
+    id: str
+    source: str  # what a job's dataset.source says: upload:<id> or preset:<name>
+    kind: str
+    name: str
+    description: str | None = None
+    filename: str | None = None
+    format: str
+    rows: int | None = None  # presets generate dataset.num_rows rows
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: str | None = None
+
+
+def upload_summary(d: Dataset) -> dict[str, Any]:
+    """The API shape of an uploaded dataset."""
+    return {
+        "id": d.id,
+        "source": UPLOAD_PREFIX + d.id,
+        "kind": "upload",
+        "name": d.name,
+        "description": None,
+        "filename": d.filename,
+        "format": d.format,
+        "rows": d.rows,
+        "size_bytes": d.size_bytes,
+        "sha256": d.sha256,
+        "created_at": iso(d.created_at),
+    }
+
+
+def preset_summaries() -> list[dict[str, Any]]:
+    """The generated datasets the worker builds itself (worker.catalog.PRESET_DATASETS)."""
+    return [
+        {
+            "id": PRESET_PREFIX + p.name,
+            "source": PRESET_PREFIX + p.name,
+            "kind": "preset",
+            "name": p.name,
+            "description": p.description,
+            "filename": None,
+            "format": p.format,
+            "rows": None,
+            "size_bytes": None,
+            "sha256": None,
+            "created_at": None,
+        }
+        for p in PRESET_DATASETS.values()
+    ]
+
+
+def list_uploads(session: Session, *, limit: int = 500) -> list[Dataset]:
+    """Uploaded datasets, newest first."""
+    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def list_summaries(session: Session) -> list[dict[str, Any]]:
+    """Uploads (newest first), then the presets."""
+    return [upload_summary(d) for d in list_uploads(session)] + preset_summaries()
+
+
+def get_summary(session: Session, ref: str) -> dict[str, Any]:
+    """One dataset by id, upload:<id> or preset:<name> (DatasetNotFound otherwise)."""
+    if ref.startswith(PRESET_PREFIX):
+        for entry in preset_summaries():
+            if entry["id"] == ref:
+                return entry
+        known = ", ".join(PRESET_PREFIX + n for n in PRESET_DATASETS)
+        raise DatasetNotFound(f"there is no preset dataset {ref!r}; the presets are {known}")
+    return upload_summary(get_upload(session, ref))
+
+
+def get_upload(session: Session, ref: str) -> Dataset:
+    """The uploaded dataset `ref` (an id or upload:<id>), or DatasetNotFound."""
+    dataset_id = ref.removeprefix(UPLOAD_PREFIX)
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise DatasetNotFound(f"there is no uploaded dataset {dataset_id!r}; GET /api/datasets lists them")
+    return dataset
+
+
+def dataset_choices(session: Session) -> list[tuple[str, str]]:
+    """(dataset.source value, description) for the new-job form: uploads first, then presets."""
+    uploads = [
+        (UPLOAD_PREFIX + d.id, f"{d.name} ({d.rows} rows, {d.format}, uploaded {d.filename})")
+        for d in list_uploads(session, limit=200)
+    ]
+    return uploads + [(p["source"], p["description"] or "") for p in preset_summaries()]
+
+
+def data_file(settings: Settings, dataset_id: str) -> Path:
+    """DATA_DIR/datasets/<id>/data.jsonl, the file the worker reads for upload:<id>."""
+    return settings.datasets_dir / dataset_id / DATA_FILE
+
+
+# ---------------------------------------------------------------------------------------------- uploading
+
+
+def check_upload(upload: ReceivedUpload) -> CheckedDataset:
+    """Check the uploaded file by its name's suffix (DatasetInvalid lists the bad lines)."""
+    shown = Path(upload.filename).name or "upload"
+    suffix = Path(shown).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError(
+            f"{shown}: unsupported file type {suffix or '(none)'!r}; upload .jsonl, .json, .csv or .parquet"
+        )
+    return check_file(upload.path, suffix=suffix, name=shown)
+
+
+def _write_files(
+    settings: Settings, dataset_id: str, upload: ReceivedUpload, checked: CheckedDataset
+) -> None:
+    """Put data.jsonl in place atomically (a staging directory renamed into DATA_DIR/datasets/<id>)."""
+    final = settings.datasets_dir / dataset_id
+    if (final / DATA_FILE).is_file():
+        return  # the same bytes were stored before (content-addressed)
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=settings.datasets_dir))
+    try:
+        target = staging / DATA_FILE
+        if Path(upload.filename).suffix.lower() == ".jsonl":
+            shutil.copyfile(upload.path, target)  # byte for byte: line numbers stay true
+        else:
+            with target.open("w", encoding="utf-8") as fh:
+                for row in checked.rows:
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        if final.exists():
+            shutil.rmtree(final)  # an incomplete directory left by a crash: never has data.jsonl
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / DATA_FILE).is_file():  # else a concurrent upload of the same bytes won
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _free_id(session: Session, sha256: str) -> str:
+    for length in ID_LENGTHS:
+        candidate = sha256[:length]
+        taken = session.get(Dataset, candidate)
+        if taken is None or taken.sha256 == sha256:
+            return candidate
+    return sha256
+
+
+def _by_sha(session: Session, sha256: str) -> Dataset | None:
+    return session.scalars(select(Dataset).where(Dataset.sha256 == sha256)).first()
+
+
+def store_upload(
+    session: Session, *, settings: Settings, upload: ReceivedUpload, checked: CheckedDataset, name: str = ""
+) -> tuple[Dataset, bool]:
+    """Store a checked upload once: (dataset, True) when new, (the existing one, False) for known bytes."""
+    existing = _by_sha(session, upload.sha256)
+    if existing is not None:
+        _write_files(settings, existing.id, upload, checked)  # restores files removed by hand
+        return existing, False
+    dataset_id = _free_id(session, upload.sha256)
+    _write_files(settings, dataset_id, upload, checked)
+    display = (name.strip() or Path(upload.filename).stem or dataset_id)[:200]
+    dataset = Dataset(
+        id=dataset_id,
+        name=display,
+        filename=Path(upload.filename).name[:255],
+        format=checked.format,
+        rows=len(checked.rows),
+        size_bytes=upload.size,
+        sha256=upload.sha256,
+        created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():  # a concurrent upload of the same bytes may insert first
+            session.add(dataset)
+    except IntegrityError:
+        winner = _by_sha(session, upload.sha256)
+        if winner is None:
+            raise
+        return winner, False
+    return dataset, True
+
+
+def problems_payload(exc: DatasetError, *, filename: str) -> dict[str, Any]:
+    """The 422 body: {"detail", "problems": [{"line", "message", "where"}], "total"}."""
+    from worker.datasets.validate import DatasetInvalid
+
+    if isinstance(exc, DatasetInvalid):
+        count = f"{exc.total} problem{'s' if exc.total != 1 else ''}"
+        return {
+            "detail": f"{Path(filename).name}: {count}; nothing was stored. Fix them and upload again",
+            "problems": [p.as_dict() for p in exc.problems],
+            "total": exc.total,
+        }
+    return {"detail": f"{exc}; nothing was stored", "problems": [], "total": 0}

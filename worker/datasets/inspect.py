@@ -1,0 +1,173 @@
+"""Inspect a dataset through a model's tokenizer: the first rows as the model sees them, and token lengths.
+
+Run as a short subprocess by the app (the web process never loads transformers):
+
+    python -m worker.datasets.inspect --dataset PATH|preset:NAME --model NAME --max-seq-len N
+
+It prints one JSON object on stdout: {"rows": [{"rendered", "tokens", "segments"}], "histogram":
+{"bins", "counts"}, "over_max", "total", ...}; on failure {"error": "..."} and exit status 2.
+Token counts come from the training code's own `tokenize_row`, so they are the lengths training sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
+from worker.datasets.validate import DatasetError, DatasetInvalid, check_file, detect_format
+
+PREVIEW_ROWS = 5
+MAX_INSPECTED_ROWS = 20_000  # token lengths of more rows than this take too long for an interactive answer
+BINS_BELOW_MAX = 16  # histogram bins from 0 to max_seq_len
+MAX_BINS = 32
+
+
+class InspectError(RuntimeError):
+    """The dataset or the model cannot be inspected; the message says why and what to do."""
+
+
+def load_dataset_rows(
+    source: str, *, num_rows: int = 256, seed: int = 42
+) -> tuple[list[dict[str, Any]], str]:
+    """(rows, format) of a file (checked by the shared checker) or of a generated preset dataset."""
+    if source.startswith(PRESET_PREFIX):
+        name = source[len(PRESET_PREFIX) :]
+        if name not in PRESET_DATASETS:
+            raise InspectError(f"unknown preset dataset {source!r}; available: {', '.join(PRESET_DATASETS)}")
+        from worker.presets import generate_dataset
+
+        rows = generate_dataset(name, num_rows, seed)
+        return rows, detect_format(rows[0])
+    path = Path(source)
+    if not path.is_file():
+        raise InspectError(f"dataset file {source} does not exist")
+    checked = check_file(path)
+    return checked.rows, checked.format
+
+
+def load_tokenizer(model_name: str) -> Any:
+    """The tokenizer training would use for `model_name`, with the recipe's chat template if it has none."""
+    from transformers import AutoTokenizer
+
+    from worker.train.loading import ModelLoadError, load_model_config, resolve_model_source
+
+    try:
+        source = resolve_model_source(model_name)
+        tok = AutoTokenizer.from_pretrained(source.location, revision=source.revision)
+        if not getattr(tok, "chat_template", None):
+            from worker.train.recipes import recipe_for
+
+            tok.chat_template = recipe_for(load_model_config(source)).chat_template
+    except ModelLoadError as exc:
+        raise InspectError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise InspectError(
+            f"cannot load the tokenizer of {model_name}: {exc}; use a preset or a model available offline"
+        ) from None
+    return tok
+
+
+def histogram(lengths: Sequence[int], max_seq_len: int) -> dict[str, list[int]]:
+    """Equal-width bins from 0 covering max_seq_len and the longest row; the last bin takes any overflow."""
+    width = max(1, math.ceil(max_seq_len / BINS_BELOW_MAX))
+    top = max(max(lengths, default=0), max_seq_len)
+    n = max(1, min(MAX_BINS, top // width + 1))
+    counts = [0] * n
+    for length in lengths:
+        counts[min(n - 1, length // width)] += 1
+    return {"bins": [i * width for i in range(n + 1)], "counts": counts}
+
+
+def _segments(tok: Any, ids: list[int], labels: list[int], max_seq_len: int) -> list[dict[str, Any]]:
+    """The rendered row cut into runs: 'prompt' (no loss), 'trained' (loss), 'cut' (beyond max_seq_len)."""
+    from worker.train.data import IGNORE_INDEX
+
+    kinds = [
+        "cut" if i >= max_seq_len else ("trained" if lab != IGNORE_INDEX else "prompt")
+        for i, lab in enumerate(labels)
+    ]
+    runs: list[dict[str, Any]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or kinds[i] != kinds[start]:
+            runs.append({"kind": kinds[start], "text": tok.decode(ids[start:i], skip_special_tokens=False)})
+            start = i
+    return runs
+
+
+def inspect_rows(
+    rows: list[dict[str, Any]], fmt: str, tok: Any, *, max_seq_len: int, preview_rows: int = PREVIEW_ROWS
+) -> dict[str, Any]:
+    """The preview rows (rendered, token count, trained/cut segments) and the token-length histogram."""
+    from worker.train.data import tokenize_row
+
+    unbounded = 1 << 30  # count every token; the cut is shown, not applied
+    inspected = rows[:MAX_INSPECTED_ROWS]
+    lengths: list[int] = []
+    preview: list[dict[str, Any]] = []
+    for i, row in enumerate(inspected):
+        example, _ = tokenize_row(row, fmt, tok, unbounded, assistant_only_loss=True)
+        ids = example["input_ids"]
+        lengths.append(len(ids))
+        if i < preview_rows:
+            preview.append(
+                {
+                    "rendered": tok.decode(ids, skip_special_tokens=False),
+                    "tokens": len(ids),
+                    "segments": _segments(tok, ids, example["labels"], max_seq_len),
+                }
+            )
+    return {
+        "rows": preview,
+        "histogram": histogram(lengths, max_seq_len),
+        "over_max": sum(1 for n in lengths if n > max_seq_len),
+        "total": len(lengths),
+        "dataset_rows": len(rows),
+        "format": fmt,
+        "max_seq_len": max_seq_len,
+        "max_tokens": max(lengths, default=0),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+    }
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the arguments, inspect, and return the JSON answer (raises InspectError/DatasetError)."""
+    parser = argparse.ArgumentParser(prog="python -m worker.datasets.inspect", description=__doc__)
+    parser.add_argument("--dataset", required=True, help="A data file or preset:<name>.")
+    parser.add_argument("--model", required=True, help="preset:<name>, a local model directory or a hub id.")
+    parser.add_argument("--max-seq-len", type=int, required=True, help="Rows longer than this are cut.")
+    parser.add_argument("--rows", type=int, default=PREVIEW_ROWS, help="How many rows to render.")
+    parser.add_argument("--num-rows", type=int, default=256, help="Rows to generate for a preset dataset.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed for a preset dataset.")
+    args = parser.parse_args(argv)
+    if args.max_seq_len < 1:
+        raise InspectError("--max-seq-len must be at least 1")
+    rows, fmt = load_dataset_rows(args.dataset, num_rows=args.num_rows, seed=args.seed)
+    tok = load_tokenizer(args.model)
+    result = inspect_rows(rows, fmt, tok, max_seq_len=args.max_seq_len, preview_rows=max(0, args.rows))
+    result["model"] = args.model
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: print the JSON answer (or {"error", "problems"}) and return the exit status."""
+    try:
+        result = run(argv)
+    except DatasetInvalid as exc:
+        print(json.dumps({"error": str(exc), "problems": [p.as_dict() for p in exc.problems]}))
+        return 2
+    except (InspectError, DatasetError) as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
