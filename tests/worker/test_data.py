@@ -191,6 +191,28 @@ def test_prepare_data_on_a_preset_splits_and_tokenizes(tokenizer: Any) -> None:
     assert all(any(t != IGNORE_INDEX for t in e["labels"]) for e in data.train)
 
 
+def test_packing_joins_whole_examples_without_loss_across_boundaries() -> None:
+    from worker.train.data import pack_examples
+
+    def ex(*ids: int) -> dict[str, list[int]]:
+        return {"input_ids": list(ids), "attention_mask": [1] * len(ids), "labels": list(ids)}
+
+    packs = pack_examples([ex(1, 2, 3), ex(4, 5), ex(6, 7, 8, 9), ex(10)], max_seq_len=5)
+    assert [p["input_ids"] for p in packs] == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert packs[0]["labels"] == [-100, 2, 3, -100, 5]
+    assert packs[1]["labels"] == [-100, 7, 8, 9, -100]
+    assert all(len(p["attention_mask"]) == len(p["input_ids"]) for p in packs)
+
+
+def test_prepare_data_packs_only_the_training_split(tokenizer: Any) -> None:
+    cfg = _cfg("preset:reverse-letters", num_rows=40, eval_fraction=0.25)
+    cfg.training.packing = True
+    cfg.training.max_seq_len = 128
+    data = prepare_data(cfg, tokenizer)
+    assert len(data.eval) == 10 and len(data.train) < 30
+    assert all(len(p["input_ids"]) <= 128 for p in data.train)
+
+
 def test_the_collator_pads_labels_with_ignore_index() -> None:
     batch = PadCollator(pad_token_id=0)(
         [

@@ -247,15 +247,40 @@ def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
             f"after truncation to training.max_seq_len={cfg.training.max_seq_len} no training row has any "
             "token to learn (the answers are cut off); raise training.max_seq_len"
         )
+    train = pack_examples(tokenized[0], cfg.training.max_seq_len) if cfg.training.packing else tokenized[0]
     return PreparedData(
         format=fmt,
         train_rows=train_rows,
         eval_rows=eval_rows,
-        train=tokenized[0],
+        train=train,
         eval=tokenized[1],
         fingerprint=fingerprint_rows(rows),
         num_truncated=truncated,
     )
+
+
+def pack_examples(examples: Sequence[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
+    """Concatenate whole examples, in order, into rows of at most max_seq_len tokens (naive packing).
+
+    No example is split. Tokens of one pack attend to earlier examples in the same pack (as in TRL's
+    "wrapped" packing), but no loss crosses a boundary: each example's first label is masked, since that
+    token would be predicted from the previous example.
+    """
+    packs: list[dict[str, list[int]]] = []
+    current: dict[str, list[int]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for example in examples:
+        if current["input_ids"] and len(current["input_ids"]) + len(example["input_ids"]) > max_seq_len:
+            packs.append(current)
+            current = {"input_ids": [], "attention_mask": [], "labels": []}
+        labels = list(example["labels"])
+        if labels:
+            labels[0] = IGNORE_INDEX
+        current["input_ids"].extend(example["input_ids"])
+        current["attention_mask"].extend(example["attention_mask"])
+        current["labels"].extend(labels)
+    if current["input_ids"]:
+        packs.append(current)
+    return packs
 
 
 class PadCollator:
