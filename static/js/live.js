@@ -84,6 +84,13 @@
         if (fill) fill.style.width = pct + "%";
       } else if (field === "steps") {
         el.textContent = s.total_steps ? s.last_step + " / " + s.total_steps : (s.last_step ? String(s.last_step) : "—");
+      } else if (field === "group_id") {
+        // a sweep member links to its group's live compare
+        el.hidden = !s.group_id;
+        if (s.group_id) {
+          el.href = "/groups/" + encodeURIComponent(s.group_id);
+          el.textContent = s.group_id;
+        }
       } else if (field === "select") {
         // the compare checkbox of a row cloned from the template
         el.value = String(s.id);

@@ -42,6 +42,9 @@ def test_a_two_by_two_sweep_queues_four_jobs_in_one_group_with_each_combination(
     compare = client.get("/api/compare", params={"group": body["group_id"], "metrics": "loss"}).json()
     assert [run["id"] for run in compare["runs"]] == body["job_ids"]
     assert set(compare["config_diff"]) == {"name", "training.learning_rate", "lora.r"}
+    # the jobs list links each member (and only members) to the group page
+    links = Elements(client.get("/").text).find(href=f"/groups/{body['group_id']}")
+    assert len(links) == 4 and not any("hidden" in link for link in links)
 
 
 def test_invalid_sweep_values_are_refused_naming_field_and_value_and_create_nothing(
