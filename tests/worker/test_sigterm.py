@@ -97,3 +97,27 @@ def test_control_json_and_the_app_flag_count_as_stop_requests(tmp_path: Path) ->
     other = StopRequest(None, flag)
     flag.set()
     assert other.is_set() and other.reason == "cancelled from the dashboard"
+
+
+def test_sigterm_before_training_exits_at_once_with_a_cancelled_outcome(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.worker.training_runs import REPO
+
+    # Model loading can take minutes and has nothing to checkpoint: the handler must not wait for it.
+    code = (
+        "import os, signal, time; from pathlib import Path; from worker.train.signals import StopRequest; "
+        f"s = StopRequest(Path({str(tmp_path / 'control.json')!r})); s.install(); "
+        "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30); print('not stopped')"
+    )
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == ExitCode.CANCELLED and "not stopped" not in out.stdout
+    assert time.monotonic() - started < 10
+    outcome = json.loads((tmp_path / "outcome.json").read_text(encoding="utf-8"))
+    assert outcome == {
+        "status": "cancelled",
+        "reason": "stopped by SIGTERM before training started; nothing to save",
+        "exit_code": ExitCode.CANCELLED,
+    }

@@ -181,6 +181,7 @@ class TuneboardCallback(TrainerCallback):
             self._initial_state = {
                 n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
             }
+        self.stop.in_training = True  # from now on a signal waits for the next step and a checkpoint
         self._started = time.monotonic()
         self._start_step = state.global_step
         self.stats.window_started = time.monotonic()
@@ -197,6 +198,7 @@ class TuneboardCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        # Saving the adapter takes seconds: a signal now only sets the flag and the run finishes.
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -1,8 +1,10 @@
 """Graceful stop requests: SIGTERM/SIGINT, the app's cancel control, and RUN_DIR/control.json. Torch-free.
 
 A stop request never interrupts a step: it sets a flag that the trainer callback reads at the next step
-boundary, where it saves a complete checkpoint and ends training. A second signal means "now": the
-process exits at once with the CANCELLED code (the last complete checkpoint is still there).
+boundary, where it saves a complete checkpoint and ends training. Before training has started (preflight,
+loading a model can take minutes) there is nothing to save, so a signal ends the process at once. A
+second signal also means "now". Either way the exit code is CANCELLED and outcome.json says so; the last
+complete checkpoint, if any, is still there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -26,6 +29,8 @@ class StopRequest:
         self._cancel_flag = cancel_flag  # e.g. Reporter.cancel_requested
         self.reason = ""
         self._signals = 0
+        # Set by the trainer callback while steps run: only then is a graceful stop worth waiting for.
+        self.in_training = False
 
     def request(self, reason: str) -> None:
         """Ask for a graceful stop."""
@@ -57,7 +62,23 @@ class StopRequest:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+        name = signal.Signals(signum).name
+        if not self.in_training:
+            self._exit_now(f"stopped by {name} before training started; nothing to save")
         if self._signals > 1:
-            # Asked twice: the caller will not wait for a checkpoint; leave now.
-            os._exit(int(ExitCode.CANCELLED))
-        self.request(f"stopped by {signal.Signals(signum).name}")
+            self._exit_now(f"stopped by a second {name} before the checkpoint was saved")
+        self.request(f"stopped by {name}")
+
+    def _exit_now(self, reason: str) -> None:
+        """Write outcome.json (control.json's folder is RUN_DIR) and leave without unwinding."""
+        if self._control_file is not None:
+            outcome = self._control_file.parent / "outcome.json"
+            body = {"status": "cancelled", "reason": reason, "exit_code": int(ExitCode.CANCELLED)}
+            try:
+                tmp = outcome.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(body, indent=2), encoding="utf-8")
+                os.replace(tmp, outcome)
+            except OSError:
+                pass  # the exit code alone still says "cancelled"
+        sys.stderr.flush()
+        os._exit(int(ExitCode.CANCELLED))
