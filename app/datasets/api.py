@@ -116,7 +116,7 @@ async def preview_dataset(
             settings,
             ref,
             model or previews.default_model(),
-            max_seq_len or previews.default_max_seq_len(),
+            max_seq_len if max_seq_len is not None else previews.default_max_seq_len(),
         )
         answer = await previews.preview(settings, req)
     except previews.PreviewError as exc:

@@ -115,7 +115,7 @@ async def dataset_page(
             )
             return HTMLResponse(html, status_code=404)
     model = model or previews.default_model()
-    max_seq_len = max_seq_len or previews.default_max_seq_len()
+    max_seq_len = max_seq_len if max_seq_len is not None else previews.default_max_seq_len()
     context = _preview_context(dataset["id"], model, max_seq_len)
     note = next((n for n in ("uploaded", "existing") if n in request.query_params), None)
     context.update(dataset=dataset, model_choices=_model_choices(), show=show, note=note)
@@ -134,7 +134,7 @@ async def dataset_preview_fragment(
 ) -> Response:
     """The preview block of the dataset page (htmx loads it after the page)."""
     model = model or previews.default_model()
-    max_seq_len = max_seq_len or previews.default_max_seq_len()
+    max_seq_len = max_seq_len if max_seq_len is not None else previews.default_max_seq_len()
     context = _preview_context(ref, model, max_seq_len)
     context.update(await _run_preview(request, settings, ref, model, max_seq_len))
     context.update(request=request, show=True)
