@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.redact import redact_secrets
 from app.models import MetricPoint
 from worker.protocol import CHECKPOINT_COMPLETE_MARKER, RunDir
 from worker.tasks import MERGED_DIR
@@ -110,7 +111,12 @@ def stderr_tail(run_dir: str | None, max_lines: int = 200) -> str | None:
     """The tail of RUN_DIR/stderr.log, or None when there is none."""
     if not run_dir:
         return None
-    return tail_lines(Path(run_dir) / "stderr.log", max_lines=max_lines)
+    try:
+        path = contained_path(Path(run_dir), "stderr.log")
+    except ArtifactError:
+        # the worker replaced its log with a link elsewhere: never serve the file it points to
+        return "(stderr.log links outside the run directory, so it is not shown)"
+    return redact_secrets(tail_lines(path, max_lines=max_lines))
 
 
 # ---------------------------------------------------------------------------------------------------------

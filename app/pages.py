@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app import artifacts
+from app.auth.redact import redact_data, redact_secrets
 from app.deps import JobDep, SessionDep
 from app.jobs import service
 from app.jobs.schemas import iso, job_summary
@@ -449,7 +450,7 @@ def new_job_page(
                 request, f"There is no job {from_id!r} to clone; pick one from the jobs list."
             )
     if parent is not None:
-        text = service.clone_config(parent)
+        text = redact_secrets(service.clone_config(parent)) or ""
         try:
             config = parse_config(parent.config)
         except ConfigError:
@@ -466,7 +467,7 @@ def new_job_page(
                 pass  # an unknown preset name: keep the default source rather than fail the page
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     context = _new_job_context(
-        values=form_values_from_config(config_to_dict(config)),
+        values=form_values_from_config(redact_data(config_to_dict(config))),
         config_text=text,
         parent_job_id=parent.id if parent is not None else None,
         estimate=_estimate_for(config),
@@ -552,7 +553,7 @@ async def estimate_api(request: Request) -> Response:
     """Memory estimate for a JSON config: {"total_gb", "breakdown", "notes"} (422 with the problems)."""
     try:
         data = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
         return JSONResponse(
             {"detail": "invalid job config", "problems": {"": "the body is not valid JSON; send the config"}},
             status_code=422,
@@ -617,8 +618,8 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
     return {
         "takeaway": takeaway_context(job),
         "job": summary,
-        "config_text": job.config_text,
-        "logs": tail if tail is not None else (job.stderr_tail or ""),
+        "config_text": redact_secrets(job.config_text),
+        "logs": tail if tail is not None else (redact_secrets(job.stderr_tail) or ""),
         "latest": _latest_values(session, job.id),
         "last_seq": job.last_seq or 0,
         "message": message,

@@ -23,6 +23,15 @@ MAX_STRING = 4096
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, str_max_length=MAX_STRING)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text cannot hold NUL, and no name, path or prompt needs one
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in items):
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
+
 
 class ModelConfig(_Strict):
     """Which base model to fine-tune."""
@@ -223,6 +232,12 @@ class ConfigError(ValueError):
         super().__init__("invalid job config:\n  " + "\n  ".join(lines))
 
 
+def _shown(value: Any, limit: int = 120) -> str:
+    """repr of a rejected value, clipped: a hostile 200 kB string must not come back in every message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
 def _friendly(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
@@ -234,9 +249,9 @@ def _friendly(err: dict[str, Any]) -> str:
         bound = {k: v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")}
         words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
         allowed = " and ".join(f"{words[k]} {v}" for k, v in bound.items())
-        return f"must be {allowed} (got {err.get('input')!r})"
+        return f"must be {allowed} (got {_shown(err.get('input'))})"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')} (got {err.get('input')!r})"
+        return f"must be one of {ctx.get('expected')} (got {_shown(err.get('input'))})"
     if kind == "string_too_long":
         return f"too long: at most {ctx.get('max_length')} characters"
     if kind == "too_long":
@@ -271,15 +286,49 @@ def parse_config(data: Any) -> JobConfig:
         raise ConfigError(problems_from_validation_error(exc)) from None
 
 
+MAX_YAML_NODES = 100_000
+
+
+def _safe_yaml(text: str) -> Any:
+    """yaml.safe_load that refuses documents whose aliases expand past MAX_YAML_NODES ("billion laughs")."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node) -> int:
+            # an alias is the same node object again: memoise by identity, count every use
+            if id(n) not in sizes:
+                sizes[id(n)] = 1  # provisional, guards against recursive anchors
+                children: list[Any] = []
+                if isinstance(n, yaml.SequenceNode):
+                    children = list(n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    children = [part for pair in n.value for part in pair]
+                sizes[id(n)] = 1 + sum(expanded(c) for c in children)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise ValueError(f"it expands to more than {MAX_YAML_NODES} values (anchors and aliases)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config_text(text: str, *, filename: str = "config.yaml") -> JobConfig:
     """Parse YAML or JSON text (JSON is YAML, but we give JSON's own error messages for .json files)."""
     try:
         if filename.endswith(".json"):
             data = json.loads(text) if text.strip() else {}
         else:
-            data = yaml.safe_load(text) if text.strip() else {}
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError({"": f"cannot parse {filename}: {exc}"}) from None
+            data = _safe_yaml(text) if text.strip() else {}
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError; so is a 5000-digit int
+        reason = "a number has thousands of digits" if "integer string conversion" in str(exc) else exc
+        raise ConfigError({"": f"cannot parse {filename}: {reason}"}) from None
+    except RecursionError:
+        raise ConfigError({"": f"cannot parse {filename}: it is nested too deeply"}) from None
     return parse_config(data if data is not None else {})
 
 

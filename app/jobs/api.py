@@ -46,8 +46,11 @@ def create_job(body: ConfigBody, request: Request, session: SessionDep) -> dict[
     elif content_type == "application/json":
         try:
             data = json.loads(text_body) if text_body.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ConfigError({"": f"the body is not valid JSON: {exc}"}) from None
+        except ValueError as exc:  # JSONDecodeError, or an integer with thousands of digits
+            reason = "a number has thousands of digits" if "integer string conversion" in str(exc) else exc
+            raise ConfigError({"": f"the body is not valid JSON: {reason}"}) from None
+        except RecursionError:
+            raise ConfigError({"": "the body is nested too deeply to be a job config"}) from None
         config = parse_config(data)
         job = service.create_job(session, config=config, config_text=text_body)
     else:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.auth.redact import redact_data, redact_secrets
 from app.models import Job
 
 
@@ -102,7 +103,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "tokens_per_second": job.tokens_per_second,
         "peak_vram_gb": job.peak_vram_gb,
         "eta_seconds": job.eta_seconds,
-        "failure_reason": job.failure_reason,
+        "failure_reason": redact_secrets(job.failure_reason),
         "exit_code": job.exit_code,
         "assigned_gpus": job.assigned_gpus,
         "gpus_requested": job.gpus_requested or 0,
@@ -117,9 +118,10 @@ def job_summary(job: Job) -> dict[str, Any]:
 def job_detail(job: Job, *, stderr_tail: str | None = None) -> dict[str, Any]:
     """The summary plus the config and the stderr tail."""
     data = job_summary(job)
-    data["config"] = job.config
-    data["config_text"] = job.config_text
-    data["stderr_tail"] = stderr_tail if stderr_tail is not None else job.stderr_tail
+    # shown as submitted, minus anything that looks like a credential (app/auth/redact.py)
+    data["config"] = redact_data(job.config)
+    data["config_text"] = redact_secrets(job.config_text)
+    data["stderr_tail"] = stderr_tail if stderr_tail is not None else redact_secrets(job.stderr_tail)
     return data
 
 

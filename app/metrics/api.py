@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -79,9 +78,9 @@ def ingest(
         authorize(session, job=job, authorization=authorization)
         try:
             data = decode_batch(body) if body.strip() else {"events": []}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 5000-digit ints, deep nesting
             raise IngestError(
-                422, "invalid batch", {"events": f"the body is not valid JSON: {exc}"}
+                422, "invalid batch", {"events": f"the body is not valid JSON: {type(exc).__name__}: {exc}"}
             ) from None
         events = parse_batch(data, max_events=settings.max_events_per_batch)
         result = ingest_events(session, job=job, events=events)

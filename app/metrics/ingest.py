@@ -90,12 +90,16 @@ class ParsedEvent:
     payload: dict[str, Any]
 
 
+_INT64 = 2**63
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # beyond 64 bits no database column holds it (and float() of a 400-digit int overflows)
+    return isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, float) or _is_int(value)
 
 
 def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
