@@ -129,6 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(takeaway_router)
     # --- end takeaway ---
+    # --- runtime snapshot for the fault/soak tests (faults+soak helper); 404 unless debug_endpoints ---
+    from app.debug import router as debug_router
+
+    app.include_router(debug_router)
+    # --- end runtime snapshot ---
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     # --- auth (auth+input helper): login page; the middleware guards every route, mounts included ---
     from app.auth.middleware import AuthMiddleware

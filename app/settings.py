@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     sse_ping_interval_s: float = Field(15.0, gt=0)
     sse_max_lifetime_s: float = Field(600.0, gt=0)
 
+    # fault and soak tests (tests/faults, bench/soak.py): GET /api/_debug/runtime
+    debug_endpoints: bool = Field(
+        False, description="Serve /api/_debug/runtime (tasks, DB pool, RSS); tests only."
+    )
+
     # limits
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
     max_config_bytes: int = Field(256 * 1024, ge=1)

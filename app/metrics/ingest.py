@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +22,9 @@ from sqlalchemy.orm import Session
 from app.jobs.service import transition
 from app.jobs.status import JobStatus
 from app.models import Job, JobEvent, MetricPoint, utcnow
-from worker.protocol import EventKind
+from worker.protocol import EventKind, read_spool
+
+log = logging.getLogger(__name__)
 
 _KINDS = frozenset(k.value for k in EventKind)
 _NONFINITE = frozenset({"nan", "inf", "-inf"})
@@ -302,3 +306,35 @@ def _update_summary(session: Session, job: Job, ordered: list[ParsedEvent]) -> N
             if p.get("name") == "adapter" and isinstance(p.get("path"), str):
                 job.adapter_path = p["path"]
         job.last_seq = max(job.last_seq, ev.seq)
+
+
+SPOOL_CHUNK = 2000  # events per statement batch when sweeping a spool file
+
+
+def ingest_spool(session: Session, *, job: Job, spool: Path) -> int:
+    """Store what a worker spooled but never delivered (it was killed, or the app was down when it ended).
+
+    Called by the scheduler once the process has ended, before the final status is written: RUN_DIR/
+    events.jsonl holds every event the worker produced, so nothing it said is lost when its last POSTs
+    never arrived. Idempotent like a replay (only seq > job.last_seq counts); returns how many were new.
+    A spool line that fails validation is skipped with the rest of its chunk, never blocking the finish.
+    """
+    fresh = [e for e in read_spool(spool) if isinstance(e, dict) and _is_int(e.get("seq"))]
+    fresh = [e for e in fresh if e["seq"] > job.last_seq]
+    stored = 0
+    for start in range(0, len(fresh), SPOOL_CHUNK):
+        chunk = fresh[start : start + SPOOL_CHUNK]
+        try:
+            parsed = parse_batch({"events": chunk}, max_events=SPOOL_CHUNK)
+        except IngestError as exc:
+            log.warning(
+                "job %s: spooled events %s..%s not stored: %s %s",
+                job.id,
+                chunk[0]["seq"],
+                chunk[-1]["seq"],
+                exc.detail,
+                exc.problems,
+            )
+            continue
+        stored += ingest_events(session, job=job, events=parsed).accepted
+    return stored

@@ -21,6 +21,7 @@ from worker.protocol import ExitCode, RunDir
 
 MAX_DETAIL = 400
 _OOM_PATTERN = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
+_DISK_FULL_PATTERN = re.compile(r"No space left on device|Errno 28|Disk quota exceeded", re.IGNORECASE)
 
 
 class StopCause(StrEnum):
@@ -149,7 +150,20 @@ def classify_exit(
             JobStatus.FAILED, f"diverged: {detail or 'the divergence guard stopped the run'}", code
         )
     if code == ExitCode.OUT_OF_MEMORY or _OOM_PATTERN.search(stderr_tail) is not None:
+        # the worker's own account names the config values to change; ours is the generic fallback
+        if code == ExitCode.OUT_OF_MEMORY and said.startswith("out of"):
+            return Verdict(JobStatus.FAILED, said, code)
         return Verdict(JobStatus.FAILED, _oom_reason(on_gpu, config), code)
+    if said.startswith("no space left on device"):
+        return Verdict(JobStatus.FAILED, said, code)
+    if not said and _DISK_FULL_PATTERN.search(stderr_tail) is not None:
+        # the worker could not even write outcome.json: the disk holding RUN_DIR is full
+        return Verdict(
+            JobStatus.FAILED,
+            "no space left on device: the disk holding the run directory is full; free space "
+            "or lower training.save_total_limit, then resume (only complete checkpoints are resumed)",
+            code,
+        )
     if code == ExitCode.QUANTIZATION_INCOMPATIBLE:
         return Verdict(JobStatus.FAILED, f"quantization incompatibility: {detail or 'see the log'}", code)
     reason = f"exited with code {code}"

@@ -24,7 +24,7 @@ from app.models import Job
 from app.scheduler.classify import classify_exit, read_outcome
 from app.scheduler.launcher import ExitInfo, Launcher, WorkerHandle
 from app.scheduler.placement import parse_assigned
-from app.scheduler.supervisor import Supervisor
+from app.scheduler.supervisor import Supervisor, store_unsent_events
 from app.scheduler.tail import read_tail
 from worker.protocol import RunDir, last_complete_checkpoint
 
@@ -79,6 +79,7 @@ def _reattach(job: Job, handle: WorkerHandle, supervisor: Supervisor) -> str:
 
 def _finish_from_outcome(session: Session, job: Job, outcome: dict[str, object]) -> str:
     """The worker ended while the app was down but left its own account: classify from it."""
+    store_unsent_events(session, job, job.run_dir)
     tail = read_tail(RunDir(Path(job.run_dir or ".")).stderr)
     verdict = classify_exit(
         ExitInfo(),
@@ -106,6 +107,7 @@ def _resume_hint(job: Job) -> str:
 
 def _mark_lost(session: Session, job: Job) -> str:
     """The worker is gone and said nothing: fail it (or finish a pending cancel) with a plain reason."""
+    store_unsent_events(session, job, job.run_dir)
     tail = read_tail(RunDir(Path(job.run_dir)).stderr) if job.run_dir else ""
     if job.status == JobStatus.CANCELLING:
         transition(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -23,12 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import immediate_transaction
 from app.jobs.service import transition
 from app.jobs.status import TERMINAL, JobStatus
+from app.metrics.ingest import ingest_spool
 from app.models import Job
 from app.scheduler.claim import ClaimedJob, claim_next_job, prepare_run_dir
 from app.scheduler.classify import StopCause, StopRequest, Verdict, classify_exit, read_outcome
 from app.scheduler.gpus import Slots
 from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
 from app.settings import Settings
+from worker.protocol import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,20 @@ def _timestamp(value: datetime | None) -> float | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
+
+
+def store_unsent_events(session: Session, job: Job, run_dir: Path | str | None) -> int:
+    """Ingest RUN_DIR/events.jsonl past job.last_seq (the ended worker's undelivered events); never raises."""
+    if not run_dir:
+        return 0
+    try:
+        stored = ingest_spool(session, job=job, spool=RunDir(Path(run_dir)).events)
+    except Exception:  # a damaged spool must not keep the job from its final status
+        log.exception("job %s: could not read the spool of its ended worker", job.id)
+        return 0
+    if stored:
+        log.info("job %s: stored %d event(s) the worker spooled but never delivered", job.id, stored)
+    return stored
 
 
 def max_runtime_s(config: dict[str, Any]) -> float | None:
@@ -315,6 +332,8 @@ class Supervisor:
                     current,
                 )
                 return None
+            # what the worker spooled but could not POST (killed, or the app was away) still counts
+            store_unsent_events(session, job, handle.run_dir)
             verdict = classify_exit(
                 exit_info,
                 outcome=outcome,

@@ -6,6 +6,7 @@ exits with a protocol.ExitCode, and on SIGTERM saves nothing but exits CANCELLED
 by its config's `name`, as space-separated key=value words (underscores in values read as spaces):
 
     sleep=2      seconds of "training" (default 0.3), emitting a loss metric every 0.1 s
+    every=0.5    seconds between loss metrics instead of 0.1
     exit=5       exit code when done (default 0)
     reason=x_y   outcome.json reason
     outcome=0    do not write outcome.json
@@ -13,7 +14,9 @@ by its config's `name`, as space-separated key=value words (underscores in value
     say=x_y      print this line to stderr just before exiting
     probe_cuda=1 record in fake-env.json how many CUDA devices torch sees (needs torch; GPU tests only)
 
-It always writes RUN_DIR/fake-env.json: its pid, argv, CUDA_VISIBLE_DEVICES and the job id it was given.
+It always writes RUN_DIR/fake-env.json: its pid, argv, CUDA_VISIBLE_DEVICES and the job id it was given,
+and appends one line per launch to RUN_DIR/launches.jsonl ({"pid", "start"}, then {"pid", "end"} when it
+returns), so tests can count launches and check how many ran at once.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def write_outcome(run: RunDir, status: str, code: int, reason: str | None) -> No
     )
 
 
+def _record_launch(run: RunDir, what: str) -> None:
+    """One line in RUN_DIR/launches.jsonl: this pid started or ended now (wall clock)."""
+    with (run.root / "launches.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"pid": os.getpid(), what: time.time()}) + "\n")
+
+
 def _probe_cuda(run: RunDir) -> None:
     """Record what CUDA the process can see, which CUDA_VISIBLE_DEVICES decides."""
     import torch  # only with probe_cuda=1: the other tests stay torch-free and fast
@@ -60,6 +69,7 @@ def _probe_cuda(run: RunDir) -> None:
 def main(argv: list[str]) -> int:
     """Run the fake for RUN_DIR = argv[0]; return the exit code."""
     run = RunDir(Path(argv[0]))
+    _record_launch(run, "start")
     config: dict[str, Any] = json.loads(run.config.read_text(encoding="utf-8"))
     job = json.loads(run.job.read_text(encoding="utf-8")) if run.job.exists() else None
     how = parse_behaviour(str(config.get("name", "")))
@@ -102,7 +112,7 @@ def main(argv: list[str]) -> int:
         step += 1
         reporter.emit(EventKind.METRIC, step, {"loss": 2.0 / step})
         print(f"fake trainer: step {step}", file=sys.stderr, flush=True)
-        time.sleep(0.1)
+        time.sleep(float(how.get("every", "0.1")))
     code = int(how.get("exit", "0"))
     if "say" in how:
         print(how["say"], file=sys.stderr, flush=True)
@@ -114,4 +124,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_code = main(sys.argv[1:])
+    _record_launch(RunDir(Path(sys.argv[1])), "end")
+    sys.exit(exit_code)

@@ -8,15 +8,20 @@ A run directory that already holds a complete checkpoint is resumed from it (sam
 how the app resumes a job: it relaunches the same RUN_DIR.
 
 Test hook: the environment variable TUNEBOARD_INJECT_NAN_AT_STEP=N (or "N,M,...") multiplies the training
-loss of optimizer step N by NaN, to exercise the divergence guard. Never set it for real runs.
+loss of optimizer step N by NaN, to exercise the divergence guard; TUNEBOARD_INJECT_OOM_AT_STEP=N raises
+torch.cuda.OutOfMemoryError in optimizer step N, to exercise the out-of-memory path on a machine without a
+GPU; TUNEBOARD_INJECT_STEP_SLEEP_S=0.2 sleeps that long in every step, so a tiny run lasts long enough
+for a test to restart the app around it. Never set them for real runs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -30,6 +35,9 @@ from worker.train.reporter import Reporter
 from worker.train.signals import StopRequest
 
 INJECT_NAN_ENV = "TUNEBOARD_INJECT_NAN_AT_STEP"
+INJECT_OOM_ENV = "TUNEBOARD_INJECT_OOM_AT_STEP"
+INJECT_STEP_SLEEP_ENV = "TUNEBOARD_INJECT_STEP_SLEEP_S"
+LOW_DISK_BYTES = 16 * 1024**2  # a failed save with less free space than this was a full disk
 REFERENCE_LOGITS = "reference_logits.safetensors"
 PREFLIGHT_FILE = "preflight.json"
 NUM_DEFAULT_SAMPLES = 3
@@ -96,7 +104,11 @@ def pick_device() -> str:
 
 
 def _nan_steps() -> set[int]:
-    raw = os.environ.get(INJECT_NAN_ENV, "").strip()
+    return _env_steps(INJECT_NAN_ENV)
+
+
+def _env_steps(name: str) -> set[int]:
+    raw = os.environ.get(name, "").strip()
     return {int(x) for x in raw.split(",") if x.strip().isdigit()}
 
 
@@ -114,6 +126,8 @@ def _trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self.step_stats = step_stats
             self.nan_steps = _nan_steps()
+            self.oom_steps = _env_steps(INJECT_OOM_ENV)
+            self.step_sleep = float(os.environ.get(INJECT_STEP_SLEEP_ENV) or 0)
 
         def compute_loss(
             self,
@@ -132,6 +146,15 @@ def _trainer_class() -> type:
             return result
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            if (self.state.global_step + 1) in self.oom_steps:
+                import torch
+
+                raise torch.cuda.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB "
+                    f"(injected by {INJECT_OOM_ENV} at step {self.state.global_step + 1})"
+                )
+            if self.step_sleep > 0:
+                time.sleep(self.step_sleep)
             loss = super().training_step(model, inputs, num_items_in_batch)
             tokens = int(inputs["attention_mask"].sum().item()) if "attention_mask" in inputs else 0
             self.step_stats.add_micro(float(loss.item()), tokens)
@@ -493,7 +516,7 @@ def _finish(
     )
 
 
-def _oom_advice(cfg: JobConfig) -> str:
+def _oom_advice(cfg: JobConfig, on_gpu: bool = True) -> str:
     t = cfg.training
     tips = [f"lower training.batch_size (now {t.batch_size}) and raise training.grad_accum to keep the batch"]
     tips.append(f"lower training.max_seq_len (now {t.max_seq_len})")
@@ -501,7 +524,8 @@ def _oom_advice(cfg: JobConfig) -> str:
         tips.append("turn on training.gradient_checkpointing")
     if cfg.quantization.method == "none":
         tips.append("use quantization.method nf4")
-    return "out of memory: " + "; or ".join(tips)
+    what = "out of GPU memory" if on_gpu else "out of memory (host RAM)"
+    return f"{what}: " + "; or ".join(tips)
 
 
 def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = False) -> ExitCode:
@@ -549,8 +573,67 @@ def _run_guarded(
     except RunStopped as exc:
         return Outcome(exc.code, exc.reason)
     except Exception as exc:  # classified below; the traceback goes to stderr for the supervisor's tail
-        traceback.print_exc(file=sys.stderr)
-        return _classify(exc, cfg)
+        # a full disk first gets back the space a half-written checkpoint took, or the traceback, the
+        # events and outcome.json below could not be written either
+        full = _disk_full_outcome(rd) if _is_disk_full(exc, rd) else None
+        try:
+            traceback.print_exc(file=sys.stderr)
+        except OSError:
+            pass
+        return full or _classify(exc, cfg)
+
+
+def _is_disk_full(exc: BaseException, rd: RunDir) -> bool:
+    """True when `exc` or one behind it is ENOSPC/EDQUOT, or a checkpoint save failed on a full disk.
+
+    torch.save reports a full disk as a bare RuntimeError ("unexpected pos ..."), with no errno to go
+    by; a half-written checkpoint plus (almost) no space left on its filesystem says the same.
+    """
+    if _incomplete_checkpoint_on_a_full_disk(rd):
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _incomplete_checkpoint_on_a_full_disk(rd: RunDir) -> bool:
+    from worker.protocol import CHECKPOINT_COMPLETE_MARKER
+
+    try:
+        torn = [
+            p
+            for p in rd.checkpoints.iterdir()
+            if p.name.startswith("checkpoint-") and not (p / CHECKPOINT_COMPLETE_MARKER).exists()
+        ]
+        return bool(torn) and shutil.disk_usage(rd.checkpoints).free < LOW_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _disk_full_outcome(rd: RunDir) -> Outcome:
+    """Remove the checkpoint the full disk interrupted (it is never resumable) and say what to do."""
+    from worker.train.callbacks import remove_incomplete_checkpoints
+
+    removed = sorted(remove_incomplete_checkpoints(rd), key=lambda p: p.name)
+    last = last_complete_checkpoint(rd)
+    kept = (
+        f"; the earlier complete checkpoint checkpoints/{last.name} is intact and resume continues from it"
+        if last is not None
+        else "; no complete checkpoint exists yet, so resume starts over"
+    )
+    advice = "free disk space or lower training.save_total_limit, then resume"
+    if removed:
+        where = f"while saving checkpoint {removed[-1].name} in {rd.checkpoints}"
+    else:
+        where = f"while writing to {rd.root}"
+    return Outcome(ExitCode.FAILED, f"no space left on device {where}: {advice}{kept}")
 
 
 def _classify(exc: Exception, cfg: JobConfig | None) -> Outcome:
@@ -559,7 +642,9 @@ def _classify(exc: Exception, cfg: JobConfig | None) -> Outcome:
     from worker.train.loading import ModelLoadError, QuantizationIncompatibleError
 
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return Outcome(ExitCode.OUT_OF_MEMORY, _oom_advice(cfg) if cfg else "out of memory")
+        on_gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "cuda" in str(exc).lower()
+        fallback = "out of GPU memory" if on_gpu else "out of memory (host RAM)"
+        return Outcome(ExitCode.OUT_OF_MEMORY, _oom_advice(cfg, on_gpu) if cfg else fallback)
     if isinstance(exc, QuantizationIncompatibleError):
         return Outcome(ExitCode.QUANTIZATION_INCOMPATIBLE, str(exc))
     if isinstance(exc, ModelLoadError):

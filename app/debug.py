@@ -1,0 +1,42 @@
+"""A runtime snapshot for the fault and soak tests: asyncio tasks, threads, pooled DB connections, memory.
+
+Off unless TUNEBOARD_DEBUG_ENDPOINTS=true (then 404, as if it did not exist): it reveals nothing secret,
+but it is an internal tool, not part of the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import psutil
+from fastapi import APIRouter, HTTPException, Request
+
+router = APIRouter(prefix="/api/_debug", include_in_schema=False)
+
+
+def pool_status(engine: Any) -> dict[str, Any]:
+    """Connections the engine's pool has handed out and not yet got back (a leak keeps this above 0)."""
+    pool = engine.pool
+    checked_out = pool.checkedout() if hasattr(pool, "checkedout") else None
+    return {"class": type(pool).__name__, "checked_out": checked_out, "status": pool.status()}
+
+
+@router.get("/runtime")
+async def runtime(request: Request) -> dict[str, Any]:
+    """Counts that must return to their baseline once clients leave: tasks, threads, DB connections, RSS."""
+    if not request.app.state.settings.debug_endpoints:
+        raise HTTPException(404, "Not Found")
+    proc = psutil.Process(os.getpid())
+    tasks = [t for t in asyncio.all_tasks() if not t.done()]
+    return {
+        "tasks": len(tasks),
+        "task_names": sorted({t.get_name() for t in tasks}),
+        "threads": threading.active_count(),
+        "db_pool": pool_status(request.app.state.engine),
+        "rss_bytes": proc.memory_info().rss,
+        "open_fds": proc.num_fds(),
+        "connections": len(proc.net_connections(kind="tcp")),
+    }
