@@ -48,25 +48,28 @@ def parse_ids(raw: str | Iterable[str] | None) -> list[int]:
     """Job ids from "1,2,3" (or repeated values), in the order given, deduplicated; 400 if unreadable."""
     texts = [raw] if isinstance(raw, str) else list(raw or [])
     ids: list[int] = []
+    seen: set[int] = set()
     for text in texts:
         for part in text.split(","):
             part = part.strip().lstrip("#")
             if not part:
                 continue
-            if not part.isdigit():
-                raise CompareError(400, f"{part!r} is not a job id; pass ids as numbers: ?ids=1,2,3")
+            if not (part.isascii() and part.isdigit()) or len(part) > 18:
+                raise CompareError(400, f"{part[:40]!r} is not a job id; pass ids as numbers: ?ids=1,2,3")
             job_id = int(part)
-            if job_id not in ids:
+            if job_id not in seen:
+                seen.add(job_id)
                 ids.append(job_id)
+            if len(ids) > MAX_GROUP_RUNS:
+                break  # already too many for any view: check_count says so without reading the rest
     return ids
 
 
 def check_count(ids: Sequence[int], *, low: int = MIN_RUNS, high: int = MAX_RUNS) -> None:
     """Refuse (400) fewer than `low` or more than `high` runs, saying how many were given."""
     if not low <= len(ids) <= high:
-        raise CompareError(
-            400, f"compare takes {low} to {high} runs; got {len(ids)}. Pick them with ?ids=1,2,3"
-        )
+        got = str(len(ids)) if len(ids) <= MAX_GROUP_RUNS else f"more than {MAX_GROUP_RUNS}"
+        raise CompareError(400, f"compare takes {low} to {high} runs; got {got}. Pick them with ?ids=1,2,3")
 
 
 def load_jobs(session: Session, ids: Sequence[int]) -> list[Job]:

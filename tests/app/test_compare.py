@@ -158,6 +158,9 @@ def test_compare_refuses_too_few_or_too_many_ids_and_names_unknown_ones(client: 
     assert unknown.json()["unknown_ids"] == [777, 778]
     assert "777, 778" in unknown.json()["detail"]
     assert client.get("/api/compare", params={"ids": f"{ids[0]},x"}).status_code == 400
+    assert client.get("/api/compare", params={"ids": f"{ids[0]},²"}).status_code == 400
+    many = client.get("/api/compare", params={"ids": ",".join(str(i) for i in range(1, 2000))})
+    assert many.status_code == 400 and "more than 32" in many.json()["detail"]
     assert client.get("/api/compare", params={"ids": f"{ids[0]},{ids[1]}", "x": "time"}).status_code == 400
 
 
