@@ -36,6 +36,28 @@ class Settings(BaseSettings):
     worker_module: str = Field(
         "worker.train", description="Module run as `python -m MODULE RUN_DIR` for each job (tests use a fake)."
     )
+    # Ray launcher (TUNEBOARD_LAUNCHER=ray; docs/cluster.md)
+    ray_address: str | None = Field(
+        None, description="Ray dashboard (Jobs API) URL, e.g. http://ray-head:8265 (launcher ray)."
+    )
+    ray_auth_token: str | None = Field(
+        None, description="Token of a Ray cluster started with RAY_AUTH_MODE=token (a Bearer header)."
+    )
+    ray_worker_python: str = Field("python", description="Python with Tuneboard installed on the Ray nodes.")
+    ray_remote_runs_dir: str | None = Field(
+        None,
+        description="Run directories on Ray nodes that do not share DATA_DIR with the app: the config "
+        "travels in the job's runtime env and the worker uploads adapter and checkpoints back. Unset: "
+        "the nodes see the app's DATA_DIR at the same path (shared storage).",
+    )
+    ray_stop_wait_s: int = Field(
+        120, ge=1, description="RAY_JOB_STOP_WAIT_TIME_S: SIGTERM → SIGKILL wait when a Ray job is stopped."
+    )
+    ray_log_sync_s: float = Field(10.0, gt=0, description="How often a running Ray job's log is copied.")
+    max_artifact_bytes: int = Field(
+        8 * 1024**3, ge=1, description="Largest single file a remote worker may upload to its run directory."
+    )
+
 
     # streaming
     sse_batch_interval_s: float = Field(0.25, gt=0)

@@ -37,9 +37,13 @@ def make_launcher(settings: Settings) -> Launcher:
             # the worker resolves dataset.source upload:<id> under this directory (worker/train/data.py)
             extra_env={"TUNEBOARD_DATASETS_DIR": str(settings.datasets_dir)},
         )
+    if settings.launcher == "ray":
+        from app.scheduler.ray_launcher import RayLauncher  # ray itself is imported on first use
+
+        return RayLauncher(settings)
     raise ValueError(
-        f"unknown launcher {settings.launcher!r}; "
-        "set TUNEBOARD_LAUNCHER=local (the Ray launcher is not built yet)"
+        f"unknown launcher {settings.launcher!r}; set TUNEBOARD_LAUNCHER=local (this machine) "
+        "or TUNEBOARD_LAUNCHER=ray (a Ray cluster, see docs/cluster.md)"
     )
 
 

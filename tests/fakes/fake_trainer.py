@@ -13,6 +13,11 @@ by its config's `name`, as space-separated key=value words (underscores in value
     ignore_term=1  ignore SIGTERM (the supervisor must SIGKILL it after the grace period)
     say=x_y      print this line to stderr just before exiting
     probe_cuda=1 record in fake-env.json how many CUDA devices torch sees (needs torch; GPU tests only)
+    adapter=1    write a small adapter/ directory (and a complete checkpoint) before a successful exit
+    term_delay=4 on SIGTERM, take this many seconds to "save a checkpoint" before exiting CANCELLED
+
+Like the real entry point, it recreates RUN_DIR from TUNEBOARD_CONFIG_JSON / TUNEBOARD_JOB_JSON when a
+remote launcher sent them, and uploads its outputs to the app when told to (worker/train/remote.py).
 
 It always writes RUN_DIR/fake-env.json: its pid, argv, CUDA_VISIBLE_DEVICES and the job id it was given,
 and appends one line per launch to RUN_DIR/launches.jsonl ({"pid", "start"}, then {"pid", "end"} when it
@@ -30,7 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.protocol import EventKind, ExitCode, RunDir
+from worker.protocol import CHECKPOINT_COMPLETE_MARKER, EventKind, ExitCode, RunDir
+from worker.train.remote import materialize_run_dir, report, upload_outputs, upload_requested
 from worker.train.reporter import Reporter
 
 
@@ -69,6 +75,25 @@ def _probe_cuda(run: RunDir) -> None:
 def main(argv: list[str]) -> int:
     """Run the fake for RUN_DIR = argv[0]; return the exit code."""
     run = RunDir(Path(argv[0]))
+    materialize_run_dir(run.root)
+    code = _run(run)
+    if upload_requested(run.root):
+        upload_outputs(run.root, log=report)
+    return code
+
+
+def _write_adapter(run: RunDir, step: int) -> None:
+    """A stand-in adapter and one complete checkpoint, to exercise downloads and uploads."""
+    run.adapter.mkdir(parents=True, exist_ok=True)
+    (run.adapter / "adapter_config.json").write_text(json.dumps({"fake": True, "step": step}))
+    (run.adapter / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
+    ckpt = run.checkpoints / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (ckpt / CHECKPOINT_COMPLETE_MARKER).write_text(json.dumps({"step": step}))
+
+
+def _run(run: RunDir) -> int:
     _record_launch(run, "start")
     config: dict[str, Any] = json.loads(run.config.read_text(encoding="utf-8"))
     job = json.loads(run.job.read_text(encoding="utf-8")) if run.job.exists() else None
@@ -106,6 +131,7 @@ def main(argv: list[str]) -> int:
     while time.monotonic() < deadline:
         if stop["requested"]:
             print("fake trainer: SIGTERM received, stopping", file=sys.stderr, flush=True)
+            time.sleep(float(how.get("term_delay", "0")))  # a slow checkpoint save
             write_outcome(run, "cancelled", ExitCode.CANCELLED, "stopped on request")
             reporter.close(timeout=0.5)
             return int(ExitCode.CANCELLED)
@@ -114,6 +140,8 @@ def main(argv: list[str]) -> int:
         print(f"fake trainer: step {step}", file=sys.stderr, flush=True)
         time.sleep(float(how.get("every", "0.1")))
     code = int(how.get("exit", "0"))
+    if how.get("adapter") == "1" and code == 0:
+        _write_adapter(run, step)
     if "say" in how:
         print(how["say"], file=sys.stderr, flush=True)
     if how.get("outcome") != "0":

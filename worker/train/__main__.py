@@ -19,9 +19,25 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from worker.train.pipeline import run_training
+    run_dir = Path(args[0])
+    from worker.train.distributed import is_rank_process, maybe_run_distributed
+    from worker.train.remote import UploadError, materialize_run_dir, report, upload_outputs, upload_requested
 
-    return int(run_training(Path(args[0])))
+    if not is_rank_process():
+        # a remote node (Ray, remote mode) has no RUN_DIR yet: the launcher sent its files in the env
+        materialize_run_dir(run_dir)
+    code = maybe_run_distributed(run_dir)  # N > 1 GPUs: torchrun runs this module once per GPU
+    if code is None:
+        from worker.train.pipeline import run_training
+
+        code = int(run_training(run_dir))
+    if not is_rank_process() and upload_requested(run_dir):
+        try:
+            upload_outputs(run_dir, log=report)
+        except UploadError as exc:
+            report(f"{exc}; the app cannot serve this run's adapter or checkpoints")
+            return code or 1
+    return code
 
 
 if __name__ == "__main__":

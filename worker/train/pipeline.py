@@ -31,6 +31,14 @@ from typing import Any
 
 from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file
 from worker.protocol import EventKind, ExitCode, RunDir, last_complete_checkpoint
+from worker.train.distributed import (
+    NullReporter,
+    follower_exit_code,
+    init_process_group,
+    install_rank_signals,
+    rank_callbacks,
+    rank_info,
+)
 from worker.train.reporter import Reporter
 from worker.train.signals import StopRequest
 
@@ -349,6 +357,8 @@ def _train(
     _check_stop(stop)
 
     device = pick_device()
+    if rank_info().distributed:  # torchrun: one process per GPU (worker/train/distributed.py)
+        device = init_process_group(device)
     from transformers import set_seed
 
     set_seed(cfg.training.seed)
@@ -398,6 +408,8 @@ def _train(
         callback.load_state_dict(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
     optimizer, opt_name = build_optimizer(cfg, model, device)
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
+    if rank_info().distributed:
+        args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -406,7 +418,7 @@ def _train(
         data_collator=PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         optimizers=(optimizer, None),
-        callbacks=[callback],
+        callbacks=[*(rank_callbacks(callback, stats, stop) if rank_info().distributed else []), callback],
         step_stats=stats,
     )
     from transformers.trainer_callback import PrinterCallback
@@ -457,6 +469,8 @@ def _finish(
     device: str,
 ) -> Outcome:
     """Save the adapter, tokenizer, reference logits, config and model card; emit the ARTIFACT event."""
+    if not rank_info().is_main:
+        return Outcome(ExitCode.SUCCEEDED, "done; rank 0 saves the adapter")
     import torch
     from safetensors.torch import save_file
 
@@ -541,16 +555,22 @@ def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = Fal
         outcome = Outcome(ExitCode.CONFIG_ERROR, reason)
         write_outcome(rd, outcome)
         return outcome.code
-    reporter = Reporter(rd, job)
+    rank = rank_info()
+    # under torchrun only rank 0 reports and writes; the other ranks stay silent
+    reporter: Any = Reporter(rd, job) if rank.is_main else NullReporter()
     stop = StopRequest(rd.control, reporter.cancel_requested)
     try:
         stop.install()
     except ValueError:  # not the main thread (an in-process caller): signals stay theirs
         pass
+    if rank.distributed:
+        install_rank_signals(stop)
     outcome = _run_guarded(rd, reporter, stop, resume=resume, progress_bar=progress_bar)
     level = "info" if outcome.code == ExitCode.SUCCEEDED else "error"
     reporter.emit(EventKind.LOG, 0, {"level": level, "message": f"{outcome.status}: {outcome.reason}"})
     reporter.close(timeout=10.0)
+    if not rank.is_main:
+        return follower_exit_code(outcome.code)
     write_outcome(rd, outcome)  # last: its presence means the worker finished on its own terms
     return outcome.code
 

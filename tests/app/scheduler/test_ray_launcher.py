@@ -1,0 +1,246 @@
+"""The Ray launcher against a real local Ray head (CPU, 2 fake GPUs, token auth), driven by a live app.
+
+Needs the optional extra `tuneboard[ray]` (CI installs it). One head serves the whole module (starting
+one costs ~7 s). Jobs run the fake trainer (tests/fakes), which
+reports over HTTP like the real worker; the real worker through Ray is in test_ray_real_worker.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.scheduler.conftest import REPO_ROOT, unused_port
+
+RAY_START_TIMEOUT_S = 90
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A running local Ray head: its Jobs API address and auth token."""
+
+    address: str
+    token: str
+
+
+def _stop_head(starter: subprocess.Popen[bytes]) -> None:
+    """Stop the processes this fixture started: `ray start`'s process group and whatever they spawned."""
+    group = starter.pid
+    family: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == group:
+                family.append(proc)
+                family.extend(proc.children(recursive=True))
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in family:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=3)
+        family = alive
+        if not family:
+            break
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """`ray start --head` with 2 CPUs and 2 fake GPUs on loopback, token auth on; stopped afterwards."""
+    temp = tmp_path_factory.mktemp("ray")
+    token = secrets.token_hex(16)
+    dashboard_port = unused_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "RAY_AUTH_MODE": "token",  # both sides must agree (qlora-facts): the app sends the token
+            "RAY_AUTH_TOKEN": token,
+            # the job driver inherits this environment: it must import this checkout's tests/ package
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
+            "OMP_NUM_THREADS": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
+    argv = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--num-cpus=2",
+        "--num-gpus=2",
+        "--node-ip-address=127.0.0.1",
+        f"--port={unused_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={unused_port()}",
+        f"--ray-client-server-port={unused_port()}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
+    log = (temp / "ray-start.log").open("wb")
+    starter = subprocess.Popen(
+        argv, cwd=temp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        rc = starter.wait(timeout=RAY_START_TIMEOUT_S)
+        assert rc == 0, f"ray start failed ({rc}): {(temp / 'ray-start.log').read_text()[-3000:]}"
+        address = f"http://127.0.0.1:{dashboard_port}"
+        deadline = time.monotonic() + 30
+        while True:  # the Jobs API answers a little after `ray start` returns
+            try:
+                if httpx.get(f"{address}/api/version", timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(0.2)
+        yield RayHead(address=address, token=token)
+    finally:
+        _stop_head(starter)
+        log.close()
+
+
+@pytest.fixture
+def ray_settings(settings: Settings, ray_head: RayHead) -> Settings:
+    """The scheduler tests' settings (fake trainer, GPUs "0,1"), launching through the Ray head."""
+    settings.launcher = "ray"
+    settings.ray_address = ray_head.address
+    settings.ray_auth_token = ray_head.token
+    settings.ray_worker_python = sys.executable
+    settings.ray_log_sync_s = 0.5
+    settings.scheduler_enabled = True
+    settings.scheduler_interval_s = 0.1
+    settings.heartbeat_timeout_s = 30.0
+    settings.cancel_grace_s = 30.0  # Ray's own stop wait decides here
+    return settings
+
+
+@pytest.fixture
+def serve(ray_settings: Settings) -> Iterator[Any]:
+    """Factory: serve(**overrides) runs the app (scheduler on, Ray launcher) and yields an httpx client."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(**overrides: Any) -> httpx.Client:
+        for key, value in overrides.items():
+            setattr(ray_settings, key, value)
+        app = create_app(ray_settings)
+        config = uvicorn.Config(app, host="127.0.0.1", port=ray_settings.port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return httpx.Client(base_url=ray_settings.app_url, timeout=10)
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: float = 40.0) -> dict[str, Any]:
+    """Poll the API until the job reaches one of `statuses`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck in {job['status']}: {job.get('stderr_tail')}"
+        time.sleep(0.1)
+
+
+def submit(client: httpx.Client, name: str, gpus: int = 1) -> int:
+    """Queue a fake-trainer job; its name tells the fake what to do."""
+    created = client.post("/api/jobs", json={"name": name, "resources": {"gpus": gpus}})
+    assert created.status_code == 201, created.text
+    return int(created.json()["id"])
+
+
+def test_a_job_runs_as_a_ray_job_reports_over_http_and_its_adapter_downloads(
+    serve: Any, ray_settings: Settings
+) -> None:
+    with serve() as client:
+        job_id = submit(client, "sleep=0.6 adapter=1", gpus=1)
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
+        assert done["status"] == "succeeded", done["failure_reason"]
+        loss = client.get(f"/api/jobs/{job_id}/metrics", params={"keys": "loss"}).json()["series"]["loss"]
+        assert len(loss) >= 3 and loss[0] == [1, 2.0]  # ingested over HTTP from the Ray job
+        run_dir = ray_settings.runs_dir / f"job-{job_id}"
+        record = json.loads((run_dir / "launcher.json").read_text())
+        assert record["launcher"] == "ray" and record["submission_id"].startswith("tuneboard-")
+        fake_env = json.loads((run_dir / "fake-env.json").read_text())
+        assert fake_env["CUDA_VISIBLE_DEVICES"] in ("0", "1")  # Ray placed it on one (fake) GPU
+        # the runtime env carries what the worker needs, never the app's secrets (the Ray token included)
+        assert "TUNEBOARD_DATASETS_DIR" in fake_env["tuneboard_env"]
+        assert not [k for k in fake_env["tuneboard_env"] if "TOKEN" in k or "DATABASE" in k]
+        assert "fake trainer: step 1" in done["stderr_tail"]  # Ray's job log, copied into RUN_DIR
+        adapter = client.get(f"/api/jobs/{job_id}/adapter")
+        assert adapter.status_code == 200
+        names = zipfile.ZipFile(io.BytesIO(adapter.content)).namelist()
+        assert "adapter_model.safetensors" in names
+
+
+def test_a_remote_worker_gets_its_files_from_the_env_and_uploads_its_outputs(
+    serve: Any, ray_settings: Settings, tmp_path: Path
+) -> None:
+    remote = tmp_path / "node-disk"
+    with serve(ray_remote_runs_dir=str(remote)) as client:
+        job_id = submit(client, "sleep=0.5 adapter=1", gpus=0)
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
+        assert done["status"] == "succeeded", done["failure_reason"]
+    node_run = remote / f"job-{job_id}"
+    app_run = ray_settings.runs_dir / f"job-{job_id}"
+    # the node built its own RUN_DIR from the runtime env; job.json holds the token, so 0600
+    assert json.loads((node_run / "config.json").read_text())["name"] == "sleep=0.5 adapter=1"
+    assert (node_run / "job.json").stat().st_mode & 0o777 == 0o600
+    assert not (app_run / "fake-env.json").exists()  # the worker never wrote into the app's RUN_DIR
+    # ...but its adapter, complete checkpoint and outcome came back through the upload endpoint
+    for relative in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "outcome.json"):
+        assert (app_run / relative).read_bytes() == (node_run / relative).read_bytes(), relative
+    checkpoints = sorted(p.name for p in (app_run / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and (app_run / "checkpoints" / checkpoints[0] / "COMPLETE").is_file()
+
+
+def test_cancel_stops_the_ray_job_with_enough_grace_to_checkpoint(serve: Any, ray_settings: Settings) -> None:
+    # the fake needs 4 s to "save a checkpoint" after SIGTERM; Ray's default wait (3 s) would SIGKILL it
+    with serve(ray_stop_wait_s=20) as client:
+        job_id = submit(client, "sleep=60 term_delay=4", gpus=1)
+        wait_job(client, job_id, {"running"})
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "cancelled", done["failure_reason"]
+    assert done["exit_code"] == 3  # from the worker's own outcome.json: it finished its graceful stop
+    outcome = json.loads((ray_settings.runs_dir / f"job-{job_id}" / "outcome.json").read_text())
+    assert outcome["reason"] == "stopped on request"
+
+
+def test_a_wrong_ray_token_fails_the_job_with_a_reason_naming_the_setting(serve: Any) -> None:
+    with serve(ray_auth_token="not-the-token") as client:
+        job_id = submit(client, "sleep=0.2", gpus=0)
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "failed"
+    assert "TUNEBOARD_RAY_AUTH_TOKEN" in done["failure_reason"]
