@@ -62,6 +62,8 @@ class TaskManager:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.try_module = TRY_MODULE  # tests point these at stand-ins (tests/fakes)
+        self.merge_module = MERGE_MODULE
         self._claims: dict[int, TaskClaim] = {}
         self._supervisors: set[asyncio.Task[None]] = set()  # strong references until they finish
 
@@ -121,7 +123,6 @@ class TaskManager:
         max_new_tokens: int,
         raw: bool = False,
         idle_every_s: float = 15.0,
-        module: str = TRY_MODULE,
     ) -> AsyncIterator[dict[str, Any] | None]:
         """Run the generation task and yield its JSON lines; None every `idle_every_s` of silence.
 
@@ -138,7 +139,7 @@ class TaskManager:
                 fh.write(prompt)
             prompt_file = Path(name)
             argv = self.command(
-                module,
+                self.try_module,
                 str(run_dir),
                 "--prompt-file",
                 str(prompt_file),
@@ -207,7 +208,7 @@ class TaskManager:
 
     # ----------------------------------------------------------------------------------- merged export
 
-    async def start_merge(self, job_id: int, run_dir: Path, *, module: str = MERGE_MODULE) -> dict[str, Any]:
+    async def start_merge(self, job_id: int, run_dir: Path) -> dict[str, Any]:
         """Launch the export in the background (TaskBusy if the job runs a task); return its first status."""
         if merge_status(run_dir)["state"] in ("starting", "running"):
             raise TaskBusy(f"job {job_id} is already exporting a merged model; wait for it to finish")
@@ -220,7 +221,7 @@ class TaskManager:
                 progress=0.0,
                 message="starting the export process",
             )
-            argv = self.command(module, str(run_dir))
+            argv = self.command(self.merge_module, str(run_dir))
             with (run_dir / MERGE_LOG).open("ab") as out:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,

@@ -1,0 +1,152 @@
+"""Short worker tasks are one at a time per job, and their processes die with the client or the timeout.
+
+The generation process is a stand-in that never finishes (tests/fakes/endless_generate.py), so these
+tests need no model; the real generation is covered in test_takeaway.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs import service
+from app.jobs.status import JobStatus
+from app.models import Job
+from app.settings import Settings
+from app.tasks.manager import TaskBusy, TaskManager, merge_status
+from worker.config import JobConfig
+from worker.tasks import write_merge_status
+
+ENDLESS = "tests.fakes.endless_generate"
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once `pid` no longer runs (a zombie counts as gone: it was killed, the reaper is slower)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def manager_for(tmp_path: Path, **overrides: Any) -> TaskManager:
+    manager = TaskManager(Settings(data_dir=tmp_path / "data", scheduler_enabled=False, **overrides))
+    manager.try_module = ENDLESS
+    return manager
+
+
+def test_a_job_runs_one_task_at_a_time_and_is_free_again_after_it(tmp_path: Path) -> None:
+    manager = manager_for(tmp_path)
+    claim = manager.claim(7, "try", 30)
+    with pytest.raises(TaskBusy, match="job 7 is already running a try-the-adapter generation"):
+        manager.claim(7, "merge", 30)
+    manager.claim(8, "try", 30)  # other jobs are not held up
+    manager.release(claim)
+    manager.claim(7, "merge", 30)
+
+
+def test_a_consumer_that_stops_reading_kills_the_generation_process(tmp_path: Path) -> None:
+    manager = manager_for(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def main() -> int:
+        claim = manager.claim(1, "try", 30)
+        lines = manager.generation_lines(claim, run_dir, prompt="hi", max_new_tokens=4)
+        assert await lines.__anext__() == {"side": "adapter", "token": "x"}
+        assert claim.pid is not None and psutil.pid_exists(claim.pid)
+        await lines.aclose()  # what a disconnected client's cancelled response does
+        return claim.pid
+
+    pid = asyncio.run(main())
+    assert gone(pid)
+    assert manager.running(1) is None
+    assert list((tmp_path / "data" / "tmp").iterdir()) == []  # the prompt file is removed too
+
+
+def test_a_generation_past_the_timeout_is_killed_and_says_so(tmp_path: Path) -> None:
+    manager = manager_for(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    async def main() -> tuple[list[Any], int | None]:
+        claim = manager.claim(1, "try", 0.6)
+        seen = [m async for m in manager.generation_lines(claim, run_dir, prompt="hi", max_new_tokens=4)]
+        return seen, claim.pid
+
+    seen, pid = asyncio.run(main())
+    assert seen[0] == {"side": "adapter", "token": "x"}
+    assert (
+        "error" in seen[-1]
+        and "0.6 s" in seen[-1]["error"]
+        and "TUNEBOARD_TRY_TIMEOUT_S" in seen[-1]["error"]
+    )
+    assert pid is not None and gone(pid)
+
+
+def test_an_export_whose_process_vanished_is_reported_failed_not_running_forever(tmp_path: Path) -> None:
+    write_merge_status(
+        tmp_path, state="running", stage="merging", progress=0.6, message="", pid=2**22 + 12345
+    )
+    status = merge_status(tmp_path)
+    assert status["state"] == "failed" and "start it again" in status["message"]
+    assert json.loads((tmp_path / "merge.json").read_text())["state"] == "failed"
+    write_merge_status(tmp_path, state="starting", stage="starting", progress=0.0, message="")
+    assert merge_status(tmp_path)["state"] == "starting"  # no pid yet, but just written: still starting
+
+
+def succeeded_job_with_adapter(factory: sessionmaker[Session], run_dir: Path) -> int:
+    """A succeeded job whose run directory has an adapter directory (the stand-in never reads it)."""
+    (run_dir / "adapter").mkdir(parents=True)
+    with factory() as session:
+        job = service.create_job(
+            session, config=JobConfig.model_validate({"name": "t"}), config_text="name: t\n"
+        )
+        service.transition(session, job=job, to=JobStatus.STARTING)
+        job.run_dir = str(run_dir)
+        job.token_hash = hashlib.sha256(b"x").hexdigest()
+        service.transition(session, job=job, to=JobStatus.SUCCEEDED)
+        session.commit()
+        return job.id
+
+
+def test_closing_the_try_stream_over_http_kills_the_process_and_frees_the_job(
+    live_server: Any, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    manager = TaskManager(live_server.settings)
+    manager.try_module = ENDLESS
+    live_server.app.state.tasks = manager
+    run_dir = tmp_path / "run"
+    job_id = succeeded_job_with_adapter(session_factory, run_dir)
+    url = f"{live_server.url}/api/jobs/{job_id}/try"
+    with httpx.Client(timeout=10) as http:
+        with http.stream("GET", url, params={"prompt": "hello"}) as answer:
+            assert answer.status_code == 200
+            lines = answer.iter_lines()  # held: a dropped iterator would close the connection here
+            for line in lines:
+                if line.startswith("event: token"):
+                    break
+            busy = http.get(url, params={"prompt": "again"})
+            assert busy.status_code == 409 and "already running" in busy.json()["detail"]
+            pid = int((run_dir / "endless.pid").read_text())
+        # the connection is closed here: the server notices and kills the process group
+        assert gone(pid), "the generation process outlived its client"
+        deadline = time.monotonic() + 5
+        while manager.running(job_id) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert manager.running(job_id) is None
+    with session_factory() as session:
+        assert session.get(Job, job_id) is not None
