@@ -53,12 +53,12 @@ def load_dataset_rows(
 
 def load_tokenizer(model_name: str) -> Any:
     """The tokenizer training would use for `model_name`, with the recipe's chat template if it has none."""
-    from transformers import AutoTokenizer
-
     from worker.train.loading import ModelLoadError, load_model_config, resolve_model_source
 
     try:
-        source = resolve_model_source(model_name)
+        source = resolve_model_source(model_name)  # a wrong path fails here, before transformers loads
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(source.location, revision=source.revision)
         if not getattr(tok, "chat_template", None):
             from worker.train.recipes import recipe_for
@@ -74,13 +74,14 @@ def load_tokenizer(model_name: str) -> Any:
 
 
 def histogram(lengths: Sequence[int], max_seq_len: int) -> dict[str, list[int]]:
-    """Equal-width bins from 0 covering max_seq_len and the longest row; the last bin takes any overflow."""
+    """Equal-width bins (lo, hi] from 0, one edge at max_seq_len when the width divides it, so the bins
+    starting at or past max_seq_len hold exactly the rows that will be cut; the last bin takes overflow."""
     width = max(1, math.ceil(max_seq_len / BINS_BELOW_MAX))
     top = max(max(lengths, default=0), max_seq_len)
-    n = max(1, min(MAX_BINS, top // width + 1))
+    n = max(1, min(MAX_BINS, (top - 1) // width + 2))  # +1: a bin past max_seq_len, even when empty
     counts = [0] * n
     for length in lengths:
-        counts[min(n - 1, length // width)] += 1
+        counts[min(n - 1, max(0, length - 1) // width)] += 1
     return {"bins": [i * width for i in range(n + 1)], "counts": counts}
 
 
