@@ -116,3 +116,21 @@ def test_the_generic_recipe_targets_llama_projections_and_keeps_the_head() -> No
     suffixes = {n.rsplit(".", 1)[-1] for n in recipe.lora_target_names}
     assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert len(recipe.lora_target_names) == 3 * 7
+
+
+def test_8bit_loading_also_keeps_gemmas_in_place_scaled_projection() -> None:
+    # On CUDA, bitsandbytes' 8-bit output is a view that Gemma 3n scales in place (seen on an H100 and
+    # located by preflight there); CPU int8 does not fail, so this checks the recipe's answer is applied.
+    import bitsandbytes as bnb
+
+    from worker.train.loading import load_for_training
+
+    cfg = demo_config()
+    cfg.quantization.method = "int8"
+    loaded = load_for_training(cfg, device="cpu")
+    base = dict(loaded.model.get_base_model().named_modules())
+    assert not isinstance(base["model.per_layer_model_projection"], bnb.nn.Linear8bitLt)
+    assert isinstance(base["model.layers.0.mlp.up_proj"].base_layer, bnb.nn.Linear8bitLt)
+    nf4 = recipe_for(loaded.model)
+    assert not pattern_keeps("model.per_layer_model_projection", nf4.skip_modules(method="nf4"))
+    assert pattern_keeps("model.per_layer_model_projection", nf4.skip_modules(method="int8"))

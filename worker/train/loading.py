@@ -301,7 +301,8 @@ def load_source_for_training(
     # An override replaces the recipe's judgement, so its explanations no longer apply.
     notes = list(recipe.notes) if keep_override is None else []
 
-    base_keep = recipe.keep_in_full_precision if keep_override is None else tuple(keep_override)
+    method = cfg.quantization.method
+    base_keep = tuple(recipe.skip_modules(method=method)) if keep_override is None else tuple(keep_override)
     skip: list[str] = []
     for pattern in (*base_keep, *cfg.quantization.keep_in_full_precision, *extra_keep):
         if pattern and pattern not in skip:

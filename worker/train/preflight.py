@@ -9,13 +9,14 @@ objects), keeps every module of that kind in full precision, and tries again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,51 +197,78 @@ def module_frames(exc: BaseException, model: Any) -> list[str]:
     return found
 
 
-def quantized_under(model: Any, prefix: str) -> list[str]:
-    """Clean names of the quantized (bitsandbytes) layers at or below module `prefix`."""
-    qtypes = quantized_layer_types()
-    out: list[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, qtypes) and (name == prefix or name.startswith(prefix + ".")):
-            clean = _strip(name)
-            if clean not in out:
-                out.append(clean)
-    return out
+def _is_packed(module: Any, qtypes: tuple[type, ...]) -> bool:
+    """A bitsandbytes layer, or a LoRA wrapper around one."""
+    return isinstance(module, qtypes) or isinstance(getattr(module, "base_layer", None), qtypes)
 
 
-def culprits(exc: BaseException, model: Any) -> tuple[str, list[str], list[str]]:
-    """The failing module's class, every module of that class (clean names), and their quantized layers.
+def culprits(
+    exc: BaseException, model: Any, last_packed: str | None = None
+) -> tuple[str, list[str], list[str]]:
+    """(what failed, its module names, the packed layers to keep) for a failed step; empty if unknown.
 
-    Walks outward from the innermost module frame until one owns quantized layers: an AltUp clamp fails
-    in AltUp.predict (which owns the packed Linears), a bad F.linear may fail inside the packed layer.
+    Walks outward from the innermost module frame of the traceback:
+    - a packed layer that failed itself → that layer's role (the same name in every block);
+    - a module whose own code failed → the packed layers it owns directly, in every module of its class
+      (AltUp clamps and reads its own Linears; Gemma 3n's text model scales its per-layer projection's
+      output in place). Layers nested deeper belong to submodules with their own frames.
+    If no frame names a module (a failure inside autograd), the packed layer that ran last is kept.
     """
     modules = dict(model.named_modules())
     qtypes = quantized_layer_types()
+    packed_names = list(dict.fromkeys(_strip(n) for n, m in modules.items() if isinstance(m, qtypes)))
+
+    def role_of(clean: str) -> list[str]:
+        role = re.compile(generalize_names([clean])[0])
+        return [q for q in packed_names if role.fullmatch(q)]
+
     for name in module_frames(exc, model):
         module = modules[name]
-        base = getattr(module, "base_layer", None)  # a LoRA wrapper around a packed layer
-        if isinstance(module, qtypes) or isinstance(base, qtypes):
-            # A packed layer failed itself: keep that layer's role (same name in every block), not every
-            # packed layer of the model, which would undo the quantization altogether.
+        if _is_packed(module, qtypes):
             clean = _strip(name)
-            role = re.compile(generalize_names([clean])[0])
-            same_role = [_strip(n) for n, m in modules.items() if isinstance(m, qtypes)]
-            packed = [q for q in dict.fromkeys(same_role) if role.fullmatch(q)]
-            return clean.rsplit(".", 1)[-1], [clean], packed
+            return clean.rsplit(".", 1)[-1], [clean], role_of(clean)
         same_kind = [n for n, m in modules.items() if type(m) is type(module)]
-        packed = [q for n in same_kind for q in quantized_under(model, n)]
-        if packed:
-            return type(module).__name__, [_strip(n) for n in same_kind], packed
+        owned = [
+            _strip(f"{inst}.{child_name}" if inst else child_name)
+            for inst in same_kind
+            for child_name, child in modules[inst].named_children()
+            if _is_packed(child, qtypes)
+        ]
+        if owned:
+            return type(module).__name__, [_strip(n) for n in same_kind], list(dict.fromkeys(owned))
+    if last_packed:
+        clean = _strip(last_packed)
+        return clean.rsplit(".", 1)[-1], [clean], role_of(clean)
     return "", [], []
 
 
-def patterns_for(kind_names: Sequence[str], packed: Sequence[str], current: Sequence[str]) -> list[str]:
-    """New skip patterns that keep every layer in `packed`, written from the modules' own names."""
-    new = [p for p in generalize_names(kind_names) if p not in current]
+def patterns_for(packed: Sequence[str], current: Sequence[str]) -> list[str]:
+    """New skip patterns that keep every layer in `packed`, generalised over block indices."""
+    new = [p for p in generalize_names(packed) if p not in current]
     if all(pattern_keeps(q, [*current, *new]) for q in packed):
         return new
-    # The module itself is a packed Linear wrapped oddly: fall back to the exact Linear names.
-    return [p for p in generalize_names(packed) if p not in current]
+    return [re.escape(q) for q in packed if not pattern_keeps(q, current)]  # exact names as a last resort
+
+
+@contextlib.contextmanager
+def record_last_packed(model: Any) -> Iterator[list[str]]:
+    """While active, the yielded list holds the name of the packed layer whose forward finished last."""
+    qtypes = quantized_layer_types()
+    last: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: Any, args: Any, output: Any) -> None:
+            last[:] = [name]
+
+        return record
+
+    packed: list[tuple[str, Any]] = [(n, m) for n, m in model.named_modules() if isinstance(m, qtypes)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in packed]
+    try:
+        yield last
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _short(exc: BaseException) -> str:
@@ -275,7 +303,13 @@ def run_preflight(
     config = load_model_config(source, cfg.model.trust_remote_code)
     notes: list[str] = []
     extra: list[str] = []
+    import torch
+
     tmp = Path(tempfile.mkdtemp(prefix="tuneboard-twin-"))
+    threads = torch.get_num_threads()
+    # One thread is plenty for the twin, and on a busy CPU more threads spin-wait each other: measured
+    # 0.7 s with one thread against 6-23 s with two while other processes shared the two cores.
+    torch.set_num_threads(1)
     try:
         try:
             build_twin(config, tmp)
@@ -291,11 +325,11 @@ def run_preflight(
             return result
         twin_source = ModelSource(str(tmp), None, False, True, force_vision_stub=True)
         twin_cfg = cfg.model_copy(deep=True)
-        twin_cfg.training.gradient_checkpointing = False  # one step on a tiny model: nothing to save
         twin_config_loaded = load_model_config(twin_source)
         last_error = ""
         for attempt in range(1, max_attempts + 1):
             loaded = None
+            last_packed: list[str] = []
             try:
                 loaded = load_source_for_training(
                     twin_cfg,
@@ -306,25 +340,28 @@ def run_preflight(
                     keep_override=keep_override,
                     with_tokenizer=False,
                 )
-                starved = _train_one_step(loaded.model, device)
+                with record_last_packed(loaded.model) as last_packed:
+                    starved = _train_one_step(loaded.model, device)
             except ModelLoadError as exc:
                 # modules_to_save on a packed module and the like: the loader says what to change
                 last_error = str(exc)
                 break
             except Exception as exc:
                 last_error = _short(exc)
-                model = loaded.model if loaded is not None else None
-                kind, names, packed = culprits(exc, model) if model is not None else ("", [], [])
+                if loaded is None:
+                    break  # the twin did not even load: nothing to locate
+                last = last_packed[0] if last_packed else None
+                kind, names, packed = culprits(exc, loaded.model, last)
                 if not packed:
                     break
-                skip_now = loaded.kept_in_full_precision if loaded is not None else []
-                new = patterns_for(names, packed, [*skip_now])
+                new = patterns_for(packed, loaded.kept_in_full_precision)
                 if not new:
                     break
                 extra.extend(new)
+                where = ", ".join(sorted({_group(q) for q in packed}))
                 notes.append(
-                    f"{kind} ({len(names)} module(s), e.g. {names[0]}) failed with its weights quantized "
-                    f"— {last_error} — so its {len(packed)} Linear layer(s) are kept in full precision."
+                    f"{kind} (e.g. {names[0]}) failed with quantized weights — {last_error} — so "
+                    f"{len(packed)} Linear layer(s) are kept in full precision: {where}."
                 )
                 continue
             seconds = time.monotonic() - started
@@ -360,11 +397,10 @@ def run_preflight(
         _send(report, result)
         return result
     finally:
+        torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
         if device.startswith("cuda"):  # hand the twin's memory back before the real model loads
             import gc
-
-            import torch
 
             gc.collect()
             torch.cuda.empty_cache()

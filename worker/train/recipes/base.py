@@ -77,12 +77,16 @@ class Recipe:
     chat_template: str | None = None  # used when the tokenizer has none
     supports_assistant_only_loss: bool = True  # needs a template with {% generation %} blocks
     needs_vision_stub: bool = False  # the vision tower needs timm; stub it when timm is missing
+    # Extra patterns for 8-bit only: bitsandbytes' 8-bit matmul returns a view that must not be changed in
+    # place, which some architectures do to a projection's output.
+    keep_for_int8: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)  # plain-words explanations for the run page
 
-    def skip_modules(self, extra: Iterable[str] = ()) -> list[str]:
-        """The full llm_int8_skip_modules list: the recipe's patterns plus `extra`, de-duplicated."""
+    def skip_modules(self, extra: Iterable[str] = (), method: str = "nf4") -> list[str]:
+        """The full llm_int8_skip_modules list for `method`: the recipe's patterns plus `extra`."""
         out: list[str] = []
-        for pattern in (*self.keep_in_full_precision, *extra):
+        own = (*self.keep_in_full_precision, *(self.keep_for_int8 if method == "int8" else ()))
+        for pattern in (*own, *extra):
             if pattern and pattern not in out:
                 out.append(pattern)
         return out

@@ -141,6 +141,13 @@ def gemma3n_recipe(model: Any) -> Recipe:
         and not under_any(n, towers)
         and n not in must_keep
     ]
+    # The text model scales its per-layer projection's output in place (`per_layer_projection *= ...`);
+    # an 8-bit layer's output is an autograd view that forbids that (seen on CUDA), so 8-bit keeps it.
+    int8_keep = [
+        n
+        for n in linears
+        if n.rsplit(".", 1)[-1] == "per_layer_model_projection" and not under_any(n, towers)
+    ]
     multimodal = bool(towers)
     stub = vision_tower_stub_class()
     real_vision = multimodal and not any(isinstance(m, stub) for m in model.modules())
@@ -177,5 +184,6 @@ def gemma3n_recipe(model: Any) -> Recipe:
         chat_template=GEMMA_CHAT_TEMPLATE,
         supports_assistant_only_loss=True,
         needs_vision_stub=multimodal,
+        keep_for_int8=tuple(generalize_names(int8_keep)),
         notes=tuple(notes),
     )
