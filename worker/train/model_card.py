@@ -23,20 +23,33 @@ def render_model_card(
     kept_in_full_precision: Sequence[str],
     command: str,
 ) -> str:
-    """Markdown for the adapter's README.md."""
+    """Markdown for the adapter's README.md: base model, data, metrics, preflight, how to redo it."""
     title = cfg.name or f"LoRA adapter for {cfg.model.name}"
+    method = cfg.quantization.method
+    quantized = method != "none"
+    tags = "[tuneboard, lora, qlora]" if quantized else "[tuneboard, lora]"
+    storage = (
+        f"`{method}` quantization of the frozen base weights" if quantized else "un-quantized base weights"
+    )
     lines = [
         "---",
         "library_name: peft",
         f"base_model: {cfg.model.name}",
-        "tags: [tuneboard, lora, qlora]",
+        f"tags: {tags}",
         "---",
         "",
         f"# {title}",
         "",
         f"A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha:g}) trained by Tuneboard on "
-        f"`{cfg.model.name}` (loaded from `{base_model}`) with `{cfg.quantization.method}` quantization of "
-        "the frozen base weights.",
+        f"`{cfg.model.name}` with {storage}.",
+        "",
+        "## Base model",
+        "",
+        f"- model: `{cfg.model.name}`"
+        + (f" (revision `{cfg.model.revision}`)" if cfg.model.revision else ""),
+        f"- loaded from: `{base_model}`",
+        f"- quantization: {method}"
+        + (f" (double quant: {cfg.quantization.double_quant})" if quantized else ""),
         "",
         "## Data",
         "",
@@ -54,32 +67,68 @@ def render_model_card(
     else:
         lines.append("- (none recorded)")
     lines += ["", "## Quantization", ""]
-    if kept_in_full_precision:
+    if not quantized:
+        lines.append("The base weights were not quantized (plain LoRA); the adapter can be merged into them.")
+    elif kept_in_full_precision:
         lines.append("Module patterns kept in full precision (bitsandbytes `llm_int8_skip_modules`):")
         lines += [f"- `{p}`" for p in kept_in_full_precision]
     else:
         lines.append("No modules were kept out of quantization.")
-    if preflight_notes:
-        lines += ["", "## Preflight notes", ""]
-        lines += [f"- {n}" for n in preflight_notes]
+    lines += ["", "## Preflight notes", ""]
+    lines += [f"- {n}" for n in preflight_notes] if preflight_notes else ["- (none)"]
+    lines += ["", "## Use it", ""]
+    if quantized:
+        lines += [
+            "Load the base with the same quantization settings (`tuneboard_quantization.json` holds them), "
+            "then attach the adapter:",
+            "",
+            "```python",
+            "import json, torch",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, BitsAndBytesConfig",
+            "q = json.load(open('tuneboard_quantization.json'))",
+            "base = AutoModelForCausalLM.from_pretrained(",
+            f"    '{cfg.model.name}',",
+            "    quantization_config=BitsAndBytesConfig(",
+            *(
+                ["        load_in_8bit=True,"]
+                if method == "int8"
+                else [
+                    "        load_in_4bit=True, bnb_4bit_quant_type=q['method'],",
+                    "        bnb_4bit_use_double_quant=q['double_quant'],",
+                    "        bnb_4bit_compute_dtype=torch.bfloat16,",
+                ]
+            ),
+            "        llm_int8_skip_modules=q['llm_int8_skip_modules'],",
+            "    ),",
+            ")",
+            "model = PeftModel.from_pretrained(base, 'path/to/this/adapter')",
+            "```",
+        ]
+    else:
+        lines += [
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            f"base = AutoModelForCausalLM.from_pretrained('{cfg.model.name}')",
+            "model = PeftModel.from_pretrained(base, 'path/to/this/adapter')",
+            "merged = model.merge_and_unload()  # optional: one plain model, no PEFT needed to run it",
+            "```",
+        ]
     lines += [
-        "",
-        "## Use it",
-        "",
-        "Load the base model with the same quantization settings (the skip list above), then:",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, 'path/to/this/adapter')",
-        "```",
         "",
         "## Reproduce",
         "",
-        "The full config is in `tuneboard_config.json` next to this file:",
+        f"The full config (seed {cfg.training.seed} included) is in `tuneboard_config.json` next to this "
+        "file. "
+        "Train it again with:",
         "",
         "```",
         command,
         "```",
+        "",
+        "or queue it on a Tuneboard dashboard: `curl -X POST http://HOST:8000/api/jobs "
+        "-H 'Content-Type: application/json' --data @tuneboard_config.json`.",
         "",
         "```json",
         json.dumps(config_to_dict(cfg), indent=2),
