@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.auth import UnprotectedBindError, store
 from app.auth.routes import MAX_FAILURES, safe_next
 from app.auth.sessions import SESSION_COOKIE, make_session, session_valid
-from app.auth.store import auth_path, create_token, load_auth, revoke_token, set_password
+from app.auth.store import AuthError, auth_path, create_token, load_auth, revoke_token, set_password
 from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import metric_event
@@ -146,6 +146,17 @@ def test_an_api_token_works_and_a_revoked_token_is_refused(
     assert refused.status_code == 401
     assert "invalid or revoked API token" in refused.json()["detail"]
     assert exposed_client.get("/api/jobs", headers={"Authorization": "Bearer tb_made-up"}).status_code == 401
+
+
+def test_token_names_must_be_plain_and_unique(settings: Settings) -> None:
+    create_token(settings.data_dir, "laptop")
+    with pytest.raises(AuthError, match="exists already"):
+        create_token(settings.data_dir, "laptop")
+    for bad in ("../up", "with space", "", "x" * 65):
+        with pytest.raises(AuthError, match="invalid token name"):
+            create_token(settings.data_dir, bad)
+    with pytest.raises(AuthError, match="no token named 'desk'; existing tokens: laptop"):
+        revoke_token(settings.data_dir, "desk")
 
 
 def test_auth_json_is_private_and_holds_no_plain_secret(exposed: Settings) -> None:
