@@ -16,6 +16,7 @@ hidden token field.
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -236,7 +237,7 @@ def _unauthorized(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
-def request_principal(scope: dict[str, Any]) -> Principal | None:
+def request_principal(scope: MutableMapping[str, Any]) -> Principal | None:
     """The Principal the middleware attached to a request (None: anonymous, or auth is off)."""
     state = scope.get("state") or {}
     principal = state.get("principal")
