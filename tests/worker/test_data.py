@@ -32,11 +32,12 @@ CHAT = {
 
 
 @pytest.fixture(scope="module")
-def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("cache")
-        mp.setenv("TUNEBOARD_CACHE_DIR", str(path))
-        yield path
+def preset_cache() -> Iterator[Path]:
+    from tests.worker.training_runs import PRESET_CACHE
+
+    with pytest.MonkeyPatch.context() as mp:  # the training children reuse the presets built here
+        mp.setenv("TUNEBOARD_CACHE_DIR", str(PRESET_CACHE))
+        yield PRESET_CACHE
 
 
 @pytest.fixture(scope="module", params=["tiny-gemma3n", "tiny-llama"])

@@ -23,7 +23,7 @@ from worker.protocol import RunDir, read_spool
 REPO = Path(__file__).resolve().parents[2]
 _ROOT = Path(tempfile.mkdtemp(prefix="tuneboard-train-tests-"))
 atexit.register(shutil.rmtree, _ROOT, True)
-_CACHE = _ROOT / "cache"  # one preset cache for every child of this test session
+PRESET_CACHE = _ROOT / "cache"  # one preset cache for every child (and test) of this session
 _FINISHED: dict[str, FinishedRun] = {}
 
 
@@ -69,7 +69,7 @@ def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
-            "TUNEBOARD_CACHE_DIR": str(_CACHE),
+            "TUNEBOARD_CACHE_DIR": str(PRESET_CACHE),
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
