@@ -85,6 +85,8 @@ class Reporter:
     def emit(self, kind: EventKind | str, step: int, payload: dict[str, Any] | None = None) -> int:
         """Spool one event and queue it for sending; returns its seq. Never blocks on the network."""
         with self._lock:
+            if self._spool.closed:  # after close(): a late heartbeat from the sender thread
+                return -1
             seq = self._next_seq
             self._next_seq += 1
             event = make_event(seq, EventKind(kind), int(step), payload or {}, time.time())
