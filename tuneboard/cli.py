@@ -82,12 +82,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="SQLite file, run directories, uploads.")] = None,
 ) -> None:
-    """Start the dashboard (migrates the database first)."""
+    """Start the dashboard (migrates the database first; TUNEBOARD_PASSWORD, if set, becomes the password)."""
     from app.auth import UnprotectedBindError, refuse_unprotected_bind
-    from app.auth.store import AuthError
+    from app.auth.store import AuthError, load_auth, set_password
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     try:
+        # containers pass the password in the environment (docker-compose.yml): store its hash on start
+        env_password = os.environ.get("TUNEBOARD_PASSWORD")
+        if env_password and not load_auth(settings.data_dir).verify_password(env_password):
+            set_password(settings.data_dir, env_password)
         refuse_unprotected_bind(settings)
     except (UnprotectedBindError, AuthError) as exc:
         raise CliError(str(exc)) from None

@@ -70,7 +70,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_on_all_interfaces_with_a_token_starts_and_the_cli_sends_the_token(tmp_path: Path) -> None:
+def test_serve_on_all_interfaces_with_auth_starts_and_the_cli_sends_the_token(tmp_path: Path) -> None:
     token = create_token(tmp_path, "ci")
     port = _free_port()
     server = subprocess.Popen(
@@ -93,6 +93,7 @@ def test_serve_on_all_interfaces_with_a_token_starts_and_the_cli_sends_the_token
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("TUNEBOARD_")},
             "TUNEBOARD_SCHEDULER_ENABLED": "false",
+            "TUNEBOARD_PASSWORD": "from the environment",  # as docker-compose.yml passes it
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -108,6 +109,8 @@ def test_serve_on_all_interfaces_with_a_token_starts_and_the_cli_sends_the_token
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(0.2)
         assert httpx.get(f"{url}/api/jobs").status_code == 401
+        login = httpx.post(f"{url}/login", data={"password": "from the environment", "next": "/"})
+        assert login.status_code == 303 and "tuneboard_session" in login.headers["set-cookie"]
 
         refused = run_cli("ls", "--server", url)
         assert_one_line_error(refused, "401", "tuneboard auth create-token")
