@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class TaskClaim:
     started: float
     timeout_s: float
     pid: int | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 _KIND_WORDS = {"try": "a try-the-adapter generation", "merge": "a merged-model export"}
@@ -94,7 +93,6 @@ class TaskManager:
         """Free the job for its next task (only if `claim` is still the job's current one)."""
         if self._claims.get(claim.job_id) is claim:
             del self._claims[claim.job_id]
-        claim.done.set()
 
     def command(self, module: str, *args: str) -> list[str]:
         """The argv of a task process."""
@@ -106,11 +104,6 @@ class TaskManager:
         env["CUDA_VISIBLE_DEVICES"] = self.settings.task_gpus
         env["PYTHONUNBUFFERED"] = "1"
         return env
-
-    async def stop(self) -> None:
-        """Cancel the export supervisors (their processes keep going and finish their merge.json)."""
-        for task in list(self._supervisors):
-            task.cancel()
 
     # ----------------------------------------------------------------------------------- try the adapter
 

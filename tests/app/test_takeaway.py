@@ -122,8 +122,27 @@ def test_the_adapter_zip_loads_with_plain_peft_and_reproduces_the_workers_logits
     answer = client.get(f"/api/jobs/{job_id}/adapter")
     assert answer.status_code == 200
     adapter = unzip(answer.content, tmp_path / "adapter")
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "tuneboard_config.json",
+        "tuneboard_quantization.json",
+        REFERENCE_LOGITS,
+    ):
         assert (adapter / name).is_file(), name
+    card = (adapter / "README.md").read_text(encoding="utf-8")
+    for expected in (
+        "preset:tiny-llama",
+        "fingerprint",
+        "## Final metrics",
+        "## Preflight notes",
+        "tuneboard train",
+    ):
+        assert expected in card, expected
     model = PeftModel.from_pretrained(base_model(run), str(adapter)).eval()
     logits, reference = logits_for(model, run)
     # the same fp32 weights and the same adapter, unquantized: equal up to float rounding
