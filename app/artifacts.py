@@ -49,6 +49,9 @@ def adapter_dir(run_dir: str | None, adapter_path: str | None) -> Path:
     if not run_dir:
         raise ArtifactMissing("this job has not started yet, so it has no adapter; wait until it succeeds")
     target = contained_path(Path(run_dir), adapter_path or "adapter")
+    if target == Path(run_dir).resolve():
+        # the run directory also holds job.json (the worker's token) and config.json: never zip it whole
+        raise ArtifactError("the adapter path names the whole run directory; refusing to zip it")
     if not target.is_dir():
         raise ArtifactMissing(
             "the adapter does not exist yet; it is written when training finishes successfully"

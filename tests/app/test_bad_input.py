@@ -145,6 +145,27 @@ def test_an_adapter_directory_linked_outside_the_run_dir_is_not_served(
     assert list((client.app.state.settings.data_dir / "tmp").glob("*")) == []  # type: ignore[attr-defined]
 
 
+def test_an_adapter_path_naming_the_whole_run_dir_is_not_zipped(
+    client: TestClient,
+    started_job,  # type: ignore[no-untyped-def]
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.json").write_text('{"token": "worker-secret"}')
+    job_id = started_job(run_dir=run_dir)
+    for adapter_path in (".", "adapter/..", str(run_dir)):
+        with session_factory() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.adapter_path = adapter_path
+            s.commit()
+        response = client.get(f"/api/jobs/{job_id}/adapter")
+        assert response.status_code == 409, adapter_path
+        assert "worker-secret" not in response.text
+
+
 def test_a_checkpoint_linked_outside_the_run_dir_is_not_served(
     client: TestClient,
     started_job,
