@@ -74,7 +74,8 @@ def test_a_preset_dataset_is_generated_and_inspected_with_its_format() -> None:
     assert fmt == "prompt_completion" and len(rows) == 16
     tok = load_tokenizer("preset:tiny-gemma3n")
     out = inspect_rows(rows, fmt, tok, max_seq_len=16, preview_rows=2)
-    assert out["total"] == 16 and len(out["rows"]) == 2
+    assert out["total"] == 16
+    assert [r["row"] for r in out["rows"]] == [1, 2, 3, 4]  # 2 first rows + 2 more that get cut
     assert rows[0]["prompt"] + rows[0]["completion"] in out["rows"][0]["rendered"]
     # byte-level tokens: "Upper case: word ->" + " WORD" + BOS/EOS is at least 24 tokens, at most 30
     assert out["over_max"] == 16
@@ -94,3 +95,15 @@ def test_histogram_keeps_an_empty_bin_past_max_seq_len() -> None:
     h = histogram([5, 16], 16)
     assert h["bins"] == list(range(18)) and h["counts"][-1] == 0 and sum(h["counts"]) == 2
     assert histogram([], 64)["counts"] == [0] * 17
+
+
+def test_rows_past_max_seq_len_join_the_preview_when_the_first_rows_fit() -> None:
+    from worker.datasets.inspect import load_tokenizer
+
+    rows = [SHORT, SHORT, LONG, SHORT, LONG, LONG]
+    out = inspect_rows(
+        rows, "messages", load_tokenizer("preset:tiny-gemma3n"), max_seq_len=128, preview_rows=1
+    )
+    assert [r["row"] for r in out["rows"]] == [1, 3, 5]  # the first row, then two of the three long ones
+    assert out["rows"][1]["segments"][-1]["kind"] == "cut"
+    assert out["over_max"] == 3

@@ -23,6 +23,7 @@ from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
 from worker.datasets.validate import DatasetError, DatasetInvalid, check_file, detect_format
 
 PREVIEW_ROWS = 5
+OVER_MAX_SHOWN = 2  # rows past max_seq_len added to the preview when the first rows all fit
 MAX_INSPECTED_ROWS = 20_000  # token lengths of more rows than this take too long for an interactive answer
 BINS_BELOW_MAX = 16  # histogram bins from 0 to max_seq_len
 MAX_BINS = 32
@@ -112,18 +113,26 @@ def inspect_rows(
     inspected = rows[:MAX_INSPECTED_ROWS]
     lengths: list[int] = []
     preview: list[dict[str, Any]] = []
+
+    def shown(index: int, example: dict[str, list[int]]) -> dict[str, Any]:
+        ids = example["input_ids"]
+        return {
+            "row": index + 1,
+            "rendered": tok.decode(ids, skip_special_tokens=False),
+            "tokens": len(ids),
+            "segments": _segments(tok, ids, example["labels"], max_seq_len),
+        }
+
     for i, row in enumerate(inspected):
         example, _ = tokenize_row(row, fmt, tok, unbounded, assistant_only_loss=True)
-        ids = example["input_ids"]
-        lengths.append(len(ids))
+        lengths.append(len(example["input_ids"]))
         if i < preview_rows:
-            preview.append(
-                {
-                    "rendered": tok.decode(ids, skip_special_tokens=False),
-                    "tokens": len(ids),
-                    "segments": _segments(tok, ids, example["labels"], max_seq_len),
-                }
-            )
+            preview.append(shown(i, example))
+    # what max_seq_len cuts matters most: show a few rows that go past it too, if the first ones do not
+    over = [i for i, n in enumerate(lengths) if n > max_seq_len and i >= preview_rows][:OVER_MAX_SHOWN]
+    for i in over if preview_rows else []:
+        example, _ = tokenize_row(inspected[i], fmt, tok, unbounded, assistant_only_loss=True)
+        preview.append(shown(i, example))
     return {
         "rows": preview,
         "histogram": histogram(lengths, max_seq_len),
