@@ -74,12 +74,12 @@ def submit_text(
     return create_job(session, config=config, config_text=text, parent_job_id=parent_job_id)
 
 
-MAX_JOB_ID = 2**63 - 1
+MAX_JOB_ID = 2**31 - 1  # job.id is INTEGER: 32-bit signed on PostgreSQL
 
 
 def get_job(session: Session, job_id: int) -> Job:
     """The job with this id; raises JobNotFound."""
-    if not 0 < job_id <= MAX_JOB_ID:  # SQLite and PostgreSQL ids are 64-bit: a bigger one cannot exist
+    if not 0 < job_id <= MAX_JOB_ID:  # a bigger id cannot exist (and PostgreSQL would refuse the query)
         raise JobNotFound(job_id)
     job = session.get(Job, job_id)
     if job is None:

@@ -95,6 +95,8 @@ class ParsedEvent:
 
 
 _INT64 = 2**63
+# seq and step live in INTEGER columns: 32-bit signed on PostgreSQL (a bigger value is a 500 there)
+_INT32_MAX = 2**31 - 1
 
 
 def _is_int(value: Any) -> bool:
@@ -125,12 +127,12 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
         before = len(problems)
         seq, kind, step = ev.get("seq"), ev.get("kind"), ev.get("step", 0)
         ts, payload = ev.get("ts"), ev.get("payload", {})
-        if not _is_int(seq) or seq < 1:  # type: ignore[operator]
-            problems[f"{where}.seq"] = f"must be a positive integer (got {seq!r})"
+        if not _is_int(seq) or not 1 <= seq <= _INT32_MAX:  # type: ignore[operator]
+            problems[f"{where}.seq"] = f"must be an integer from 1 to {_INT32_MAX} (got {seq!r})"
         if kind not in _KINDS:
             problems[f"{where}.kind"] = f"must be one of {', '.join(sorted(_KINDS))} (got {kind!r})"
-        if not _is_int(step) or step < 0:
-            problems[f"{where}.step"] = f"must be a non-negative integer (got {step!r})"
+        if not _is_int(step) or not 0 <= step <= _INT32_MAX:
+            problems[f"{where}.step"] = f"must be an integer from 0 to {_INT32_MAX} (got {step!r})"
         if ts is None:
             ts = utcnow().timestamp()
         elif not _is_number(ts) or not math.isfinite(ts):

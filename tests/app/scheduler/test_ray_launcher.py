@@ -30,6 +30,7 @@ import uvicorn
 from app.main import create_app
 from app.settings import Settings
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
+from tests.worker.training_runs import PRESET_CACHE, demo_dict
 
 RAY_START_TIMEOUT_S = 90
 
@@ -80,6 +81,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
             "OMP_NUM_THREADS": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # real training jobs share the test session's preset cache (tests/worker/training_runs.py)
+            "TUNEBOARD_CACHE_DIR": str(PRESET_CACHE),
         }
     )
     argv = [
@@ -244,3 +247,26 @@ def test_a_wrong_ray_token_fails_the_job_with_a_reason_naming_the_setting(serve:
         done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
     assert done["status"] == "failed"
     assert "TUNEBOARD_RAY_AUTH_TOKEN" in done["failure_reason"]
+
+
+@pytest.mark.training
+def test_the_real_worker_trains_on_a_remote_ray_node_and_its_adapter_downloads_from_the_app(
+    serve: Any, ray_settings: Settings, tmp_path: Path
+) -> None:
+    config = demo_dict(max_steps=2, save_steps=2, eval_steps=0)  # tiny Gemma 3n, nf4, on CPU
+    with serve(worker_module="worker.train", ray_remote_runs_dir=str(tmp_path / "node-disk")) as client:
+        created = client.post("/api/jobs", json=config)
+        assert created.status_code == 201, created.text
+        job_id = int(created.json()["id"])
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", f"{done['failure_reason']}\n{done['stderr_tail']}"
+        loss = client.get(f"/api/jobs/{job_id}/metrics", params={"keys": "loss"}).json()["series"]["loss"]
+        assert [point[0] for point in loss] == [1, 2]
+        adapter = client.get(f"/api/jobs/{job_id}/adapter")
+        assert adapter.status_code == 200, adapter.text
+        names = set(zipfile.ZipFile(io.BytesIO(adapter.content)).namelist())
+        assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= names
+    app_run = ray_settings.runs_dir / f"job-{job_id}"
+    assert (app_run / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()  # uploaded, marker included
+    assert json.loads((app_run / "outcome.json").read_text())["status"] == "succeeded"
+    assert not (app_run / "events.jsonl").exists()  # the spool stayed on the node; events came over HTTP
