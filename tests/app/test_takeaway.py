@@ -257,29 +257,6 @@ def test_metrics_csv_and_json_hold_every_stored_point_with_non_finite_values_spe
     assert math.isnan(float(from_csv[("loss", 50)]))
 
 
-def test_metric_exports_page_through_many_points_in_chunks(
-    session_factory: sessionmaker[Session], started_job: Any
-) -> None:
-    from app.artifacts import metrics_csv, metrics_json
-
-    job_id = started_job()
-    with session_factory() as session:
-        session.add_all(
-            MetricPoint(job_id=job_id, key=key, step=step, value=step * 0.5, ts=0.0)
-            for step in range(1, 251)
-            for key in ("a", "b", "c")
-            if not (key == "b" and step % 7 == 0)  # gaps: keys without a point at some steps
-        )
-        session.commit()
-    text = "".join(metrics_csv(session_factory, job_id, chunk_rows=13))  # chunk edges fall inside steps
-    rows = text.strip().split("\n")
-    assert rows[0] == "step,a,b,c" and len(rows) == 251
-    assert rows[7] == "7,3.5,,3.5" and rows[8] == "8,4.0,4.0,4.0"
-    body = json.loads("".join(metrics_json(session_factory, job_id, chunk_rows=13)))
-    assert [len(body["series"][k]) for k in "abc"] == [250, 250 - 35, 250]
-    assert body["series"]["c"][-1] == [250, 125.0]
-
-
 # ------------------------------------------------------------------------------------------- merged export
 
 
