@@ -191,7 +191,7 @@ def child_env(parent: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-_SECRET_WORDS = ("DATABASE", "PASSWORD", "SECRET", "TOKEN", "KEY")
+_SECRET_WORDS = ("DATABASE", "POSTGRES", "PASSWORD", "SECRET", "TOKEN", "KEY")
 
 
 def _alive(proc: psutil.Process) -> bool:
