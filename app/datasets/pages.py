@@ -69,7 +69,8 @@ async def upload_dataset_page(request: Request, session: SessionDep, settings: S
         context = _list_context(session, settings, error=str(exc.detail))
         return templates.TemplateResponse(request, "datasets.html", context, status_code=exc.status_code)
     if problems is not None or dataset is None:
-        context = _list_context(session, settings, error=problems and problems["detail"], problems=problems)
+        detail = str(problems["detail"]) if problems else "the upload could not be stored; try again"
+        context = _list_context(session, settings, error=detail, problems=problems)
         return templates.TemplateResponse(request, "datasets.html", context, status_code=422)
     note = "uploaded" if created else "existing"
     return RedirectResponse(f"/datasets/{dataset.id}?{note}=1", status_code=303)

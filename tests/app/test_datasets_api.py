@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.scheduler.launcher import LaunchSpec
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
 from worker.config import parse_config
@@ -165,8 +168,7 @@ def test_a_job_on_an_uploaded_csv_validates_and_the_worker_loads_the_stored_rows
     job = client.get(f"/api/jobs/{r.json()['id']}").json()
     cfg = parse_config(job["config"])
     assert cfg.dataset.source == source
-    # the scheduler hands the workers the datasets dir; the worker's own loader reads the stored file
-    assert make_launcher(settings).extra_env["TUNEBOARD_DATASETS_DIR"] == str(settings.datasets_dir)  # type: ignore[attr-defined]
+    # the worker's own loader reads the stored file, found through the env the scheduler sets
     monkeypatch.setenv("TUNEBOARD_DATASETS_DIR", str(settings.datasets_dir))
     rows = load_rows(cfg)
     assert rows == [{"messages": [USER, ASSISTANT]}] * 2  # CSV's JSON cells were stored as lists
@@ -206,3 +208,17 @@ def test_preview_parameters_are_checked_before_any_subprocess(client: TestClient
     r = client.get(f"/api/datasets/{made['id']}/preview", params={"max_seq_len": 0})
     assert r.status_code == 422 and "max_seq_len must be between 1" in r.json()["detail"]
     assert client.get("/api/datasets/nope/preview").status_code == 404
+
+
+def test_launched_workers_are_told_where_uploads_live(settings: Settings, tmp_path: Path) -> None:
+    launcher = make_launcher(settings.model_copy(update={"worker_module": "tests.fakes.fake_trainer"}))
+    run_dir = tmp_path / "job-1"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"name": "sleep=0"}), encoding="utf-8")
+    handle = launcher.launch(LaunchSpec(job_id=1, run_dir=run_dir, gpus=(), attempt=1))
+    deadline = time.monotonic() + 60
+    while launcher.poll(handle) is None:
+        assert time.monotonic() < deadline, (run_dir / "stderr.log").read_text()
+        time.sleep(0.05)
+    seen = json.loads((run_dir / "fake-env.json").read_text(encoding="utf-8"))
+    assert "TUNEBOARD_DATASETS_DIR" in seen["tuneboard_env"]
