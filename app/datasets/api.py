@@ -54,7 +54,41 @@ async def accept_upload(
     return upload, dataset, created, None
 
 
-@router.post("/datasets", status_code=201, response_model=service.DatasetSummary, responses=_UPLOAD_RESPONSES)
+# the body is parsed by hand (streamed with a cap), so its shape is declared here for /docs
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".jsonl/.json/.csv/.parquet",
+                        },
+                        "name": {
+                            "type": "string",
+                            "maxLength": 200,
+                            "description": "Display name (optional)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=service.DatasetSummary,
+    responses=_UPLOAD_RESPONSES,
+    openapi_extra=_UPLOAD_BODY,
+)
 async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep) -> JSONResponse:
     """Upload a .jsonl/.json/.csv/.parquet file (multipart field `file`, optional `name`); stored once."""
     _upload, dataset, created, problems = await accept_upload(request, settings, session)
