@@ -15,6 +15,7 @@ hidden token field.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -112,6 +113,18 @@ def cross_site_reason(scope: Scope, headers: Headers, settings: Settings) -> str
     return None
 
 
+def reached_over_the_network(scope: Scope) -> bool:
+    """True when the request came in on a non-loopback local address (the app listens beyond loopback)."""
+    server = scope.get("server")
+    if not server:
+        return False
+    try:
+        address = ipaddress.ip_address(str(server[0]).strip("[]"))
+    except ValueError:
+        return False  # a name, not an address (test clients, unix sockets): nothing to judge
+    return not address.is_loopback
+
+
 def _bearer(headers: Headers) -> str | None:
     value = headers.get("authorization")
     if value is None:
@@ -196,6 +209,15 @@ class AuthMiddleware:
         required = self.settings.auth_required or state.configured
         principal: Principal | None = None
         open_path = is_open_path(method, path)
+        if not required and reached_over_the_network(scope) and not open_path:
+            # started some other way than `tuneboard serve` (e.g. uvicorn --host 0.0.0.0): still no open door
+            return JSONResponse(
+                {
+                    "detail": "this dashboard has no password or API token, so it answers only on loopback; "
+                    "set one with `tuneboard auth set-password` (or reach it through an SSH tunnel)"
+                },
+                status_code=403,
+            )
         if bearer is not None and not is_worker_route(method, path):
             name = state.token_name(bearer) if bearer else None
             if name is not None:

@@ -61,6 +61,18 @@ def test_a_non_loopback_app_without_auth_refuses_to_start(settings: Settings) ->
             pass
 
 
+def test_without_auth_only_loopback_connections_are_served(settings: Settings) -> None:
+    # as if started with `uvicorn --host 0.0.0.0` (bypassing the start-up check) and reached on a LAN address
+    with TestClient(create_app(settings), base_url="http://192.168.1.20:8000") as c:
+        refused = c.get("/api/jobs")
+        assert refused.status_code == 403
+        assert "tuneboard auth set-password" in refused.json()["detail"]
+        assert c.post("/api/jobs/demo").status_code == 403
+        assert c.get("/api/health").status_code == 200
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/jobs").status_code == 200
+
+
 def test_anonymous_requests_are_refused_on_a_non_loopback_bind(exposed_client: TestClient) -> None:
     c = exposed_client
     api = c.get("/api/jobs")
