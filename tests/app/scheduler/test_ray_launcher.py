@@ -11,6 +11,7 @@ import io
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,6 +29,9 @@ import pytest
 import uvicorn
 
 from app.main import create_app
+from app.scheduler.launcher import LaunchSpec
+from app.scheduler.ray_launcher import RayLauncher
+from app.scheduler.runner import make_launcher
 from app.settings import Settings
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
@@ -270,3 +274,49 @@ def test_the_real_worker_trains_on_a_remote_ray_node_and_its_adapter_downloads_f
     assert (app_run / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()  # uploaded, marker included
     assert json.loads((app_run / "outcome.json").read_text())["status"] == "succeeded"
     assert not (app_run / "events.jsonl").exists()  # the spool stayed on the node; events came over HTTP
+
+
+def test_the_entrypoint_quotes_every_word_so_ray_s_shell_runs_exactly_the_worker(settings: Settings) -> None:
+    settings.ray_address = "http://ray-head:8265"
+    settings.ray_worker_python = "/opt/my python/bin/python"
+    launcher = RayLauncher(settings)
+    hostile = "/data/runs/job-1; touch pwned"
+    assert shlex.split(launcher.entrypoint(hostile)) == [
+        "/opt/my python/bin/python",
+        "-m",
+        settings.worker_module,
+        hostile,
+    ]
+
+
+def test_remote_mode_sends_config_and_job_in_the_runtime_env_and_asks_for_uploads(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings.ray_address = "http://ray-head:8265"
+    settings.ray_remote_runs_dir = "/scratch/runs"
+    settings.ray_stop_wait_s = 77
+    run = tmp_path / "job-5"
+    run.mkdir()
+    (run / "config.json").write_text('{"name": "x"}')
+    (run / "job.json").write_text('{"job_id": 5, "app_url": "http://app:8000", "token": "t"}')
+    launcher = RayLauncher(settings)
+    spec = LaunchSpec(job_id=5, run_dir=run, gpus=("0",), attempt=1)
+    env = launcher.runtime_env(spec)["env_vars"]
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "77"
+    assert json.loads(env["TUNEBOARD_CONFIG_JSON"]) == {"name": "x"}
+    assert json.loads(env["TUNEBOARD_JOB_JSON"]) == {
+        "job_id": 5,
+        "app_url": "http://app:8000",
+        "token": "t",
+        "upload": True,
+    }
+    assert launcher.worker_run_dir(run, 5) == "/scratch/runs/job-5"
+    settings.ray_remote_runs_dir = None  # shared storage: the node uses the app's path, nothing in the env
+    shared = RayLauncher(settings)
+    assert "TUNEBOARD_JOB_JSON" not in shared.runtime_env(spec)["env_vars"]
+    assert shared.worker_run_dir(run, 5) == str(run)
+
+
+def test_the_ray_launcher_without_an_address_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TUNEBOARD_RAY_ADDRESS"):
+        make_launcher(Settings(data_dir=tmp_path, launcher="ray"))
