@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from app.auth.sessions import SESSION_COOKIE, make_session
 from app.auth.store import AuthCache
 
 router = APIRouter(tags=["auth"], include_in_schema=False)
+log = logging.getLogger(__name__)
 
 # a password guesser gets this many tries per client address and window
 MAX_FAILURES = 10
@@ -134,6 +136,7 @@ async def login(request: Request) -> Response:
     ok = isinstance(password, str) and await anyio.to_thread.run_sync(state.verify_password, password)
     if not ok:
         throttle.failed(client)
+        log.warning("failed dashboard login from %s", client)  # never the password itself
         return _render(request, next_url=next_url, error="Wrong password.", status_code=401)
     throttle.succeeded(client)
     settings = request.app.state.settings
