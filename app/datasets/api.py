@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,14 +38,18 @@ async def accept_upload(
     The caller owns nothing on disk afterwards: the temp file is always removed here.
     """
     upload = await receive_upload(request, tmp_dir=settings.data_dir / "tmp", limit=settings.max_upload_bytes)
+    staging: Path | None = None
     try:
+        # checking and writing the file come first: the database (and SQLite's write lock) only after
         checked = await anyio.to_thread.run_sync(service.check_upload, upload)
+        staging = await anyio.to_thread.run_sync(service.stage_files, settings, upload, checked)
         store = partial(
             service.store_upload,
             session,
             settings=settings,
             upload=upload,
             checked=checked,
+            staging=staging,
             name=upload.fields.get("name", ""),
         )
         dataset, created = await anyio.to_thread.run_sync(store)
@@ -51,6 +57,8 @@ async def accept_upload(
         return upload, None, False, service.problems_payload(exc, filename=upload.filename)
     finally:
         upload.discard()
+        if staging is not None:  # not moved into place (cancelled in between): remove it
+            shutil.rmtree(staging, ignore_errors=True)
     return upload, dataset, created, None
 
 

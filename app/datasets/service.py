@@ -149,33 +149,38 @@ def check_upload(upload: ReceivedUpload) -> CheckedDataset:
     return check_file(upload.path, suffix=suffix, name=shown)
 
 
-def _write_files(
-    settings: Settings, dataset_id: str, upload: ReceivedUpload, checked: CheckedDataset
-) -> None:
-    """Put data.jsonl in place atomically (a staging directory renamed into DATA_DIR/datasets/<id>)."""
-    final = settings.datasets_dir / dataset_id
-    if (final / DATA_FILE).is_file():
-        return  # the same bytes were stored before (content-addressed)
+def stage_files(settings: Settings, upload: ReceivedUpload, checked: CheckedDataset) -> Path:
+    """Write data.jsonl into a new staging directory under DATA_DIR/datasets (no database involved, so the
+    slow part happens before the write lock is taken); `store_upload` renames it into place."""
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=settings.datasets_dir))
+    target = staging / DATA_FILE
     try:
-        target = staging / DATA_FILE
         if Path(upload.filename).suffix.lower() == ".jsonl":
-            shutil.copyfile(upload.path, target)  # byte for byte: line numbers stay true
+            # byte for byte, so the checker's line numbers stay true; a move, not a copy (same file system)
+            shutil.move(upload.path, target)
         else:
             with target.open("w", encoding="utf-8") as fh:
                 for row in checked.rows:
                     fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        if final.exists():
-            shutil.rmtree(final)  # an incomplete directory left by a crash: never has data.jsonl
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / DATA_FILE).is_file():  # else a concurrent upload of the same bytes won
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
+    """Rename the staging directory to DATA_DIR/datasets/<id> unless a complete copy is already there."""
+    final = settings.datasets_dir / dataset_id
+    if (final / DATA_FILE).is_file():
+        return  # the same bytes were stored before (content-addressed)
+    if final.exists():
+        shutil.rmtree(final)  # an incomplete directory left by a crash: it never has data.jsonl
+    try:
+        os.rename(staging, final)  # atomic: the worker sees all of data.jsonl or nothing
+    except OSError:
+        if not (final / DATA_FILE).is_file():  # else a concurrent upload of the same bytes won
+            raise
 
 
 def _free_id(session: Session, sha256: str) -> str:
@@ -192,15 +197,24 @@ def _by_sha(session: Session, sha256: str) -> Dataset | None:
 
 
 def store_upload(
-    session: Session, *, settings: Settings, upload: ReceivedUpload, checked: CheckedDataset, name: str = ""
+    session: Session,
+    *,
+    settings: Settings,
+    upload: ReceivedUpload,
+    checked: CheckedDataset,
+    staging: Path,
+    name: str = "",
 ) -> tuple[Dataset, bool]:
-    """Store a checked upload once: (dataset, True) when new, (the existing one, False) for known bytes."""
-    existing = _by_sha(session, upload.sha256)
+    """Store a checked, staged upload once: (dataset, True) when new, (the existing one, False) for known
+    bytes. The staging directory is used or removed."""
+    try:
+        existing = _by_sha(session, upload.sha256)
+        dataset_id = existing.id if existing is not None else _free_id(session, upload.sha256)
+        _place(settings, staging, dataset_id)  # also restores the files of a known dataset removed by hand
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if existing is not None:
-        _write_files(settings, existing.id, upload, checked)  # restores files removed by hand
         return existing, False
-    dataset_id = _free_id(session, upload.sha256)
-    _write_files(settings, dataset_id, upload, checked)
     display = (name.strip() or Path(upload.filename).stem or dataset_id)[:200]
     dataset = Dataset(
         id=dataset_id,
