@@ -84,6 +84,8 @@
         });
       }
       if (!finished) showError("The answer stopped early (connection closed); try again.");
+      // an answer of only spaces and newlines (or none at all) would look like nothing happened
+      Object.values(outputs).forEach((o) => { if (o) o.dataset.blank = String(!o.textContent.trim()); });
     } catch (err) {
       if (err.name !== "AbortError") showError("Could not reach the server: " + err.message);
     } finally {

@@ -4,7 +4,7 @@ One process loads the base once (quantized as it was trained), attaches the adap
 twice with greedy decoding: with the adapter, then with it disabled (PEFT's `disable_adapter()`), so the two
 answers differ only by what training changed. Output, one JSON object per line, flushed as text arrives:
 
-    {"side": "adapter", "token": "..."}   ... then {"side": "base", "token": "..."} ...
+    {"side": "adapter", "token": "..."}   (one per generated token)  ... then {"side": "base", ...} ...
     {"done": true}
     {"error": "..."}   (instead of done, with exit code 1, when something goes wrong)
 
@@ -39,10 +39,32 @@ def prompt_text(tokenizer: Any, prompt: str, *, raw: bool) -> str:
     )
 
 
-def _stream_one(model: Any, tokenizer: Any, enc: dict[str, Any], side: str, max_new_tokens: int) -> None:
+def _token_streamer(tokenizer: Any) -> Any:
+    """A TextIteratorStreamer that hands out text after every token, not only at word ends."""
     from transformers import TextIteratorStreamer
 
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600.0)
+    class TokenStreamer(TextIteratorStreamer):
+        def put(self, value: Any) -> None:
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            # a byte-level token may end inside a UTF-8 character: wait for the rest of it; and a
+            # tokenizer that rewrites earlier text when more follows is caught up with at end()
+            if text.endswith("\ufffd") or len(text) <= self.print_len:
+                return
+            printable = text[self.print_len :]
+            self.print_len = len(text)
+            self.on_finalized_text(printable)
+
+    return TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600.0)
+
+
+def _stream_one(model: Any, tokenizer: Any, enc: dict[str, Any], side: str, max_new_tokens: int) -> None:
+    streamer = _token_streamer(tokenizer)
     failure: list[BaseException] = []
 
     def run() -> None:
