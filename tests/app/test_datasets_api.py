@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app.scheduler.launcher import LaunchSpec
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
+from tests.app.conftest import LiveServer
 from worker.config import parse_config
 from worker.train.data import detect_format, load_rows, validate_rows
 
@@ -222,3 +224,24 @@ def test_launched_workers_are_told_where_uploads_live(settings: Settings, tmp_pa
         time.sleep(0.05)
     seen = json.loads((run_dir / "fake-env.json").read_text(encoding="utf-8"))
     assert "TUNEBOARD_DATASETS_DIR" in seen["tuneboard_env"]
+
+
+def test_concurrent_uploads_of_the_same_bytes_make_one_dataset(
+    live_server: LiveServer, settings: Settings
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    content = _jsonl(*([CHAT] * 50))
+
+    def post(i: int) -> httpx.Response:
+        files = {"file": (f"copy-{i}.jsonl", content)}
+        return httpx.post(f"{live_server.url}/api/datasets", files=files, timeout=60)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, range(4)))
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 201]
+    assert len({r.json()["id"] for r in answers}) == 1
+    listed = [d for d in httpx.get(f"{live_server.url}/api/datasets").json() if d["kind"] == "upload"]
+    assert len(listed) == 1
+    assert [p.name for p in settings.datasets_dir.iterdir()] == [listed[0]["id"]]  # no staging left over
+    assert list((settings.data_dir / "tmp").iterdir()) == []
