@@ -285,10 +285,13 @@ def test_the_merged_export_runs_as_a_worker_task_and_loads_with_plain_transforme
     assert started.json()["state"] in ("starting", "running")
     again = client.post(f"/api/jobs/{job_id}/export-merged")
     assert again.status_code == 409 and "already" in again.json()["detail"]
+    box = client.get(f"/jobs/{job_id}/partials/merge").text  # what the page polls meanwhile
+    assert "Exporting" in box and 'hx-trigger="every 2s"' in box
     status = wait_for_merge(client, job_id)
     assert status["state"] == "succeeded", status
     assert status["download_url"] == f"/api/jobs/{job_id}/merged.zip"
-    assert "merged model" in client.get(f"/jobs/{job_id}").text.lower()
+    box = client.get(f"/jobs/{job_id}/partials/merge").text
+    assert f'href="/api/jobs/{job_id}/merged.zip"' in box and "hx-trigger" not in box  # polling stops
 
     answer = client.get(status["download_url"])
     assert answer.status_code == 200
@@ -314,6 +317,10 @@ def test_a_quantized_run_gets_no_merged_export_and_is_told_why(
     assert not (run_dir / "merge.json").exists()  # nothing was started
     page = client.get(f"/jobs/{job_id}").text
     assert "loses precision" in page and "Export merged model" not in page
+    from_page = client.post(f"/jobs/{job_id}/export-merged", headers={"HX-Request": "true"})
+    assert from_page.status_code == 200 and "loses precision" in from_page.text  # htmx swaps 2xx only
+    assert client.post(f"/jobs/{job_id}/export-merged", follow_redirects=False).status_code == 409
+    assert not (run_dir / "merge.json").exists()
 
 
 # ------------------------------------------------------------------------------------------- try the adapter
