@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth.redact import redact_data
 from app.jobs.service import transition
 from app.jobs.status import JobStatus
 from app.models import Job, JobEvent, MetricPoint, utcnow
@@ -239,7 +240,8 @@ def ingest_events(session: Session, *, job: Job, events: list[ParsedEvent]) -> I
                     "seq": ev.seq,
                     "step": ev.step,
                     "kind": ev.kind,
-                    "payload": ev.payload,
+                    # log lines and samples may quote a token the worker saw: never store it
+                    "payload": redact_data(ev.payload),
                     "ts": ev.ts,
                 }
             )

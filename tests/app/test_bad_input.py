@@ -349,3 +349,20 @@ def test_secrets_in_the_environment_logs_and_config_are_masked(
             assert secret not in text, (url, secret)
     detail = client.get(f"/api/jobs/{pasted_id}").json()
     assert detail["config"]["dataset"]["source"] == "https://alice:***@data.example.com/train.jsonl"
+
+    # a worker's log event that quotes the hub token is stored masked
+    log_event = {
+        "seq": 1,
+        "kind": "log",
+        "step": 0,
+        "payload": {"message": f"download failed with {hub_token}"},
+    }
+    posted = client.post(
+        f"/api/jobs/{job_id}/events",
+        json={"events": [log_event]},
+        headers={"Authorization": "Bearer test-token"},
+    )
+    assert posted.status_code == 200
+    events = client.get(f"/api/jobs/{job_id}/events").json()
+    assert events[0]["payload"]["message"] == "download failed with ***"
+    assert hub_token not in client.get(f"/jobs/{job_id}").text
