@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,7 +164,7 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _try_stream(lines: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[str]:
+async def _try_stream(lines: AsyncGenerator[dict[str, Any] | None, None]) -> AsyncIterator[str]:
     """The generation task's JSON lines as SSE: `token` {side, token}, then `done` or `error` {detail}."""
     try:
         yield ": generating\n\n"  # headers and a first byte at once: the browser knows it started
@@ -182,7 +182,7 @@ async def _try_stream(lines: AsyncIterator[dict[str, Any] | None]) -> AsyncItera
     finally:
         # a disconnected client cancels this generator: close the task's stream (kills the child) shielded
         with anyio.CancelScope(shield=True):
-            await lines.aclose()  # type: ignore[attr-defined]
+            await lines.aclose()
 
 
 @router.get("/api/jobs/{job_id}/try")

@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class TaskManager:
         max_new_tokens: int,
         raw: bool = False,
         idle_every_s: float = 15.0,
-    ) -> AsyncIterator[dict[str, Any] | None]:
+    ) -> AsyncGenerator[dict[str, Any] | None, None]:
         """Run the generation task and yield its JSON lines; None every `idle_every_s` of silence.
 
         The claim is released and the process group killed however this ends: done, error, timeout, or the

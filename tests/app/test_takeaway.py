@@ -344,7 +344,7 @@ def test_trying_the_adapter_streams_tokens_for_both_sides_then_done(
     client: TestClient, session_factory: sessionmaker[Session], run: FinishedRun, tmp_path: Path
 ) -> None:
     job_id, _ = job_from_run(client, session_factory, run, tmp_path)
-    params = {"prompt": "Reverse the letters: tune", "max_new_tokens": 8}
+    params: dict[str, str | int] = {"prompt": "Reverse the letters: tune", "max_new_tokens": 8}
     with client.stream("GET", f"/api/jobs/{job_id}/try", params=params) as answer:
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/event-stream")
