@@ -7,6 +7,7 @@ import logging
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -94,6 +95,35 @@ def test_anonymous_requests_are_refused_on_a_non_loopback_bind(exposed_client: T
     assert c.get("/login").status_code == 200
     token = create_token(c.app.state.settings.data_dir, "check")  # type: ignore[attr-defined]
     assert job_count(c, token) == 0  # nothing was created by the refused posts
+
+
+def test_every_route_refuses_anonymous_requests_except_the_open_ones(exposed_client: TestClient) -> None:
+    import re
+
+    from fastapi.routing import APIRoute
+
+    from app.auth.middleware import is_open_path
+
+    def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield route
+            inner = getattr(route, "original_router", None)  # FastAPI wraps each included router
+            if inner is not None:
+                yield from api_routes(inner.routes)
+
+    checked = 0
+    for route in api_routes(exposed_client.app.routes):  # type: ignore[attr-defined]
+        path = re.sub(r"\{[^}]+\}", "1", route.path)
+        for method in sorted(route.methods - {"HEAD"}):
+            if is_open_path(method, path):
+                continue
+            response = exposed_client.request(method, path, follow_redirects=False)
+            assert response.status_code in (401, 303), (method, route.path, response.status_code)
+            if response.status_code == 303:
+                assert response.headers["location"].startswith("/login?next="), (method, route.path)
+            checked += 1
+    assert checked > 20  # every router, including those added later, sits behind the middleware
 
 
 def test_login_sets_an_httponly_samesite_cookie_and_logout_ends_it(exposed_client: TestClient) -> None:
