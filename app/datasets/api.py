@@ -160,7 +160,7 @@ async def preview_dataset(
             model or previews.default_model(),
             max_seq_len if max_seq_len is not None else previews.default_max_seq_len(),
         )
-        answer = await previews.preview(settings, req)
+        answer = await previews.preview(settings, req, previews.limiter(request.app.state))
     except previews.PreviewError as exc:
         return JSONResponse({"detail": str(exc), "problems": exc.problems}, status_code=exc.status)
     return JSONResponse(answer)

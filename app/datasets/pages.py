@@ -92,7 +92,7 @@ async def _run_preview(
     """{"preview": answer} or {"preview_error": message, "preview_problems": [...]}."""
     try:
         req = preview_request(get_session_factory(request), settings, ref, model, max_seq_len)
-        return {"preview": await previews.preview(settings, req)}
+        return {"preview": await previews.preview(settings, req, previews.limiter(request.app.state))}
     except previews.PreviewError as exc:
         return {"preview_error": str(exc), "preview_problems": exc.problems}
 

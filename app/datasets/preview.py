@@ -9,11 +9,13 @@ max_seq_len) next to the dataset, so the next look is instant.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ CACHE_VERSION = 1  # bump when the inspect output changes shape
 PRESET_CACHE_DIR = "presets"  # under DATA_DIR/datasets; never a dataset id (those are hex)
 MAX_SEQ_LEN_LIMIT = 1_048_576
 STDERR_TAIL = 2000
+MAX_CONCURRENT_PREVIEWS = 2
 
 
 class PreviewError(Exception):
@@ -160,19 +163,41 @@ def _last_json_line(stdout: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def preview(settings: Settings, req: PreviewRequest) -> dict[str, Any]:
-    """The cached preview of `req`, computing and caching it first when there is none."""
-    path = cache_file(req)
+def limiter(state: Any) -> asyncio.Semaphore:
+    """The app's limit on previews computed at once (each subprocess loads transformers: ~0.5 GB)."""
+    semaphore: asyncio.Semaphore | None = getattr(state, "preview_limiter", None)
+    if semaphore is None:
+        semaphore = asyncio.Semaphore(MAX_CONCURRENT_PREVIEWS)
+        state.preview_limiter = semaphore
+    return semaphore
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
     try:
         cached: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        cached["cached"] = True
-        return cached
     except (OSError, ValueError):
-        pass
-    answer = await run_inspect(settings, req)
+        return None
+    cached["cached"] = True
+    return cached
+
+
+async def preview(
+    settings: Settings, req: PreviewRequest, limit: asyncio.Semaphore | None = None
+) -> dict[str, Any]:
+    """The cached preview of `req`, computing (at most `limit` at once) and caching it when there is none."""
+    path = cache_file(req)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    async with limit or contextlib.nullcontext():
+        cached = _read_cache(path)  # computed by another request while this one waited
+        if cached is not None:
+            return cached
+        answer = await run_inspect(settings, req)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(answer, ensure_ascii=False), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(answer, fh, ensure_ascii=False)
     os.replace(tmp, path)  # atomic: a reader never sees half a file
     answer["cached"] = False
     return answer

@@ -245,3 +245,15 @@ def test_concurrent_uploads_of_the_same_bytes_make_one_dataset(
     assert len(listed) == 1
     assert [p.name for p in settings.datasets_dir.iterdir()] == [listed[0]["id"]]  # no staging left over
     assert list((settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_a_form_without_a_file_or_with_an_empty_file_is_refused(
+    client: TestClient, settings: Settings
+) -> None:
+    r = client.post("/api/datasets", files={"data": ("d.jsonl", _jsonl(CHAT))})
+    assert r.status_code == 422 and "field named 'file'" in r.json()["detail"]
+    r = client.post("/api/datasets", json={"file": "d.jsonl"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+    r = _upload(client, "empty.jsonl", b"\n\n")
+    assert r.status_code == 422 and "has no rows" in r.json()["detail"]
+    assert _stored(settings) == []
