@@ -24,15 +24,15 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
 def filesize(value: int | None) -> str:
-    """1536 → '1.5 KiB'; None → '—'."""
+    """1536 → '1.5 KiB', 200 MiB → '200 MiB'; None → '—'."""
     if value is None:
         return "—"
     size = float(value)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f}".removesuffix(".0") + f" {unit}"
         size /= 1024
-    return f"{size:.1f} GiB"
+    return f"{size:.1f}".removesuffix(".0") + " GiB"
 
 
 templates.env.filters["filesize"] = filesize
