@@ -109,6 +109,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) or _is_int(value)
 
 
+def _is_count(value: Any) -> bool:
+    """A step or step total that fits the job's INTEGER summary columns."""
+    return _is_int(value) and 0 <= value <= _INT32_MAX
+
+
 def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
     """Validate {"events": [...]}; IngestError 422 naming every bad index/field, 413 when too many."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
@@ -295,14 +300,14 @@ def _update_summary(session: Session, job: Job, ordered: list[ParsedEvent]) -> N
                 if peak is not None and (job.peak_vram_gb is None or peak > job.peak_vram_gb):
                     job.peak_vram_gb = peak
         elif ev.kind == EventKind.PROGRESS.value:
-            if _is_int(p.get("step")):
+            if _is_count(p.get("step")):
                 job.last_step = p["step"]
-            if _is_int(p.get("total_steps")) and p["total_steps"] > 0:
+            if _is_count(p.get("total_steps")) and p["total_steps"] > 0:
                 job.total_steps = p["total_steps"]
             if "eta_seconds" in p:
                 job.eta_seconds = _finite(p.get("eta_seconds"))
         elif ev.kind == EventKind.STATUS.value:
-            if _is_int(p.get("total_steps")) and p["total_steps"] > 0:
+            if _is_count(p.get("total_steps")) and p["total_steps"] > 0:
                 job.total_steps = p["total_steps"]
             if p.get("status") == JobStatus.RUNNING.value and job.status == JobStatus.STARTING.value:
                 transition(session, job=job, to=JobStatus.RUNNING)

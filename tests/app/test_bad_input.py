@@ -310,6 +310,17 @@ def test_ingest_refuses_numbers_no_column_can_hold(
         assert list(response.json()["problems"])[0].startswith("events[0].")
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(MetricPoint)) == 0
+    # summary fields inside payloads that no INTEGER column can hold are ignored, not a database error
+    progress = {"seq": 1, "kind": "progress", "step": 1, "payload": {"step": 2**40, "total_steps": 2**40}}
+    status = {"seq": 2, "kind": "status", "step": 1, "payload": {"status": "running", "total_steps": 2**35}}
+    answer = client.post(
+        f"/api/jobs/{job_id}/events",
+        json={"events": [progress, status]},
+        headers={"Authorization": "Bearer t"},
+    )
+    assert answer.status_code == 200, answer.text
+    summary = client.get(f"/api/jobs/{job_id}").json()
+    assert summary["last_step"] < 2**31 and summary["total_steps"] is None
 
 
 # ---------------------------------------------------------------------------------------------------------
