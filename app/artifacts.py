@@ -59,39 +59,87 @@ def adapter_dir(run_dir: str | None, adapter_path: str | None) -> Path:
     return target
 
 
-def zip_directory(source: Path, dest_dir: Path | None = None, *, compress: bool = True) -> Path:
-    """Zip `source` into a temporary file and return its path (the caller deletes it).
+def zip_members(source: Path) -> list[tuple[Path, str]]:
+    """(real file, name in the archive) for every file under `source`, checked before anything is sent.
 
-    Every file is re-checked after resolving links: a symlink pointing outside `source` is refused
+    Every path is re-checked after resolving links: a symlink pointing outside `source` is refused
     rather than followed, so a run directory cannot be used to read arbitrary files.
     """
     base = source.resolve()
+    members: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        for dirname in sorted(dirnames):
+            if not (Path(dirpath) / dirname).resolve().is_relative_to(base):
+                raise ArtifactError(f"{dirname!r} links outside {source.name}/; refusing to zip")
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            real = path.resolve()
+            if not real.is_relative_to(base):
+                raise ArtifactError(f"{filename!r} links outside {source.name}/; refusing to zip")
+            if real.is_file():
+                members.append((real, str(path.relative_to(base))))
+    return members
+
+
+def zip_directory(source: Path, dest_dir: Path | None = None) -> Path:
+    """Zip `source` into a temporary file and return its path (the caller deletes it)."""
+    members = zip_members(source)
     fd, name = tempfile.mkstemp(prefix="adapter-", suffix=".zip", dir=dest_dir)
     os.close(fd)
     out = Path(name)
     try:
-        # model weights barely compress: `compress=False` stores them and saves minutes on large exports
-        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-        with zipfile.ZipFile(out, "w", compression=method, compresslevel=1 if compress else None) as zf:
-            for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-                for dirname in list(dirnames):
-                    if not (Path(dirpath) / dirname).resolve().is_relative_to(base):
-                        raise ArtifactError(
-                            f"{dirname!r} links outside the adapter directory; refusing to zip"
-                        )
-                for filename in sorted(filenames):
-                    path = Path(dirpath) / filename
-                    real = path.resolve()
-                    if not real.is_relative_to(base):
-                        raise ArtifactError(
-                            f"{filename!r} links outside the adapter directory; refusing to zip"
-                        )
-                    if real.is_file():
-                        zf.write(real, arcname=str(path.relative_to(base)))
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for real, arcname in members:
+                zf.write(real, arcname=arcname)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
     return out
+
+
+class _ZipSink:
+    """A write-only, unseekable file for zipfile that hands out what was written (streamed zips)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._offset = 0
+
+    def write(self, data: bytes) -> int:
+        self._chunks.append(bytes(data))
+        self._offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._offset  # zipfile needs offsets for the central directory, never a seek
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+def stream_zip(members: list[tuple[Path, str]], chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+    """A zip of `members` (from zip_members) as bytes while it is built: no temporary file, and a
+    multi-GB model starts downloading at once. Stored, not deflated: weights barely compress."""
+    sink = _ZipSink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
+        for real, arcname in members:
+            info = zipfile.ZipInfo.from_file(real, arcname)
+            info.compress_type = zipfile.ZIP_STORED
+            with real.open("rb") as src, zf.open(info, "w", force_zip64=True) as dest:
+                while chunk := src.read(chunk_bytes):
+                    dest.write(chunk)
+                    data = sink.drain()
+                    if data:
+                        yield data
+            data = sink.drain()
+            if data:
+                yield data
+    yield sink.drain()
 
 
 def tail_lines(path: Path, max_lines: int = 200, max_bytes: int = 256 * 1024) -> str | None:

@@ -10,20 +10,17 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
 )
-from starlette.background import BackgroundTask
 
 from app import artifacts
 from app.deps import JobDep, SettingsDep, get_session_factory
 from app.models import Job
 from app.pages import render_block
-from app.settings import Settings
 from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status
 from app.tasks.views import can_try, has_adapter, quantization_method, takeaway_context
 from worker.tasks import merge_refusal
@@ -34,15 +31,13 @@ ManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _zip_response(source: Path, settings: Settings, filename: str, *, compress: bool) -> FileResponse:
-    tmp_dir = settings.data_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    archive = artifacts.zip_directory(source, tmp_dir, compress=compress)
-    return FileResponse(
-        archive,
+def _zip_stream(source: Path, filename: str) -> StreamingResponse:
+    """`source` as a zip streamed while it is built (links outside it are refused before anything is sent)."""
+    members = artifacts.zip_members(source)
+    return StreamingResponse(
+        artifacts.stream_zip(members),
         media_type="application/zip",
-        filename=filename,
-        background=BackgroundTask(Path(archive).unlink, missing_ok=True),
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
@@ -64,13 +59,12 @@ def list_checkpoints(job: JobDep) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/api/jobs/{job_id}/checkpoints/{name}.zip", response_class=FileResponse)
-def download_checkpoint(job: JobDep, name: str, settings: SettingsDep) -> FileResponse:
+@router.get("/api/jobs/{job_id}/checkpoints/{name}.zip", response_class=StreamingResponse)
+def download_checkpoint(job: JobDep, name: str) -> StreamingResponse:
     """One complete checkpoint as a zip (404 unknown, 409 incomplete: its save never finished)."""
     try:
         source = artifacts.checkpoint_dir(job.run_dir, name)
-        # optimizer state and weights hardly compress: store them
-        return _zip_response(source, settings, f"tuneboard-job-{job.id}-{name}.zip", compress=False)
+        return _zip_stream(source, f"tuneboard-job-{job.id}-{name}.zip")
     except artifacts.ArtifactError as exc:
         raise _artifact_http_error(job, exc) from None
 
@@ -147,12 +141,12 @@ def export_merged_status(job: JobDep) -> dict[str, Any]:
     return _merge_view(job)
 
 
-@router.get("/api/jobs/{job_id}/merged.zip", response_class=FileResponse)
-def download_merged(job: JobDep, settings: SettingsDep) -> FileResponse:
+@router.get("/api/jobs/{job_id}/merged.zip", response_class=StreamingResponse)
+def download_merged(job: JobDep) -> StreamingResponse:
     """The merged model as a zip (404 with a reason until the export has finished)."""
     try:
         source = artifacts.merged_dir(job.run_dir)
-        return _zip_response(source, settings, f"tuneboard-job-{job.id}-merged.zip", compress=False)
+        return _zip_stream(source, f"tuneboard-job-{job.id}-merged.zip")
     except artifacts.ArtifactError as exc:
         raise _artifact_http_error(job, exc) from None
 
