@@ -27,7 +27,7 @@ from app.settings import Settings
 from worker.catalog import PRESET_PREFIX
 from worker.config import ModelConfig, demo_config
 
-CACHE_VERSION = 1  # bump when the inspect output changes shape
+CACHE_VERSION = 2  # bump when the inspect output changes shape
 PRESET_CACHE_DIR = "presets"  # under DATA_DIR/datasets; never a dataset id (those are hex)
 MAX_SEQ_LEN_LIMIT = 1_048_576
 STDERR_TAIL = 2000

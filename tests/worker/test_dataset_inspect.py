@@ -101,9 +101,10 @@ def test_rows_past_max_seq_len_join_the_preview_when_the_first_rows_fit() -> Non
     from worker.datasets.inspect import load_tokenizer
 
     rows = [SHORT, SHORT, LONG, SHORT, LONG, LONG]
-    out = inspect_rows(
-        rows, "messages", load_tokenizer("preset:tiny-gemma3n"), max_seq_len=128, preview_rows=1
-    )
+    tok = load_tokenizer("preset:tiny-gemma3n")
+    out = inspect_rows(rows, "messages", tok, max_seq_len=128, preview_rows=1)
     assert [r["row"] for r in out["rows"]] == [1, 3, 5]  # the first row, then two of the three long ones
     assert out["rows"][1]["segments"][-1]["kind"] == "cut"
     assert out["over_max"] == 3
+    assert out["answer_cut"] == 3  # the 300-letter prompts alone pass 128 tokens: no answer token survives
+    assert inspect_rows(rows, "messages", tok, max_seq_len=400, preview_rows=0)["answer_cut"] == 0

@@ -107,11 +107,12 @@ def inspect_rows(
     rows: list[dict[str, Any]], fmt: str, tok: Any, *, max_seq_len: int, preview_rows: int = PREVIEW_ROWS
 ) -> dict[str, Any]:
     """The preview rows (rendered, token count, trained/cut segments) and the token-length histogram."""
-    from worker.train.data import tokenize_row
+    from worker.train.data import IGNORE_INDEX, tokenize_row
 
     unbounded = 1 << 30  # count every token; the cut is shown, not applied
     inspected = rows[:MAX_INSPECTED_ROWS]
     lengths: list[int] = []
+    nothing_left = 0
     preview: list[dict[str, Any]] = []
 
     def shown(index: int, example: dict[str, list[int]]) -> dict[str, Any]:
@@ -126,6 +127,10 @@ def inspect_rows(
     for i, row in enumerate(inspected):
         example, _ = tokenize_row(row, fmt, tok, unbounded, assistant_only_loss=True)
         lengths.append(len(example["input_ids"]))
+        # a row whose every trained token lies past max_seq_len teaches nothing once cut
+        trained = [i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX]
+        if trained and trained[0] >= max_seq_len:
+            nothing_left += 1
         if i < preview_rows:
             preview.append(shown(i, example))
     # what max_seq_len cuts matters most: show a few rows that go past it too, if the first ones do not
@@ -137,6 +142,7 @@ def inspect_rows(
         "rows": preview,
         "histogram": histogram(lengths, max_seq_len),
         "over_max": sum(1 for n in lengths if n > max_seq_len),
+        "answer_cut": nothing_left,  # rows that lose every trained token to the cut
         "total": len(lengths),
         "dataset_rows": len(rows),
         "format": fmt,
