@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.artifacts import ArtifactError, stream_zip, zip_members
 from app.models import MetricPoint
 
 
@@ -53,3 +59,19 @@ def test_non_finite_values_sent_by_a_worker_are_exported_as_nan_and_inf(
         "job_id": job_id,
         "series": {"grad_norm": [[1, "inf"], [2, "-inf"]], "loss": [[1, 2.5], [2, "nan"]]},
     }
+
+
+def test_a_streamed_zip_unpacks_to_the_same_files_and_links_outside_are_refused_first(tmp_path: Path) -> None:
+    source = tmp_path / "checkpoint-3"
+    (source / "nested").mkdir(parents=True)
+    (source / "weights.bin").write_bytes(os.urandom(300_000))
+    (source / "nested" / "state.json").write_text('{"step": 3}')
+    data = b"".join(stream_zip(zip_members(source), chunk_bytes=65_536))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == ["nested/state.json", "weights.bin"]
+        assert zf.read("weights.bin") == (source / "weights.bin").read_bytes()
+    (tmp_path / "secret").write_text("not yours")
+    (source / "leak").symlink_to(tmp_path / "secret")
+    with pytest.raises(ArtifactError, match="links outside"):
+        zip_members(source)  # raised before a single byte of the archive exists
