@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 FILE_FIELD = "file"
 MAX_TEXT_FIELD_BYTES = 4096
+MAX_TEXT_FIELDS = 16
 # room for the multipart boundaries, part headers and the small text fields around the file
 FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -102,7 +103,8 @@ class _Receiver:
             self._text.extend(chunk)
 
     def on_part_end(self) -> None:
-        if not self._is_file and self._part_name:
+        # a few small text fields are all the form has; more are dropped, so memory stays bounded
+        if not self._is_file and self._part_name and len(self.fields) < MAX_TEXT_FIELDS:
             self.fields.setdefault(self._part_name, self._text.decode("utf-8", "replace"))
 
 
