@@ -36,13 +36,13 @@ def _say(run_dir: Path, started: float, state: str, stage: str, progress: float,
     print(json.dumps({"state": state, "stage": stage, "progress": progress, "message": message}), flush=True)
 
 
-def _readme(info: object, base_name: str, dtype: str) -> str:
+def _readme(base_name: str, dtype: str) -> str:
     return "\n".join(
         [
-            f"# {base_name} with the Tuneboard LoRA adapter merged in",
+            f"# {base_name} with a Tuneboard LoRA adapter merged in",
             "",
-            f"The adapter in `../adapter` was folded into `{base_name}` with PEFT's `merge_and_unload()`;",
-            f"the weights are stored in {dtype}. Load it like any causal language model:",
+            f"The run's LoRA adapter was folded into `{base_name}` with PEFT's `merge_and_unload()`; the",
+            f"weights are stored in {dtype}. No PEFT is needed: load it like any causal language model.",
             "",
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -50,7 +50,8 @@ def _readme(info: object, base_name: str, dtype: str) -> str:
             "tokenizer = AutoTokenizer.from_pretrained('path/to/merged')",
             "```",
             "",
-            "The adapter's own README.md (in the adapter download) describes the training run.",
+            "The adapter download of the same job carries the model card of the training run (data",
+            "fingerprint, metrics, config and the command that reproduces it).",
             "",
         ]
     )
@@ -86,7 +87,7 @@ def merge_run(run_dir: Path) -> int:
         shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted export
         merged.save_pretrained(str(partial))
         load_tokenizer(info).save_pretrained(str(partial))
-        (partial / "README.md").write_text(_readme(info, info.cfg.model.name, info.dtype), encoding="utf-8")
+        (partial / "README.md").write_text(_readme(info.cfg.model.name, info.dtype), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(partial, final)  # atomic: merged/ only ever holds a complete export
     except Exception as exc:  # reported in merge.json; the traceback goes to merge.log
