@@ -124,3 +124,19 @@ def test_the_generation_prompt_goes_through_the_chat_template_unless_raw() -> No
     assert wrapped.startswith("<|begin_of_text|>") and "<|start_header_id|>user" in wrapped
     assert wrapped.rstrip().endswith("<|end_header_id|>")  # the assistant turn is opened for the answer
     assert prompt_text(tok, "Reverse the letters: tune", raw=True) == "Reverse the letters: tune"
+
+
+def test_the_generate_task_ends_with_an_error_line_when_the_run_has_no_adapter(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("hello", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.tasks.generate", str(tmp_path), "--prompt-file", str(prompt)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "no finished adapter" in last["error"] and "succeeded" in last["error"]

@@ -92,11 +92,11 @@ def _stream_one(model: Any, tokenizer: Any, enc: dict[str, Any], side: str, max_
 
 def generate(run_dir: Path, prompt: str, max_new_tokens: int, *, raw: bool = False) -> None:
     """Stream the adapter's answer, then the base's, as JSON lines on stdout."""
-    import torch
-
     from worker.tasks.inference import adapter_info, attach_adapter, load_base, load_tokenizer, pick_device
 
-    info = adapter_info(run_dir)
+    info = adapter_info(run_dir)  # a run without an adapter is refused before torch is even imported
+    import torch
+
     device = pick_device()
     tokenizer = load_tokenizer(info)
     model = attach_adapter(load_base(info, device=device, quantized=True), info)
