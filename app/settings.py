@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     try_max_new_tokens: int = Field(256, ge=1, le=4096, description="Longest answer a try may ask for.")
     try_max_prompt_chars: int = Field(8000, ge=1, description="Longest prompt a try accepts.")
     merge_timeout_s: float = Field(3600.0, gt=0, description="A merged-model export is killed after this.")
+    tasks_max_concurrent: int = Field(
+        2, ge=1, le=64, description="Short tasks running at once over all jobs (each loads a model)."
+    )
 
     # auth (app/auth): on when DATA_DIR/auth.json has a password or an API token, or when forced here
     auth_required: bool = Field(

@@ -85,6 +85,13 @@ class TaskManager:
                 f"job {job_id} is already running {_KIND_WORDS.get(current.kind, current.kind)}; "
                 "wait for it to finish, then try again"
             )
+        # each task loads a whole model: a cap keeps a few curious clicks from exhausting memory
+        others = [j for j in list(self._claims) if self.running(j) is not None]
+        if len(others) >= self.settings.tasks_max_concurrent:
+            raise TaskBusy(
+                f"{len(others)} short tasks (tries, exports) are running already, the most at once "
+                "(TUNEBOARD_TASKS_MAX_CONCURRENT); try again when one has finished"
+            )
         claim = TaskClaim(job_id=job_id, kind=kind, started=time.monotonic(), timeout_s=timeout_s)
         self._claims[job_id] = claim
         return claim

@@ -53,7 +53,9 @@ def test_a_job_runs_one_task_at_a_time_and_is_free_again_after_it(tmp_path: Path
     claim = manager.claim(7, "try", 30)
     with pytest.raises(TaskBusy, match="job 7 is already running a try-the-adapter generation"):
         manager.claim(7, "merge", 30)
-    manager.claim(8, "try", 30)  # other jobs are not held up
+    manager.claim(8, "try", 30)  # other jobs are not held up...
+    with pytest.raises(TaskBusy, match="TUNEBOARD_TASKS_MAX_CONCURRENT"):
+        manager.claim(9, "try", 30)  # ...up to the cap over all jobs (2 by default)
     manager.release(claim)
     manager.claim(7, "merge", 30)
 
