@@ -37,7 +37,7 @@ def test_a_good_chat_file_passes_with_its_lines_and_format(tmp_path: Path) -> No
 
 
 def test_every_line_that_is_not_json_is_named(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "d.jsonl", [CHAT, "{not json", CHAT, '["a", "list"]', "{\"messages\": "])
+    path = _jsonl(tmp_path / "d.jsonl", [CHAT, "{not json", CHAT, '["a", "list"]', '{"messages": '])
     found = _problems(path)
     assert [line for line, _ in found] == [2, 4, 5]
     assert found[0][1].startswith("not valid JSON")
@@ -89,7 +89,9 @@ def test_chat_rows_the_template_cannot_render_are_named(
 
 
 def test_empty_prompts_completions_and_texts_are_named(tmp_path: Path) -> None:
-    pc = _jsonl(tmp_path / "pc.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "p", "completion": ""}])
+    pc = _jsonl(
+        tmp_path / "pc.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "p", "completion": ""}]
+    )
     assert _problems(pc) == [(2, "'completion' is empty: there is nothing to learn from this row")]
     text = _jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": " "}])
     assert _problems(text) == [(2, "'text' must be a non-empty string")]
@@ -97,9 +99,7 @@ def test_empty_prompts_completions_and_texts_are_named(tmp_path: Path) -> None:
 
 def test_csv_problems_carry_the_line_of_the_record(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
-    path.write_text(
-        'prompt,completion\np1,c1\n"multi\nline prompt",c2\np3,\np4,c4,extra\n', encoding="utf-8"
-    )
+    path.write_text('prompt,completion\np1,c1\n"multi\nline prompt",c2\np3,\np4,c4,extra\n', encoding="utf-8")
     found = _problems(path)
     # the quoted prompt spans lines 3-4, so the empty completion is on line 5
     assert [line for line, _ in found] == [5, 6]
@@ -146,3 +146,24 @@ def test_the_error_text_names_the_file_and_lines(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "data.jsonl", [CHAT, "{oops"])
     with pytest.raises(DatasetInvalid, match=r"data.jsonl line 2: not valid JSON"):
         check_file(path)
+
+
+def test_the_training_loader_names_the_lines_of_the_rows_it_uses(tmp_path: Path) -> None:
+    from worker.config import demo_config
+    from worker.train.data import load_rows
+
+    path = _jsonl(
+        tmp_path / "train.jsonl", [CHAT, "", {"messages": [USER, USER]}, CHAT, {"messages": [ASSISTANT]}]
+    )
+    cfg = demo_config()
+    cfg.dataset.source = str(path)
+    with pytest.raises(DatasetInvalid) as err:
+        load_rows(cfg)
+    assert [p.line for p in err.value.problems] == [3, 5]
+    assert str(err.value).startswith("2 bad row(s) for format messages: train.jsonl line 3: messages 1 and 2")
+    cfg.dataset.max_rows = 1  # only the rows training uses are checked
+    assert load_rows(cfg) == [CHAT]
+    cfg.dataset.source = str(_jsonl(tmp_path / "odd.jsonl", ["", {"question": "q"}]))
+    cfg.dataset.max_rows = None
+    with pytest.raises(DatasetError, match=r"odd.jsonl line 2: missing columns"):
+        load_rows(cfg)

@@ -23,7 +23,7 @@ def test_an_invalid_config_exits_with_config_error_naming_the_field() -> None:
     assert set(outcome["problems"]) == {"training.learning_rate", "training.bogus"}
 
 
-def test_a_dataset_with_bad_rows_exits_with_config_error_listing_row_numbers(tmp_path: Path) -> None:
+def test_a_dataset_with_bad_rows_exits_with_config_error_listing_line_numbers(tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     data.write_text("\n".join(json.dumps(r) for r in [good, {"messages": []}, good, {"text": 5}]) + "\n")
@@ -32,7 +32,7 @@ def test_a_dataset_with_bad_rows_exits_with_config_error_listing_row_numbers(tmp
     run = run_child(new_run_dir("bad-data", cfg), timeout=120)
     assert run.returncode == ExitCode.CONFIG_ERROR
     reason = run.outcome["reason"]
-    assert "row 2" in reason and "row 4" in reason and "row 1" not in reason
+    assert "data.jsonl line 2" in reason and "data.jsonl line 4" in reason and "line 1" not in reason
 
 
 def test_out_of_memory_is_classified_with_advice() -> None:

@@ -28,7 +28,10 @@ from worker.datasets.validate import (  # noqa: F401  (re-exported: callers impo
     FORMATS,
     ROLES,
     DatasetError,
+    DatasetInvalid,
+    check_rows,
     detect_format,
+    read_file,
     read_rows,
     validate_rows,
 )
@@ -79,16 +82,30 @@ def resolve_source(source: str) -> Path:
 
 
 def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
-    """All rows of cfg.dataset.source (capped by max_rows), not yet validated."""
+    """All rows of cfg.dataset.source (capped by max_rows). Rows of a file are checked here, so problems
+    name their lines in the file; generated rows are checked by `validate_rows`."""
     source = cfg.dataset.source
     if source.startswith(PRESET_PREFIX):
         from worker.presets import generate_dataset
 
         rows = generate_dataset(source[len(PRESET_PREFIX) :], cfg.dataset.num_rows, cfg.training.seed)
+        if cfg.dataset.max_rows is not None:
+            rows = rows[: cfg.dataset.max_rows]
     else:
-        rows = read_rows(resolve_source(source))
-    if cfg.dataset.max_rows is not None:
-        rows = rows[: cfg.dataset.max_rows]
+        path = resolve_source(source)
+        loaded = read_file(path)
+        cap = cfg.dataset.max_rows
+        rows = loaded.rows[:cap] if cap is not None else loaded.rows
+        if rows:
+            try:
+                fmt = cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0])
+            except DatasetError as exc:
+                raise DatasetError(f"{path.name} {loaded.unit} {loaded.lines[0]}: {exc}") from None
+            problems, total = check_rows(rows, fmt, lines=loaded.lines[: len(rows)], unit=loaded.unit)
+            if total:
+                raise DatasetInvalid(
+                    problems, total=total, name=path.name, headline=f"{total} bad row(s) for format {fmt}: "
+                )
     if not rows:
         raise DatasetError(f"dataset {source} has no rows; add some examples")
     return rows
