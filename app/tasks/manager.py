@@ -35,6 +35,7 @@ TRY_MODULE = "worker.tasks.generate"
 MERGE_MODULE = "worker.tasks.merge"
 STALE_GRACE_S = 60.0  # a claim older than its task's timeout plus this is dropped (its cleanup never ran)
 MAX_LINE_BYTES = 1024 * 1024
+NEVER_STARTED_S = 15.0  # a claim whose process has not started by then is dropped
 STARTING_GRACE_S = 30.0  # how long merge.json may say "starting" before the process has written its pid
 
 
@@ -71,7 +72,12 @@ class TaskManager:
     def running(self, job_id: int) -> TaskClaim | None:
         """The task this job runs now, if any (stale claims are dropped on the way)."""
         claim = self._claims.get(job_id)
-        if claim is not None and time.monotonic() > claim.started + claim.timeout_s + STALE_GRACE_S:
+        if claim is None:
+            return None
+        age = time.monotonic() - claim.started
+        # a response whose client left before its body started never runs the generator that would
+        # start the process and release the claim: a claim without a process soon counts as stale
+        if age > claim.timeout_s + STALE_GRACE_S or (claim.pid is None and age > NEVER_STARTED_S):
             log.warning("job %s: dropping a stale %s claim", job_id, claim.kind)
             self._claims.pop(job_id, None)
             return None

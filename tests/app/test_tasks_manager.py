@@ -22,7 +22,7 @@ from app.jobs import service
 from app.jobs.status import JobStatus
 from app.models import Job
 from app.settings import Settings
-from app.tasks.manager import TaskBusy, TaskManager, merge_status
+from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, merge_status
 from worker.config import JobConfig
 from worker.tasks import write_merge_status
 
@@ -152,3 +152,12 @@ def test_closing_the_try_stream_over_http_kills_the_process_and_frees_the_job(
         assert manager.running(job_id) is None
     with session_factory() as session:
         assert session.get(Job, job_id) is not None
+
+
+def test_a_claim_whose_process_never_started_is_dropped_after_a_while(tmp_path: Path) -> None:
+    manager = manager_for(tmp_path)
+    claim = manager.claim(3, "try", 300)  # as when a client leaves before the response body starts
+    assert manager.running(3) is claim
+    claim.started -= NEVER_STARTED_S + 1
+    assert manager.running(3) is None
+    manager.claim(3, "try", 300)
