@@ -35,6 +35,7 @@ from app.scheduler.runner import make_launcher
 from app.settings import Settings
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
+from worker.protocol import read_spool
 
 RAY_START_TIMEOUT_S = 90
 
@@ -254,10 +255,12 @@ def test_a_wrong_ray_token_fails_the_job_with_a_reason_naming_the_setting(serve:
 
 
 @pytest.mark.training
-def test_the_real_worker_trains_on_a_remote_ray_node_and_its_adapter_downloads_from_the_app(
+def test_the_real_worker_trains_on_two_gpus_of_a_remote_ray_node_and_its_adapter_downloads_from_the_app(
     serve: Any, ray_settings: Settings, tmp_path: Path
 ) -> None:
     config = demo_dict(max_steps=2, save_steps=2, eval_steps=0)  # tiny Gemma 3n, nf4, on CPU
+    # 2 (fake) GPUs: Ray gives the job both, and the worker trains data-parallel under torchrun (gloo here)
+    config["resources"]["gpus"] = 2
     with serve(worker_module="worker.train", ray_remote_runs_dir=str(tmp_path / "node-disk")) as client:
         created = client.post("/api/jobs", json=config)
         assert created.status_code == 201, created.text
@@ -271,7 +274,14 @@ def test_the_real_worker_trains_on_a_remote_ray_node_and_its_adapter_downloads_f
         names = set(zipfile.ZipFile(io.BytesIO(adapter.content)).namelist())
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= names
     app_run = ray_settings.runs_dir / f"job-{job_id}"
-    assert (app_run / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()  # uploaded, marker included
+    checkpoint = app_run / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "COMPLETE").is_file()  # uploaded, marker included
+    assert (checkpoint / "rng_state_0.pth").is_file() and (
+        checkpoint / "rng_state_1.pth"
+    ).is_file()  # 2 ranks
+    node_events = read_spool(tmp_path / "node-disk" / f"job-{job_id}" / "events.jsonl")
+    assert [e["seq"] for e in node_events] == list(range(1, len(node_events) + 1))  # rank 0 alone wrote
+    assert [e["payload"]["status"] for e in node_events if e["kind"] == "status"] == ["running"]
     assert json.loads((app_run / "outcome.json").read_text())["status"] == "succeeded"
     assert not (app_run / "events.jsonl").exists()  # the spool stayed on the node; events came over HTTP
 
