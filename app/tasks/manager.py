@@ -299,13 +299,16 @@ def merge_status(run_dir: Path | None) -> dict[str, Any]:
         # "starting" is written by the app before the process exists (no pid yet): give it time to start
         young = state == "starting" and time.time() - float(status.get("updated_at") or 0) < STARTING_GRACE_S
         if not young and not _is_merge_process(status.get("pid"), run_dir):
-            status = write_merge_status(
-                run_dir,
-                state="failed",
-                stage="failed",
-                progress=0.0,
-                message="the export process is gone (the app restarted or it was killed); start it again",
-            )
+            gone = {
+                "state": "failed",
+                "stage": "failed",
+                "progress": 0.0,
+                "message": "the export process is gone (the app restarted or it was killed); start it again",
+            }
+            try:
+                status = write_merge_status(run_dir, **gone)
+            except OSError:  # a read-only run directory: still say so, just without remembering it
+                status = gone
     elif state == "succeeded" and not exported:
         status = {**status, "state": "none", "message": "the merged model was removed; export it again"}
     return {
