@@ -299,7 +299,7 @@ def merge_status(run_dir: Path | None) -> dict[str, Any]:
         # "starting" is written by the app before the process exists (no pid yet): give it time to start
         young = state == "starting" and time.time() - float(status.get("updated_at") or 0) < STARTING_GRACE_S
         if not young and not _is_merge_process(status.get("pid"), run_dir):
-            gone = {
+            gone: dict[str, Any] = {
                 "state": "failed",
                 "stage": "failed",
                 "progress": 0.0,
