@@ -9,11 +9,23 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+# More pooled connections than can be wanted at once: the request/stream threadpool's 40 threads, the
+# request sessions app.deps admits (16), the scheduler's few threads. A thread waiting for a connection
+# holds its pool thread meanwhile, while a request holding a connection needs a pool thread (answer
+# serialization) to give it back: with fewer connections, 100 live streams deadlocked the app.
+POOL_SIZE = 10
+POOL_OVERFLOW = 60
+
 
 def make_engine(url: str) -> Engine:
     """Create the engine for `url`; SQLite connections get the PRAGMAs Tuneboard relies on."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -32,7 +44,7 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(mode)
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

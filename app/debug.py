@@ -11,6 +11,8 @@ import os
 import threading
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import psutil
 from fastapi import APIRouter, HTTPException, Request
 
@@ -31,11 +33,18 @@ async def runtime(request: Request) -> dict[str, Any]:
         raise HTTPException(404, "Not Found")
     proc = psutil.Process(os.getpid())
     tasks = [t for t in asyncio.all_tasks() if not t.done()]
+    limiter = anyio.to_thread.current_default_thread_limiter().statistics()
     return {
         "tasks": len(tasks),
         "task_names": sorted({t.get_name() for t in tasks}),
         "threads": threading.active_count(),
         "db_pool": pool_status(request.app.state.engine),
+        # threads of the request/stream pool in use, and tasks queued for one (saturated: streams stall)
+        "thread_pool": {
+            "borrowed": limiter.borrowed_tokens,
+            "total": limiter.total_tokens,
+            "waiting": limiter.tasks_waiting,
+        },
         "rss_bytes": proc.memory_info().rss,
         "open_fds": proc.num_fds(),
         "connections": len(proc.net_connections(kind="tcp")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, HTTPException, Request
@@ -37,50 +37,52 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     a deferred transaction that reads and then writes fails at once with "database is locked" when
     another writer got in between, whatever the busy timeout.
 
-    At most WRITE_REQUEST_SLOTS such requests run at once; the others wait here, on the event loop.
-    Each writer waiting for SQLite's lock holds a thread of the shared request pool, and the lock
-    holder needs one more from that pool (FastAPI serializes a sync endpoint's answer there) before its
-    commit: with more waiting writers than threads, nobody could finish until the busy timeout failed
-    them all with "database is locked" (50 simultaneous submissions did exactly that).
+    A request holds its pooled connection across hops between threads (the endpoint, FastAPI's answer
+    serialization, the commit), so without bounds the shared request threadpool (40 threads) and the
+    connection pool can starve each other: writers waiting for SQLite's lock filled every thread while
+    the lock holder waited for one to serialize its answer (50 simultaneous submissions: "database is
+    locked"), and 100 live streams deadlocked the app outright. Hence: at most REQUEST_SESSION_SLOTS
+    request sessions exist at once (the others wait here, on the event loop, holding nothing), their
+    commit runs on a small pool of its own, and app.db keeps more connections than threads can want.
     """
     factory = get_session_factory(request)
     engine = request.app.state.engine
-    gate: anyio.Semaphore | None = None
-    if request.method not in _READ_ONLY_METHODS and engine.dialect.name == "sqlite":
-        gate = _write_gate()
-        await gate.acquire()
-        # the lock is taken lazily, at the first statement, not while a slow client is still uploading
-        session = factory(bind=engine.execution_options(sqlite_begin="BEGIN IMMEDIATE"))
-    else:
-        session = factory()
+    gate = _loop_local(_SESSION_GATES, lambda: anyio.Semaphore(REQUEST_SESSION_SLOTS))
+    await gate.acquire()
     try:
-        yield session
-        await _finish_session(session, commit=True)
-    except BaseException:
-        await _finish_session(session, commit=False)
-        raise
+        if request.method not in _READ_ONLY_METHODS and engine.dialect.name == "sqlite":
+            # the lock is taken lazily, at the first statement, not while a slow client is still uploading
+            session = factory(bind=engine.execution_options(sqlite_begin="BEGIN IMMEDIATE"))
+        else:
+            session = factory()
+        try:
+            yield session
+            await _finish_session(session, commit=True)
+        except BaseException:
+            await _finish_session(session, commit=False)
+            raise
     finally:
-        if gate is not None:
-            gate.release()
+        gate.release()
 
 
-WRITE_REQUEST_SLOTS = 8  # well below the request threadpool's 40 threads
-_WRITE_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+REQUEST_SESSION_SLOTS = 16  # well below the request threadpool's 40 threads
+SESSION_END_THREADS = 8
+_SESSION_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+_END_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 
-def _write_gate() -> anyio.Semaphore:
-    """This event loop's semaphore for write requests (tests run several apps, each on its own loop)."""
+def _loop_local(store: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any], make: Any) -> Any:
+    """One object per event loop (tests run several apps, each on a loop of its own)."""
     loop = asyncio.get_running_loop()
-    gate = _WRITE_GATES.get(loop)
-    if gate is None:
-        gate = _WRITE_GATES[loop] = anyio.Semaphore(WRITE_REQUEST_SLOTS)
-    return gate
+    found = store.get(loop)
+    if found is None:
+        found = store[loop] = make()
+    return found
 
 
 async def _finish_session(session: Session, *, commit: bool) -> None:
-    """Commit or roll back, then close, in a thread; shielded so a client's disconnect cannot skip it."""
+    """Commit or roll back, then close, on the session-end threads; shielded against disconnects."""
+    limiter = _loop_local(_END_LIMITERS, lambda: anyio.CapacityLimiter(SESSION_END_THREADS))
 
     def finish() -> None:
         try:
@@ -92,7 +94,7 @@ async def _finish_session(session: Session, *, commit: bool) -> None:
             session.close()
 
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(finish)
+        await anyio.to_thread.run_sync(finish, limiter=limiter)
 
 
 # scope="function": commit before the response is sent, so a client that reads right after a write sees it

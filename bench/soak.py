@@ -197,13 +197,22 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_soak(
-    *, jobs: int, viewers: int, duration_s: float, interval_s: float = 0.5, data_dir: Path | None = None
+    *,
+    jobs: int,
+    viewers: int,
+    duration_s: float,
+    interval_s: float = 0.5,
+    batch_s: float = 0.25,
+    data_dir: Path | None = None,
 ) -> SoakReport:
     """Run one soak against a fresh app in `data_dir` (a temporary one by default) and measure it."""
     own_dir = data_dir is None
     root = Path(tempfile.mkdtemp(prefix="tuneboard-soak-")) if data_dir is None else data_dir
     report = SoakReport(jobs=jobs, viewers=viewers, duration_s=duration_s, interval_s=interval_s)
-    app = AppProcess(data_dir=root / "data", cpu_slots=jobs)
+    # the stream's production batch interval, not the tests' faster one: the soak measures the real thing
+    app = AppProcess(
+        data_dir=root / "data", cpu_slots=jobs, extra_env={"TUNEBOARD_SSE_BATCH_INTERVAL_S": str(batch_s)}
+    )
     began = time.monotonic()
     try:
         app.start()
