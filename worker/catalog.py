@@ -117,7 +117,8 @@ class DatasetInfo:
 PRESET_DATASETS: dict[str, DatasetInfo] = {
     "reverse-letters": DatasetInfo(
         name="reverse-letters",
-        description="Chat task: reverse the letters of a short word (learnable in a few dozen steps)",
+        description="Chat task: reverse the letters of a random short word (hard for the tiny presets: "
+        "needs a few hundred steps to get below chance)",
         format="messages",
     ),
     "uppercase-completion": DatasetInfo(
@@ -129,6 +130,11 @@ PRESET_DATASETS: dict[str, DatasetInfo] = {
         name="counting-text",
         description="Plain text: short counting sequences",
         format="text",
+    ),
+    "country-capitals": DatasetInfo(
+        name="country-capitals",
+        description="Chat task: name the capital of one of 16 countries (the demo; learnable in ~30 steps)",
+        format="messages",
     ),
 }
 

@@ -351,18 +351,21 @@ def demo_config() -> JobConfig:
     """The one-click demo: real 4-bit QLoRA of tiny Gemma 3n on a generated task, under a minute on CPU."""
     return JobConfig.model_validate(
         {
-            "name": "demo: tiny Gemma 3n reverses words",
+            "name": "demo: tiny Gemma 3n learns capitals",
             "model": {"name": "preset:tiny-gemma3n"},
-            "dataset": {"source": "preset:reverse-letters", "num_rows": 256},
+            "dataset": {"source": "preset:country-capitals", "num_rows": 256},
             "quantization": {"method": "nf4"},
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
             "training": {
-                "max_steps": 30,
+                # measured on 2 CPU cores: eval loss ~12 -> ~0.4-0.8 (assistant tokens only), most samples
+                # right by step 40; ~0.1-0.2 s a step
+                "max_steps": 40,
                 "learning_rate": 5e-3,
                 "batch_size": 8,
                 "max_seq_len": 128,
                 "eval_steps": 10,
-                "save_steps": 10,
+                "save_steps": 20,
+                "max_new_tokens": 12,
                 "warmup": 0.1,
             },
         }

@@ -27,7 +27,7 @@ from typing import Any
 from worker.catalog import PRESET_DATASETS, PRESET_MODELS
 
 # Bump when a builder, an init rule, a tokenizer or a template changes: old cached presets are then ignored.
-PRESET_VERSION = 2
+PRESET_VERSION = 3
 _BUILD_LOCK = threading.Lock()
 READY_MARKER = "tuneboard_preset.json"  # written last inside the temp dir; its presence means "complete"
 
@@ -190,17 +190,28 @@ def tiny_gemma3n_multimodal_config() -> Any:
 
 
 def _learnable_gemma_init(model: Any) -> None:
-    """Init that lets LoRA learn on a frozen random base (measured: stock std 0.02 barely moves)."""
+    """Init that lets LoRA learn on a frozen random base in a few dozen steps (measured, see below)."""
     import torch
 
     with torch.no_grad():
         embed = model.get_input_embeddings()
         embed.weight.normal_(0.0, 0.5)  # the tied lm_head reads this table: confident logits become reachable
-        for module in model.modules():
+        for name, module in model.named_modules():
             if type(module).__name__.endswith("AltUp"):
-                module.correct_output_scale.fill_(
-                    1.0
-                )  # stock init is 0: the layer output would be scaled away
+                # stock init is 0: the layer output would be scaled away
+                module.correct_output_scale.fill_(1.0)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("q_norm", "k_norm"):
+                # Gemma 3n attends with scaling 1.0 on RMS-normed q and k: with unit norm weights the random
+                # scores have std ~sqrt(head_dim) and each query puts ~0.7 of its weight on one arbitrary
+                # token (entropy 0.9 nats vs 3.4 uniform), so the softmax passes almost no gradient to the
+                # token that matters. 0.3 starts attention soft enough for LoRA to learn where to look.
+                module.weight.fill_(0.3)
+            elif leaf in ("post_attention_layernorm", "post_feedforward_layernorm"):
+                # Each sublayer's output is RMS-normed before the residual add, while the input embedding
+                # is scaled by sqrt(hidden) (std 0.5 * 8 = 4 per dim): at weight 1 every layer adds a vector
+                # 4x smaller than the token's own embedding, and the output mostly echoes the current token.
+                module.weight.fill_(4.0)
 
 
 def _save(model: Any, tokenizer: Any, out: Path, eos_ids: list[int]) -> None:
@@ -323,10 +334,44 @@ def _counting_text(rng: random.Random) -> dict[str, Any]:
     return {"text": f"Count from {start}: " + " ".join(str(start + i) for i in range(length))}
 
 
+# A small fixed lookup: the answer depends on one word of the question, so learning it means routing that
+# word to the answer, which a frozen random base with LoRA does within the demo's steps (measured; reversing
+# random letters needs position-relative attention it does not find in a few hundred examples).
+CAPITALS: dict[str, str] = {
+    "France": "Paris",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Cuba": "Havana",
+    "Chile": "Santiago",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Russia": "Moscow",
+    "Canada": "Ottawa",
+    "Ghana": "Accra",
+    "Nepal": "Kathmandu",
+    "Poland": "Warsaw",
+}
+
+
+def _country_capitals(rng: random.Random) -> dict[str, Any]:
+    country = rng.choice(sorted(CAPITALS))
+    return {
+        "messages": [
+            {"role": "user", "content": f"Capital of {country}?"},
+            {"role": "assistant", "content": CAPITALS[country]},
+        ]
+    }
+
+
 _DATASETS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
     "reverse-letters": _reverse_letters,
     "uppercase-completion": _uppercase_completion,
     "counting-text": _counting_text,
+    "country-capitals": _country_capitals,
 }
 assert set(_DATASETS) == set(PRESET_DATASETS), "every catalog preset dataset needs a generator"
 

@@ -152,7 +152,12 @@ def test_the_list_has_uploads_first_then_the_presets(client: TestClient) -> None
     listed = client.get("/api/datasets").json()
     assert listed[0]["id"] == made["id"]
     presets = [d["source"] for d in listed if d["kind"] == "preset"]
-    assert presets == ["preset:reverse-letters", "preset:uppercase-completion", "preset:counting-text"]
+    assert presets == [
+        "preset:reverse-letters",
+        "preset:uppercase-completion",
+        "preset:counting-text",
+        "preset:country-capitals",
+    ]
     assert client.get(f"/api/datasets/{made['id']}").json()["format"] == "text"
     assert client.get("/api/datasets/preset:counting-text").json()["format"] == "text"
     assert client.get("/api/datasets/nope").status_code == 404

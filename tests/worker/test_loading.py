@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from worker.catalog import PRESET_MODELS
 from worker.config import JobConfig, demo_config
 from worker.presets import generate_dataset
 from worker.train.loading import LoadedModel, ModelLoadError, load_for_training
@@ -60,7 +61,7 @@ def _train(loaded: LoadedModel, steps: int, lr: float = 5e-3) -> list[float]:
     import torch
 
     torch.manual_seed(0)
-    batches = _chat_batches(loaded, generate_dataset("reverse-letters", steps * 8), 8)
+    batches = _chat_batches(loaded, generate_dataset("country-capitals", steps * 8), 8)
     params = [p for p in loaded.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     loaded.model.train()
@@ -100,14 +101,19 @@ def test_the_demo_task_loss_falls_clearly_within_thirty_nf4_lora_steps() -> None
     loaded = load_for_training(demo_config(), device="cpu")
     losses = _train(loaded, steps=30)
     first, last = losses[0], sum(losses[-5:]) / 5
-    assert last < 0.65 * first, f"loss did not fall clearly: {first:.2f} → {last:.2f} ({losses})"
+    # Observed: 11.9 → 1.1 (assistant tokens only). Below ln(vocab) means the answers were learned, not
+    # just the logits shrunk (the preset's earlier init stalled at ~7, above ln(512) = 6.24).
+    assert last < 0.25 * first, f"loss did not fall clearly: {first:.2f} → {last:.2f} ({losses})"
+    assert last < math.log(PRESET_MODELS["tiny-gemma3n"].vocab_size) / 3, losses
 
 
 @pytest.mark.training
 def test_the_tiny_llama_preset_learns_too() -> None:
     loaded = load_for_training(_cfg(model__name="preset:tiny-llama"), device="cpu")
     losses = _train(loaded, steps=15)
+    # Observed: 18.5 → 4.1 over the last five steps.
     assert sum(losses[-5:]) / 5 < 0.65 * losses[0], losses
+    assert sum(losses[-5:]) / 5 < math.log(PRESET_MODELS["tiny-llama"].vocab_size), losses
 
 
 @pytest.mark.parametrize("method", ["fp4", "int8", "none"])

@@ -160,6 +160,39 @@ def test_reverse_letters_answers_are_the_reversed_words() -> None:
         assert assistant["content"] == word[::-1]
 
 
+def test_country_capitals_rows_ask_for_a_capital_and_cover_the_lookup() -> None:
+    from worker.presets import CAPITALS
+
+    rows = generate_dataset("country-capitals", 256)
+    asked = set()
+    for row in rows:
+        user, assistant = row["messages"]
+        country = user["content"].removeprefix("Capital of ").removesuffix("?")
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert assistant["content"] == CAPITALS[country]
+        asked.add(country)
+    assert asked == set(CAPITALS)  # the demo's 256 rows teach every country
+
+
+def test_the_gemma_preset_starts_with_soft_attention_and_loud_sublayers(cache: Path) -> None:
+    """The init LoRA needs (measured: stock norms leave the demo's loss above ln(vocab) after 30 steps)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        preset_model_dir("tiny-gemma3n", cache), attn_implementation="eager"
+    )
+    ids = torch.tensor([[2, *range(100, 140)]])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    late = torch.stack(out.attentions)[..., 20:, :]  # queries with at least 20 tokens to choose from
+    # stock init: ~0.7 of each query's weight on one token; soft attention spreads it
+    assert late.max(dim=-1).values.mean() < 0.35
+    layer = model.model.layers[0]
+    assert torch.all(layer.post_attention_layernorm.weight == 4.0)
+    assert torch.all(layer.self_attn.q_norm.weight == 0.3)
+
+
 def test_uppercase_and_counting_rows_follow_their_rule() -> None:
     for row in generate_dataset("uppercase-completion", 10):
         word = row["prompt"].split(": ", 1)[1].removesuffix(" ->")
