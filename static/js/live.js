@@ -318,7 +318,8 @@
           pct: { range: [0, 100] },
         },
         axes: [
-          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid } },
+          // the x axis is named (the y units are in each chart's caption)
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: "step", labelSize: 18 },
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 56,
             values: (u, vals) => vals.map((v) => fmtNum(v, 3)) },
         ].concat(usesPct ? [{ scale: "pct", side: 1, stroke: axis, grid: { show: false }, size: 40 }] : []),
