@@ -19,7 +19,7 @@ from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_co
 from worker.protocol import read_spool
 
 OUTAGE_S = float(os.environ.get("TUNEBOARD_FAULT_OUTAGE_S", "10"))
-AFTER_S = 10.0  # how long the long job outlives the outage (room for a slow app start on a busy machine)
+AFTER_S = 6.0  # how long the long job outlives the outage (room for a slow app start on a busy machine)
 
 
 def _acked(app: AppProcess, job_id: int) -> int:
