@@ -26,7 +26,7 @@ def gemma3n_text_config(size: str):  # type: ignore[no-untyped-def]
     dims = SIZES[size]
     n = dims["num_hidden_layers"]
     pattern = ["sliding_attention"] * 4 + ["full_attention"]
-    return Gemma3nTextConfig(
+    return Gemma3nTextConfig(  # type: ignore[call-arg]
         num_hidden_layers=n,
         intermediate_size=[dims["intermediate_size"]] * n,
         num_kv_shared_layers=dims["num_kv_shared_layers"],
@@ -46,12 +46,16 @@ def save_random_model(size: str, out: Path) -> Path:
     config = gemma3n_text_config(size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.time()
+    torch.manual_seed(0)  # the same weights on every machine, so runs in separate calls compare
     with torch.device(device):
-        model = Gemma3nForCausalLM(config).to(torch.bfloat16)
+        model = Gemma3nForCausalLM(config).to(dtype=torch.bfloat16)  # type: ignore[call-arg]
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(preset_model_dir("tiny-gemma3n")).save_pretrained(out)
-    print(f"saved Gemma 3n {size.upper()} dims, {params / 1e9:.2f} B params, in {time.time() - start:.0f} s → {out}")
+    print(
+        f"saved Gemma 3n {size.upper()} dims, {params / 1e9:.2f} B params, "
+        f"in {time.time() - start:.0f} s → {out}"
+    )
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -1,4 +1,4 @@
-"""A short real-size run through Tuneboard's own worker: Gemma 3n E2B/E4B dims, random weights, 4-bit, one GPU.
+"""A short real-size run through Tuneboard's own worker: Gemma 3n E2B/E4B dims, random weights, 4-bit.
 
     python bench/real_size_run.py --size e2b --steps 12 --batch 4 --seq 512 --work /tmp/tb-real
 
@@ -26,7 +26,10 @@ from worker.protocol import RunDir, read_spool  # noqa: E402
 def write_text_dataset(path: Path, rows: int, chars: int, seed: int = 0) -> None:
     """Rows of pseudo-words long enough to fill `chars` byte-level tokens each."""
     rng = random.Random(seed)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(400)]
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(400)
+    ]
     with path.open("w", encoding="utf-8") as fh:
         for _ in range(rows):
             text = ""
@@ -43,12 +46,14 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--quant", default="nf4")
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, default=None, help="an already saved model (else built)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     args = parser.parse_args()
 
     from bench.gemma3n_dims import save_random_model
 
     args.work.mkdir(parents=True, exist_ok=True)
-    model_dir = args.work / f"gemma3n-{args.size}"
+    model_dir = args.model_dir or args.work / f"gemma3n-{args.size}"
     if not (model_dir / "config.json").exists():
         save_random_model(args.size, model_dir)
     data = args.work / "long-text.jsonl"
@@ -59,7 +64,12 @@ def main() -> None:
     config = {
         "name": f"real-size {args.size} {args.quant}",
         "model": {"name": str(model_dir)},
-        "dataset": {"source": str(data), "format": "text", "eval_fraction": 0.0, "assistant_only_loss": False},
+        "dataset": {
+            "source": str(data),
+            "format": "text",
+            "eval_fraction": 0.0,
+            "assistant_only_loss": False,
+        },
         "quantization": {"method": args.quant},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
         "training": {
@@ -70,6 +80,7 @@ def main() -> None:
             "eval_steps": 0,
             "save_steps": args.steps,
             "logging_steps": 1,
+            "gradient_checkpointing": not args.no_checkpointing,
         },
         "resources": {"gpus": 1},
     }
@@ -90,9 +101,17 @@ def main() -> None:
     tps = [v for s, v in metrics.get("tokens_per_second", []) if s > 2]
     loss = metrics.get("loss", [])
     print("\n== real-size run summary")
-    print(f"exit code {proc.returncode}, wall {wall:.0f} s, outcome: {run.outcome.read_text() if run.outcome.exists() else '-'}")
+    from worker.protocol import ExitCode
+
+    name = ExitCode(proc.returncode).name if proc.returncode in {int(c) for c in ExitCode} else "?"
+    print(
+        f"exit code {proc.returncode} ({name}), wall {wall:.0f} s, "
+        f"outcome: {run.outcome.read_text() if run.outcome.exists() else '-'}"
+    )
     if loss:
-        print(f"loss: first {loss[0][1]:.3f} (step {loss[0][0]}), last {loss[-1][1]:.3f} (step {loss[-1][0]})")
+        print(
+            f"loss: first {loss[0][1]:.3f} (step {loss[0][0]}), last {loss[-1][1]:.3f} (step {loss[-1][0]})"
+        )
     if tps:
         print(f"tokens/s (median of steps > 2): {statistics.median(tps):.0f}")
     for key in ("vram_peak_gb", "vram_reserved_gb", "vram_allocated_gb", "gpu_util"):

@@ -230,6 +230,20 @@ def train(
     raise typer.Exit(int(code))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def bench(ctx: typer.Context) -> None:
+    """GPU benchmark: the seed recipe vs Tuneboard's training path (runs `python -m bench.speed ARGS`)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "speed.py").is_file():
+        raise CliError("the benchmarks live in the source checkout (bench/); run this from a git clone")
+    code = subprocess.call([sys.executable, "-m", "bench.speed", *ctx.args], cwd=root)
+    raise typer.Exit(code)
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()

@@ -130,9 +130,10 @@ def _trainer_class() -> type:
     class TuneboardTrainer(Trainer):
         """HF Trainer plus the measurements our callback needs (and the NaN-injection test hook)."""
 
-        def __init__(self, *args: Any, step_stats: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, step_stats: Any, fused_loss: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.step_stats = step_stats
+            self.fused_loss = fused_loss  # worker.train.fused_loss.FusedLoss, or None for the model's loss
             self.nan_steps = _nan_steps()
             self.oom_steps = _env_steps(INJECT_OOM_ENV)
             self.step_sleep = float(os.environ.get(INJECT_STEP_SLEEP_ENV) or 0)
@@ -144,14 +145,35 @@ def _trainer_class() -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
-            result: Any = super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
+            result: Any
+            if self._use_fused_loss(model, inputs, return_outputs):
+                from worker.train.fused_loss import causal_lm_loss
+
+                # the same normalisation as the model's own loss (which the Trainer then scales alike)
+                items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                result = causal_lm_loss(model, inputs, self.fused_loss, items)
+            else:
+                result = super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
             if model.training and (self.state.global_step + 1) in self.nan_steps:
                 if return_outputs:
                     return result[0] * float("nan"), result[1]
                 return result * float("nan")
             return result
+
+        def _use_fused_loss(self, model: Any, inputs: Any, return_outputs: bool) -> bool:
+            # training only (eval reports logits-based numbers as before), and never through a DataParallel
+            # wrapper: the fused path calls the decoder directly
+            return (
+                self.fused_loss is not None
+                and model.training
+                and not return_outputs
+                and "labels" in inputs
+                and self.label_smoother is None
+                and self.compute_loss_func is None
+                and self.accelerator.unwrap_model(model) is model
+            )
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
             if (self.state.global_step + 1) in self.oom_steps:
@@ -407,6 +429,12 @@ def _train(
     if ckpt is not None and (ckpt / STATE_FILE).is_file():
         callback.load_state_dict(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
     optimizer, opt_name = build_optimizer(cfg, model, device)
+    from worker.train.fused_loss import plan_fused_loss
+
+    fused = plan_fused_loss(model, device, distributed=rank_info().distributed)
+    if fused is not None:
+        message = f"Loss: {fused.reason} (the full logits are never stored)"
+        reporter.emit(EventKind.LOG, 0, {"level": "info", "message": message})
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
@@ -420,6 +448,7 @@ def _train(
         optimizers=(optimizer, None),
         callbacks=[*(rank_callbacks(callback, stats, stop) if rank_info().distributed else []), callback],
         step_stats=stats,
+        fused_loss=fused,
     )
     from transformers.trainer_callback import PrinterCallback
 

@@ -1,0 +1,455 @@
+"""Seed recipe vs Tuneboard's training path on one GPU: tokens/s, VRAM, MFU and a loss-curve check.
+
+    python -m bench.speed --model e2b --seq 512 --phases 4x1:50,4x4:8 --tb-phases 4x1:50,16x1:12 \\
+        --work /tmp/tb-speed
+
+Each recipe runs in its own process (so peak-memory numbers are its own) on the same saved model and the
+same token batches, in a plain torch loop (forward, backward, clip 1.0, optimizer step), LoRA r16 alpha 32 on
+the attention and MLP projections, lr 2e-4, bf16 autocast:
+
+- seed: nf4 + double quant, skip list [altup, lm_head], `prepare_model_for_kbit_training` (fp32 upcast of
+  every non-quantized weight), eager attention, HF gradient checkpointing, PagedAdamW8bit, the model's loss;
+- tuneboard: the worker's own loader (`load_for_training`: no upcast, the recipe's attention, non-reentrant
+  checkpointing), the worker's optimizer (`build_optimizer`) and its fused linear cross-entropy
+  (`worker.train.fused_loss`); `tb-nofused` is the same with the model's own loss.
+
+A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq).
+Every recipe's first phase starts from the same LoRA init and sees the same batches, so their first phases'
+loss curves are compared step by step (the correctness gate).
+
+FLOPs: MFU = tokens/s · (6·N + 12·L·A·seq) / peak, where N counts the multiply-accumulates of every
+Linear of the model (lm_head included, embeddings excluded), L the layers and A the attention width
+(heads × head_dim): the standard "6N + attention" training count, not counting the recomputation that
+gradient checkpointing adds nor crediting LoRA for skipping the frozen weights' gradients.
+Peak: H100 SXM dense bf16 989 TFLOP/s (H100 PCIe 756, H200 989).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LR = 2e-4
+SEED = 1234
+# Per-step relative loss difference allowed between the recipes (bench/README.md says why): above the bf16
+# rounding of their different kernels (≤ 0.6% measured), below the batch-to-batch spread of the loss.
+GATE_REL_TOL = 0.01
+RECIPES = ("seed", "tuneboard", "tb-nofused")
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def llama_1b_config() -> Any:
+    """Llama 3.2 1B dimensions (tied head, 128k vocabulary)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def save_model(name: str, work: Path) -> Path:
+    """Save a random-weight model of dims `name` (e2b | e4b | llama1b) under `work`, or reuse it."""
+    out = work / f"model-{name}"
+    if (out / "config.json").exists():
+        return out
+    if name in ("e2b", "e4b"):
+        from bench.gemma3n_dims import save_random_model
+
+        return save_random_model(name, out)
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from worker.presets import preset_model_dir
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(llama_1b_config()).to(dtype=torch.bfloat16)  # type: ignore[call-arg]
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(preset_model_dir("tiny-gemma3n")).save_pretrained(out)
+    del model
+    return out
+
+
+def flops_per_token(model_dir: Path, seq: int) -> tuple[float, dict[str, float]]:
+    """6·N + 12·L·A·seq for the model in `model_dir` (see the module docstring)."""
+    import torch
+    from transformers import AutoConfig
+
+    from worker.train.recipes.base import instantiate_on_meta
+
+    config = AutoConfig.from_pretrained(model_dir)
+    skeleton = instantiate_on_meta(config, force_vision_stub=True)
+    n = sum(m.in_features * m.out_features for m in skeleton.modules() if isinstance(m, torch.nn.Linear))
+    head = skeleton.get_output_embeddings()
+    if head is not None and not isinstance(head, torch.nn.Linear):
+        n += head.weight.numel()
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = text.num_attention_heads * getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
+    attn = 12 * text.num_hidden_layers * width * seq
+    return 6 * n + attn, {"linear_params": float(n), "attention_flops_per_token": float(attn)}
+
+
+def peak_flops() -> tuple[float, str]:
+    """The dense bf16 peak of this GPU, from its name."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return float("nan"), "cpu"
+    name = torch.cuda.get_device_name()
+    if "PCIe" in name or "PCIE" in name:
+        return 756e12, name
+    return 989e12, name
+
+
+def make_batches(steps: int, rows: int, seq: int, seed: int, vocab: int = 2000) -> Any:
+    """[steps·rows, seq] token ids: each row repeats a random 16-token phrase (learnable, no padding)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    phrases = torch.randint(10, vocab, (steps * rows, 16), generator=g)
+    return phrases.repeat(1, seq // 16 + 1)[:, :seq].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+
+def load_seed(model_dir: Path) -> Any:
+    """The seed's recipe: nf4 + prepare_model_for_kbit_training + eager + HF checkpointing + LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoConfig, BitsAndBytesConfig
+
+    from worker.train.recipes.base import causal_lm_class
+
+    config = AutoConfig.from_pretrained(model_dir)
+    skip = ["lm_head"]
+    if str(config.model_type).startswith("gemma3n"):
+        skip.insert(0, r".*\.altup\.")  # the seed's fixed skip list (altup + head), per the notes
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=skip,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(SEED)
+    model = causal_lm_class(config).from_pretrained(
+        model_dir,
+        quantization_config=bnb,
+        dtype=torch.bfloat16,
+        attn_implementation="eager",
+        device_map={"": device},
+    )
+    model.config.use_cache = False
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM"
+    )
+    torch.manual_seed(SEED)
+    model = get_peft_model(model, lora)
+    import bitsandbytes as bnb_mod
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = bnb_mod.optim.PagedAdamW8bit if device == "cuda" else bnb_mod.optim.AdamW8bit
+    return model, cls(params, lr=LR), None
+
+
+def load_tuneboard(model_dir: Path, fused: bool) -> Any:
+    """Tuneboard's path: the worker's loader, optimizer and (unless `fused` is False) fused loss."""
+    import torch
+
+    from worker.config import parse_config
+    from worker.train.fused_loss import FUSED_LOSS_ENV, plan_fused_loss
+    from worker.train.loading import load_for_training
+    from worker.train.pipeline import build_optimizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = parse_config(
+        {
+            "model": {"name": str(model_dir)},
+            "dataset": {"source": "preset:reverse-letters"},
+            "quantization": {"method": "nf4", "double_quant": True},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            "training": {"learning_rate": LR, "weight_decay": 0.0, "gradient_checkpointing": True},
+        }
+    )
+    torch.manual_seed(SEED)
+    loaded = load_for_training(cfg, device=device)
+    model = loaded.model
+    optimizer, _ = build_optimizer(cfg, model, device)
+    if not fused:
+        os.environ[FUSED_LOSS_ENV] = "0"
+    plan = plan_fused_loss(model, device)
+    return model, optimizer, plan
+
+
+def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """One recipe in this process: load, then each phase; returns the measurements."""
+    import torch
+
+    from worker.train.fused_loss import causal_lm_loss
+
+    model_dir = Path(args.model_dir)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    t0 = time.perf_counter()
+    if args.recipe == "seed":
+        model, optimizer, plan = load_seed(model_dir)
+    else:
+        model, optimizer, plan = load_tuneboard(model_dir, fused=args.recipe == "tuneboard")
+    load_s = time.perf_counter() - t0
+    model.train()
+    after_load = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
+    lora_a = sum(float(p.detach().float().abs().sum()) for n, p in model.named_parameters() if "lora_A" in n)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result: dict[str, Any] = {
+        "recipe": args.recipe,
+        "load_s": round(load_s, 1),
+        "allocated_after_load_gb": round(after_load, 2),
+        "trainable_params": trainable,
+        "lora_a_abs_sum": lora_a,
+        "loss_impl": plan.impl if plan is not None else "model",
+        "phases": [],
+    }
+    seq = args.seq
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    vocab = min(2000, int(text_config.vocab_size))
+    for phase_index, phase in enumerate(args.phases.split(",")):
+        shape, steps_s = phase.split(":")
+        micro, accum = (int(x) for x in shape.split("x"))
+        steps = int(steps_s)
+        rows = micro * accum
+        # The first phase uses the shared batches (same for every recipe); later ones their own stream.
+        batches = make_batches(steps, rows, seq, SEED if phase_index == 0 else SEED + 7 + rows, vocab)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        losses: list[float] = []
+        times: list[float] = []
+        error = None
+        try:
+            for step in range(steps):
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                total = 0.0
+                block = batches[step * rows : (step + 1) * rows]
+                num_items = torch.tensor(rows * (seq - 1), device=device)
+                for a in range(accum):
+                    ids = block[a * micro : (a + 1) * micro].to(device)
+                    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+                    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                        if plan is not None:
+                            loss = causal_lm_loss(model, inputs, plan, num_items)
+                        else:
+                            loss = model(**inputs).loss / accum
+                    loss.backward()
+                    total += float(loss.detach())
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                losses.append(total)
+        except torch.cuda.OutOfMemoryError as exc:
+            error = f"out of memory: {str(exc).splitlines()[0][:160]}"
+        measured = times[3:] if len(times) > 4 else times[1:] or times
+        step_s = statistics.median(measured) if measured else float("nan")
+        tokens = rows * seq
+        result["phases"].append(
+            {
+                "micro": micro,
+                "accum": accum,
+                "steps": len(times),
+                "tokens_per_step": tokens,
+                "step_s": step_s,
+                "first_step_s": times[0] if times else None,
+                "tokens_per_s": tokens / step_s if measured else None,
+                "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+                "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if cuda else None,
+                "losses": losses,
+                "error": error,
+            }
+        )
+        shown = {k: v for k, v in result["phases"][-1].items() if k != "losses"}
+        print(
+            f"[{args.recipe}] {phase}: {json.dumps(shown)}",
+            flush=True,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def gate(seed_losses: list[float], tb_losses: list[float], tol: float = GATE_REL_TOL) -> dict[str, Any]:
+    """Step-by-step relative difference of two loss curves; passes when every step is within `tol`."""
+    n = min(len(seed_losses), len(tb_losses))
+    rel = [abs(a - b) / max(abs(a), 1e-9) for a, b in zip(seed_losses[:n], tb_losses[:n], strict=True)]
+    finite = all(math.isfinite(x) for x in [*seed_losses[:n], *tb_losses[:n]])
+    return {
+        "steps": n,
+        "step1_rel_diff": rel[0] if rel else None,
+        "max_rel_diff": max(rel) if rel else None,
+        "mean_rel_diff": sum(rel) / n if n else None,
+        "seed_first_last": (seed_losses[0], seed_losses[n - 1]) if n else None,
+        "tb_first_last": (tb_losses[0], tb_losses[n - 1]) if n else None,
+        "tolerance": tol,
+        "passed": bool(n) and finite and max(rel) <= tol,
+    }
+
+
+def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> list[str]:
+    """Markdown rows: one per recipe phase, with ratios against the seed's phase of the same tokens/step."""
+    seed = next((r for r in results if r["recipe"] == "seed"), None)
+    base: dict[int, dict[str, Any]] = {p["tokens_per_step"]: p for p in seed["phases"]} if seed else {}
+    lines = [
+        "| recipe | micro × accum × seq | tokens/step | tokens/s | × seed | peak alloc GB | × seed "
+        "| peak reserved GB | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for p in r["phases"]:
+            ref = base.get(p["tokens_per_step"])
+            tps = p["tokens_per_s"]
+            speed = f"{tps / ref['tokens_per_s']:.2f}" if tps and ref and ref.get("tokens_per_s") else "-"
+            mem = (
+                f"{p['peak_allocated_gb'] / ref['peak_allocated_gb']:.2f}"
+                if ref and p["peak_allocated_gb"] and ref["peak_allocated_gb"]
+                else "-"
+            )
+            mfu = f"{100 * tps * fpt / peak:.1f}%" if tps and math.isfinite(peak) else "-"
+            name = r["recipe"] + (f" ({r['loss_impl']} loss)" if r["recipe"] != "seed" else "")
+            cell = f"{tps:.0f}" if tps else (p["error"] or "-")
+            lines.append(
+                f"| {name} | {p['micro']} × {p['accum']} × {seq} | {p['tokens_per_step']} | {cell} "
+                f"| {speed} | "
+                f"{(p['peak_allocated_gb'] or 0):.2f} | {mem} | {(p['peak_reserved_gb'] or 0):.2f} | {mfu} |"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="e2b", help="e2b | e4b | llama1b, or a saved model directory")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--phases", default="4x1:50,4x4:8", help="seed recipe phases MxA:STEPS,...")
+    parser.add_argument("--tb-phases", default=None, help="tuneboard phases (default: --phases)")
+    parser.add_argument("--recipes", default="seed,tuneboard,tb-nofused")
+    parser.add_argument("--nofused-phases", default=None, help="tb-nofused phases (default: --tb-phases)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tb-speed"))
+    parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
+    parser.add_argument("--timeout", type=int, default=400, help="seconds per recipe process")
+    # internal: run one recipe in this process
+    parser.add_argument("--recipe", choices=RECIPES, default=None)
+    parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    if args.recipe:
+        result = run_recipe(args)
+        Path(args.json).write_text(json.dumps(result), encoding="utf-8")
+        return
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    out = args.out or args.work
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model_dir = Path(args.model) if Path(args.model).is_dir() else save_model(args.model, args.work)
+    print(f"model {model_dir} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    fpt, fdetail = flops_per_token(model_dir, args.seq)
+    peak, gpu = peak_flops()
+    results = []
+    for recipe in args.recipes.split(","):
+        phases = args.phases if recipe == "seed" else (args.tb_phases or args.phases)
+        if recipe == "tb-nofused" and args.nofused_phases:
+            phases = args.nofused_phases
+        path = out / f"speed-{Path(args.model).name}-{args.seq}-{recipe}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.speed",
+            "--recipe",
+            recipe,
+            "--model-dir",
+            str(model_dir),
+            "--seq",
+            str(args.seq),
+            "--phases",
+            phases,
+            "--json",
+            str(path),
+        ]
+        start = time.perf_counter()
+        code: int | str
+        try:
+            proc = subprocess.run(cmd, timeout=args.timeout, check=False)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        print(f"{recipe}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
+        if path.exists():
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+    summary = {
+        "model": args.model,
+        "seq": args.seq,
+        "gpu": gpu,
+        "peak_flops": peak,
+        "flops_per_token": fpt,
+        **fdetail,
+    }
+    by = {r["recipe"]: r for r in results}
+    if "seed" in by and "tuneboard" in by:
+        summary["gate"] = gate(by["seed"]["phases"][0]["losses"], by["tuneboard"]["phases"][0]["losses"])
+    lines = [
+        f"GPU {gpu}; model {args.model}; FLOPs/token {fpt / 1e9:.2f} G "
+        f"(6·{fdetail['linear_params'] / 1e9:.2f} G linear params "
+        f"+ attention {fdetail['attention_flops_per_token'] / 1e9:.2f} G); peak {peak / 1e12:.0f} TFLOP/s",
+        *table(results, fpt, peak, args.seq),
+    ]
+    for r in results:
+        lines.append(
+            f"{r['recipe']}: load {r['load_s']} s, {r['allocated_after_load_gb']} GB after load, "
+            f"{r['trainable_params']:,} trainable, LoRA-A |sum| {r['lora_a_abs_sum']:.4f}"
+        )
+    if "gate" in summary:
+        g = summary["gate"]
+        lines.append(
+            f"loss gate over {g['steps']} steps: step-1 rel diff {g['step1_rel_diff']:.2e}, "
+            f"max {g['max_rel_diff']:.2e}, "
+            f"mean {g['mean_rel_diff']:.2e} (tolerance {g['tolerance']}); seed {g['seed_first_last']}, "
+            f"tuneboard {g['tb_first_last']} → {'PASS' if g['passed'] else 'FAIL'}"
+        )
+    summary["table"] = lines
+    (out / f"speed-{Path(args.model).name}-{args.seq}-summary.json").write_text(json.dumps(summary, indent=1))
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
