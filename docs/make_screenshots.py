@@ -27,7 +27,9 @@ def main() -> int:
     if status == 0:
         print(f"screenshots written to {OUT.relative_to(REPO)}/")
     else:
-        print("the journey failed, so some screenshots may be stale; read the pytest output above", file=sys.stderr)
+        print(
+            "the journey failed, so some screenshots may be stale: see pytest's output above", file=sys.stderr
+        )
     return status
 
 

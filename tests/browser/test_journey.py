@@ -24,10 +24,16 @@ import zipfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+
+from worker.config import config_to_dict, demo_config
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.training]
 
@@ -44,6 +50,7 @@ CHROMIUM_ARGS = [
 DEADLINE_S = 240  # every step is far faster alone; other tests may share the 2 cores
 TIMEZONE = "Asia/Kolkata"  # a half-hour offset: no UTC or whole-hour mistake renders the same text
 SWEEP_STEPS = 4  # the sweep's jobs: the demo with this many steps
+SECOND_STEPS = 400  # the job that is cancelled and resumed: long enough to still run when cancelled
 
 # sums the layout shifts the page suffers while data arrives (Chrome's Layout Instability API)
 CLS_PROBE = """
@@ -60,13 +67,14 @@ def screenshot_dir() -> Path | None:
     return Path(raw) if raw else None
 
 
-def shoot(page, name: str, *, full_page: bool = True, element: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def shoot(page: Page, name: str, *, full_page: bool = True, element: str | None = None) -> None:
     """Save `name`.png (light) and `name`-dark.png (dark) when screenshots are asked for."""
     out = screenshot_dir()
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
-    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+    schemes: tuple[tuple[Literal["light", "dark"], str], ...] = (("light", ""), ("dark", "-dark"))
+    for scheme, suffix in schemes:
         page.emulate_media(color_scheme=scheme)
         page.wait_for_timeout(150)  # charts redraw their axes in the new colours
         path = str(out / f"{name}{suffix}.png")
@@ -142,13 +150,25 @@ def _normal_spaces(text: str) -> str:
     return re.sub(r"[\s\u202f\u00a0]+", " ", text).strip()
 
 
-def _wait_status(page, status: str, timeout_s: float = DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
+def _wait_status(page: Page, status: str, timeout_s: float = DEADLINE_S) -> None:
     page.wait_for_function(
         "(s) => document.getElementById('main').dataset.status === s", arg=status, timeout=timeout_s * 1000
     )
 
 
-def check_new_job_form_by_keyboard(page) -> None:  # type: ignore[no-untyped-def]
+def check_labels(page: Page) -> int:
+    """Every visible form control on the page has an accessible name; returns how many were checked."""
+    from playwright.sync_api import expect
+
+    checked = 0
+    for control in page.locator("input:not([type=hidden]), select, textarea").all():
+        if control.is_visible():
+            expect(control).to_have_accessible_name(re.compile(r"\w"))
+            checked += 1
+    return checked
+
+
+def check_new_job_form_by_keyboard(page: Page) -> None:
     """Every control of the new-job form has an accessible name and Tab reaches each one in order."""
     from playwright.sync_api import expect
 
@@ -214,6 +234,10 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.add_init_script(CLS_PROBE)
+            started = time.monotonic()
+
+            def mark(what: str) -> None:  # where the journey's time goes (pytest -s shows it)
+                print(f"[journey] {time.monotonic() - started:6.1f} s  {what}")
 
             # 1. an empty dashboard offers the demo
             page.goto(live_app + "/")
@@ -240,6 +264,7 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             )
             assert _normal_spaces(created.inner_text()) == _expected_local(created_iso)
 
+            mark("empty dashboard, a failed GPU job, local times")
             # 2. the form, prefilled with the demo settings: labelled, reachable by Tab; the estimate
             # follows a change through htmx
             page.goto(live_app + "/jobs/new?preset=demo")
@@ -261,7 +286,14 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             page.locator("#f-name").press("Enter")
             page.wait_for_url("**/jobs/*")
             job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+            # a second, longer job queued from a terminal: it trains beside the demo (2 CPU slots) and is
+            # cancelled and resumed later
+            second_config = config_to_dict(demo_config())
+            second_config["name"] = "second job: cancel and resume"
+            second_config["training"]["max_steps"] = SECOND_STEPS
+            second = httpx.post(f"{live_app}/api/jobs", json=second_config).json()["id"]
 
+            mark("the form: labels, Tab order, estimate")
             # 3. the loss chart gains points while the demo runs
             counts: list[int] = []
             statuses: list[str] = []
@@ -307,20 +339,23 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             assert cls < 0.1, f"layout shifted while data arrived (CLS {cls:.3f})"
             shoot(page, "job-detail")
 
-            # 4. the list shows the finished job; a second job appears and advances without a reload
+            mark("the demo trained and its page checked")
+            # 4. the list shows the finished job, and the second job advances without a reload
             page.goto(live_app + "/")
             row = page.locator(f"#job-row-{job_id}")
             row.wait_for()
             assert row.get_attribute("data-status") == "succeeded"
-            second = httpx.post(f"{live_app}/api/jobs/demo").json()["id"]
+            progress = f"#job-row-{second} [role=progressbar]"
+            shown = float(page.locator(progress).get_attribute("aria-valuenow") or 0)
             page.wait_for_function(
-                "(id) => { const r = document.getElementById('job-row-' + id);"
+                "([id, shown]) => { const r = document.getElementById('job-row-' + id);"
                 " return r && r.dataset.status === 'running'"
-                " && Number(r.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) > 0; }",
-                arg=second,
+                " && Number(r.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) > shown; }",
+                arg=[second, shown],
                 timeout=DEADLINE_S * 1000,
             )
             assert page.locator("#jobs-body tr").first.get_attribute("id") == f"job-row-{second}"
+            assert check_labels(page) >= 3  # one "select to compare" box per job
             page.wait_for_timeout(600)  # let the progress bars finish their width transition
             shoot(page, "jobs-list", full_page=False)
 
@@ -337,6 +372,7 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             page.click('[data-action="cancel"] button')
             _wait_status(page, "cancelled")
 
+            mark("second job cancelled, resumed, cancelled")
             # 5. a sweep of the demo: two learning rates, each with SWEEP_STEPS steps (the second field)
             page.goto(f"{live_app}/jobs/{job_id}")
             page.click("#sweep summary")
@@ -344,12 +380,14 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             page.fill("#sweep-values1", "0.005, 0.002")
             page.select_option("#sweep-field2", "training.max_steps")
             page.fill("#sweep-values2", str(SWEEP_STEPS))
+            assert check_labels(page) >= 7  # the sweep's 4 fields and the try-the-adapter form
             page.click("#sweep-form button[type=submit]")
             page.wait_for_url("**/groups/*")
             members = page.locator("#compare-summary tbody tr")
             assert members.count() == 2
             member_ids = [int(v) for v in members.evaluate_all("(rs) => rs.map((r) => r.dataset.run)")]
 
+            mark("sweep queued")
             # 6. while the sweep trains: the dataset upload, first with mistakes, then fixed
             page.goto(live_app + "/datasets")
             presets = page.locator("#datasets-body tr").count()
@@ -364,6 +402,7 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             assert "starts with an assistant turn" in problems.nth(1).inner_text()
             assert "both user turns" in problems.nth(2).inner_text()
             assert page.locator("#datasets-body tr").count() == presets  # nothing was stored
+            assert check_labels(page) >= 2  # the file and its name
             shoot(page, "datasets")
 
             page.set_input_files("#upload-file", str(good))
@@ -389,12 +428,15 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             show(512, 0)
             show(128, 1)
             assert "/datasets/" in page.url and "uploaded=1" in page.url  # no navigation happened
-            assert page.locator("#preview-rows .seg-cut").count() == 1  # the long row, shown after the first 5
+            # the long row, shown after the first 5
+            assert page.locator("#preview-rows .seg-cut").count() == 1
+            assert check_labels(page) >= 2  # model and max_seq_len of the preview
             shoot(page, "dataset-preview")
             page.goto(live_app + "/datasets")
             assert page.locator("#datasets-body tr").count() == presets + 1
             assert "upload:" in page.locator("#datasets-body tr").first.inner_text()
 
+            mark("dataset refused by line, then stored and previewed")
             # 7. the adapter zip from the demo's page
             page.goto(f"{live_app}/jobs/{job_id}")
             with page.expect_download() as download_info:
@@ -407,7 +449,9 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
                 adapter_config = json.loads(zf.read("adapter_config.json"))
             assert {"adapter_model.safetensors", "adapter_config.json"} <= names, names
             assert adapter_config["r"] == 16  # the demo's LoRA rank
+            assert page.locator("#merge-export").count() == 1  # the merged-model box is drawn once
 
+            mark("adapter zip checked")
             # 8. try the adapter: both answers stream side by side
             page.fill("#try-prompt", "What is the capital of France?")
             page.fill("#try-max-new-tokens", "6")
@@ -421,6 +465,7 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
                 assert page.locator(f"#try-output-{side}").text_content(), f"no {side} answer"
             shoot(page, "try-adapter", element="#takeaway")
 
+            mark("both answers of try-the-adapter streamed")
             # 9. the sweep's group page follows both jobs to the end; then compare the demo with one of them
             page.goto(f"{live_app}/jobs/{member_ids[0]}")  # a member's page links to its group
             page.click("#group-link")
@@ -432,10 +477,12 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
                     timeout=DEADLINE_S * 1000,
                 )
             page.wait_for_function(
-                "() => Number(document.getElementById('compare-chart').dataset.points) >= 2 * %d" % SWEEP_STEPS
+                "(n) => Number(document.getElementById('compare-chart').dataset.points) >= n",
+                arg=2 * SWEEP_STEPS,
             )
             shoot(page, "sweep-group")
 
+            mark("sweep finished on its group page")
             page.goto(live_app + "/")
             page.check(f"#job-row-{job_id} input[data-field=select]")
             page.check(f"#job-row-{member_ids[0]} input[data-field=select]")
@@ -446,14 +493,18 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
                 "(n) => Number(document.getElementById('compare-chart').dataset.points) >= n",
                 arg=len(api["series"]["loss"]) + SWEEP_STEPS,
             )
-            legend_runs = page.locator("#compare-legend li").evaluate_all("(ls) => ls.map((l) => l.dataset.run)")
+            legend_items = page.locator("#compare-legend li")
+            legend_runs = legend_items.evaluate_all("(ls) => ls.map((l) => l.dataset.run)")
             assert sorted(map(int, legend_runs)) == sorted([job_id, member_ids[0]])
+            assert check_labels(page) >= 2  # metric and x axis
             shoot(page, "compare")
 
+            mark("compare page")
             # a page that does not exist says so, in both schemes
             missing = page.goto(f"{live_app}/jobs/999999")
             assert missing is not None and missing.status == 404
             shoot(page, "not-found", full_page=False)
+            mark("not-found page")
             assert not errors, f"JavaScript errors: {errors}"
         finally:
             browser.close()
