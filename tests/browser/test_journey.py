@@ -329,6 +329,14 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             # every chart names its axes' units through a legend: the series labels are drawn
             legend = page.locator("#chart-loss .u-legend").inner_text()
             assert "loss" in legend.lower(), f"the loss chart has no legend: {legend!r}"
+            # every chart has a legend naming its x axis and at least one series
+            legends = page.locator("#charts .chart").evaluate_all(
+                "(cs) => cs.map((c) => [c.id, c.querySelectorAll('.u-legend .u-series').length,"
+                " c.querySelector('.u-legend')?.textContent || ''])"
+            )
+            assert len(legends) == 5, legends
+            for chart_id, entries, text in legends:
+                assert entries >= 2 and "step" in text, f"{chart_id} has no readable legend: {text!r}"
             # event times are in the browser's zone
             event_time = page.locator("#events-body time").first
             page.wait_for_function("() => document.querySelector('#events-body time').dataset.localized")
