@@ -78,9 +78,17 @@ def _train(loaded: LoadedModel, steps: int, lr: float = 5e-3) -> list[float]:
 
 def test_the_demo_preset_loads_in_4bit_with_lora_and_reports_what_it_kept() -> None:
     import bitsandbytes as bnb
+    import torch
 
     events: list[tuple[str, dict[str, Any]]] = []
-    loaded = load_for_training(demo_config(), device="cpu", report=lambda k, p: events.append((k, p)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loaded = load_for_training(demo_config(), device="cpu", report=lambda k, p: events.append((k, p)))
+        # a preset's tiny matmuls run on one thread: two spin-wait each other on a busy CPU
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert type(loaded.model).__name__.startswith("PeftModel")
     assert loaded.dtype == "float32"  # fp32 on CPU unless told otherwise
     assert "lm_head" in loaded.kept_in_full_precision
