@@ -369,12 +369,14 @@
       requestAnimationFrame(draw);
     }
 
+    const WAITING = "Waiting for data…";
     CHARTS.forEach((spec) => {
       const el = document.getElementById("chart-" + spec.id);
       if (!el) return;
       const note = document.createElement("div");
       note.className = "chart-empty";
-      note.textContent = "Waiting for data…";
+      // a job that ended without metrics will never fill its charts: say so instead of "waiting"
+      note.textContent = document.getElementById("charts")?.dataset.emptyNote || WAITING;
       el.appendChild(note);
       el.dataset.points = "0";
       charts.set(spec.id, { spec, el, plot: null, keys: [], log: false });
@@ -494,6 +496,7 @@
       applySummary(main, s);
       updateActions(s);
       if (TERMINAL.has(s.status)) refreshLogs(true);
+      else document.querySelectorAll("#charts .chart-empty").forEach((n) => { n.textContent = WAITING; });  // resumed
       scheduleDraw();
       // other panels of the page (static/js/takeaway.js) follow the job's state too
       document.dispatchEvent(new CustomEvent("tuneboard:job", { detail: s }));

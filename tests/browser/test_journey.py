@@ -264,6 +264,13 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             )
             assert _normal_spaces(created.inner_text()) == _expected_local(created_iso)
 
+            # its page says why it failed, and its empty charts say no data will come
+            page.goto(f"{live_app}/jobs/{gpu_job_id}")
+            assert "GPU" in page.locator("#failure-reason").inner_text()
+            assert page.locator('[data-action="resume"]').is_visible()
+            empty_chart = page.locator("#chart-loss .chart-empty")
+            assert "ended before it reported any metrics" in empty_chart.inner_text()
+            shoot(page, "job-failed", full_page=False)
             mark("empty dashboard, a failed GPU job, local times")
             # 2. the form, prefilled with the demo settings: labelled, reachable by Tab; the estimate
             # follows a change through htmx
