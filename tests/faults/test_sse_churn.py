@@ -52,16 +52,22 @@ def test_two_hundred_stream_connects_and_disconnects_leave_no_tasks_sessions_or_
     assert len(seen) == CHURNS and set(seen) <= {"job", "jobs", "metrics", "events"}, set(seen)
 
     def settled() -> dict[str, Any] | None:
+        # the two jobs keep POSTing: a sample with one of their requests in flight is not calm; a leak
+        # never is. Threads and file descriptors are left out: the thread pool and the connection pool
+        # grow on demand up to their bounds and keep what they made, which is not a leak.
         now: dict[str, Any] = app.get("/api/_debug/runtime")
-        calm = now["tasks"] <= before["tasks"] and now["db_pool"]["checked_out"] == 0
+        calm = (
+            now["tasks"] <= before["tasks"]
+            and now["db_pool"]["checked_out"] == 0
+            and now["thread_pool"]["borrowed"] == 0
+            and now["connections"] <= before["connections"]
+        )
         return now if calm else None
 
     try:
         after = wait_for(settled, timeout=10, what="the streams' tasks and sessions to end", interval=0.2)
     except AssertionError:
         raise AssertionError(f"before: {before}\nnow: {app.get('/api/_debug/runtime')}") from None
-    assert after["threads"] <= before["threads"] + 2, (before, after)
-    assert after["open_fds"] <= before["open_fds"] + 5, (before, after)
     grew_mb = (after["rss_bytes"] - before["rss_bytes"]) / 1024**2
     assert grew_mb < RSS_BOUND_MB, f"RSS grew {grew_mb:.1f} MB over {CHURNS} streams ({before} → {after})"
     assert took < 60, f"{CHURNS} stream connects took {took:.0f} s"
