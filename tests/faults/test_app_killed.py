@@ -21,8 +21,8 @@ from worker.protocol import read_spool
 
 pytestmark = pytest.mark.training
 
-STEPS = 60
-STEP_SLEEP_S = "0.1"  # ~6 s of training: alive across the app's kill and restart, at little CPU cost
+STEPS = 80
+STEP_SLEEP_S = "0.1"  # ~8 s of training: alive across the app's kill and restart, at little CPU cost
 DOWN_S = 2.0
 
 
