@@ -34,6 +34,7 @@ from worker.protocol import ExitCode, RunDir
 
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300  # torchrun's SIGTERM → SIGKILL wait: room to finish a checkpoint
+FORCE_TORCHRUN_ENV = "TUNEBOARD_FORCE_TORCHRUN"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ def torchrun_command(run_dir: Path, nproc: int, module: str = "worker.train") ->
 def maybe_run_distributed(run_dir: Path, module: str = "worker.train") -> int | None:
     """Run the job under torchrun when it asks for more than one GPU; None when it trains in this process."""
     nproc = requested_processes(run_dir)
-    if nproc <= 1 or is_rank_process():
+    # TUNEBOARD_FORCE_TORCHRUN=1 runs even a one-GPU job through torchrun: a world-size-1 dry run of the
+    # multi-GPU path on a machine with a single GPU.
+    forced = os.environ.get(FORCE_TORCHRUN_ENV) == "1"
+    if (nproc <= 1 and not forced) or is_rank_process():
         return None
     run = RunDir(Path(run_dir))
     run.outcome.unlink(missing_ok=True)  # what decides our exit code must come from this attempt
