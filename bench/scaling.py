@@ -157,7 +157,8 @@ def main() -> None:
             results[gpus] = summarize(base, job["id"])
             r = results[gpus]
             print(
-                f"\n== {gpus} GPU: {r['status']} in {time.time() - start:.0f} s; tokens/s {r['tokens_per_second']}; "
+                f"\n== {gpus} GPU: {r['status']} in {time.time() - start:.0f} s; "
+                f"tokens/s {r['tokens_per_second']}; "
                 f"peak VRAM/GPU {r['peak_vram_gb']} GB {r['reason'] or ''}"
             )
             if r["status"] != "succeeded":
