@@ -371,6 +371,8 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             )
             assert page.locator("#jobs-body tr").first.get_attribute("id") == f"job-row-{second}"
             assert check_labels(page) >= 3  # one "select to compare" box per job
+            list_cls = page.evaluate("() => window.__cls")
+            assert list_cls < 0.1, f"the jobs list shifted while rows updated (CLS {list_cls:.3f})"
             page.wait_for_timeout(600)  # let the progress bars finish their width transition
             shoot(page, "jobs-list", full_page=False)
 
@@ -512,6 +514,10 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             legend_runs = legend_items.evaluate_all("(ls) => ls.map((l) => l.dataset.run)")
             assert sorted(map(int, legend_runs)) == sorted([job_id, member_ids[0]])
             assert check_labels(page) >= 2  # metric and x axis
+            compare_cls = page.evaluate("() => window.__cls")
+            assert compare_cls < 0.1, (
+                f"the compare page shifted while its curves loaded (CLS {compare_cls:.3f})"
+            )
             shoot(page, "compare")
 
             mark("compare page")
