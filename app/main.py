@@ -106,11 +106,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(pages_router)
     # --- end pages router ---
-    # --- worker artifact uploads (ray+pg+compose helper) ---
-    from app.scheduler.uploads import router as uploads_router
-
-    app.include_router(uploads_router)
-    # --- end worker artifact uploads ---
     # --- compare + sweeps (compare+sweeps helper) ---
     from app.compare.api import router as compare_api_router
     from app.compare.pages import router as compare_pages_router
@@ -129,6 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets_api_router)
     app.include_router(datasets_pages_router)
     # --- end datasets ---
+    # --- worker artifact uploads (ray+pg+compose helper) ---
+    from app.scheduler.uploads import router as uploads_router
+
+    app.include_router(uploads_router)
+    # --- end worker artifact uploads ---
     # --- takeaway: downloads, merged export, try the adapter (takeaway helper) ---
     from app.tasks.api import router as takeaway_router
 

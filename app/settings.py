@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    public_url: str | None = Field(None, description="URL workers use to reach the app; default from host/port.")
+    public_url: str | None = Field(
+        None, description="URL workers use to reach the app; default from host/port."
+    )
 
     # scheduler
     scheduler_enabled: bool = True
@@ -34,8 +36,10 @@ class Settings(BaseSettings):
     launcher: str = Field("local", description="local | ray")
     worker_python: str | None = Field(None, description="Python for training processes; default: this one.")
     worker_module: str = Field(
-        "worker.train", description="Module run as `python -m MODULE RUN_DIR` for each job (tests use a fake)."
+        "worker.train",
+        description="Module run as `python -m MODULE RUN_DIR` for each job (tests use a fake).",
     )
+
     # Ray launcher (TUNEBOARD_LAUNCHER=ray; docs/cluster.md)
     ray_address: str | None = Field(
         None, description="Ray dashboard (Jobs API) URL, e.g. http://ray-head:8265 (launcher ray)."
@@ -57,7 +61,6 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest single file a remote worker may upload to its run directory."
     )
-
 
     # streaming
     sse_batch_interval_s: float = Field(0.25, gt=0)
