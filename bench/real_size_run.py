@@ -1,6 +1,6 @@
 """A short real-size run through Tuneboard's own worker: Gemma 3n E2B/E4B dims, random weights, 4-bit.
 
-    python bench/real_size_run.py --size e2b --steps 12 --batch 4 --seq 512 --work /tmp/tb-real
+    python bench/real_size_run.py --size e2b --steps 12 --batch 4 --seq 512 --work bench-work/real
 
 Builds the model from its config (bench/gemma3n_dims.py), writes a dataset of full-length text rows, runs
 `python -m worker.train RUN_DIR` exactly as the app's launcher does (standalone: no app), then prints what the

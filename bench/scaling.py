@@ -1,6 +1,6 @@
 """Data-parallel scaling through Tuneboard's own launcher: the real app, its scheduler and `worker.train`.
 
-    python -m bench.scaling --gpus 1 2 --size e2b --steps 30 --batch 8 --seq 512 --work /tmp/tb-scaling
+    python -m bench.scaling --gpus 1 2 --size e2b --steps 30 --batch 8 --seq 512 --work bench-work/scaling
 
 Starts `tuneboard serve` on a free loopback port with a fresh data dir, submits the same Gemma 3n job
 (real dims, random weights, nf4) once per GPU count, waits for each, and prints tokens/s (median of the

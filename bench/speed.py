@@ -1,7 +1,7 @@
 """Seed recipe vs Tuneboard's training path on one GPU: tokens/s, VRAM, MFU and a loss-curve check.
 
     python -m bench.speed --model e2b --seq 512 --phases 4x1:50,4x4:8 --tb-phases 4x1:50,16x1:12 \\
-        --work /tmp/tb-speed
+        --work bench-work/speed
 
 Each recipe runs in its own process (so peak-memory numbers are its own) on the same saved model and the
 same token batches, in a plain torch loop (forward, backward, clip 1.0, optimizer step), LoRA r16 alpha 32 on
@@ -33,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -363,7 +364,7 @@ def main() -> None:
     parser.add_argument("--tb-phases", default="4x1:50,16x1:12", help="tuneboard phases MxA:STEPS,...")
     parser.add_argument("--recipes", default="seed,tuneboard,tb-nofused")
     parser.add_argument("--nofused-phases", default="4x1:10,16x1:10", help="tb-nofused phases")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/tb-speed"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tb-speed")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per recipe process")
     # internal: run one recipe in this process

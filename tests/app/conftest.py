@@ -31,7 +31,7 @@ from worker.config import JobConfig
 
 # Set to a PostgreSQL URL whose role may CREATE DATABASE to run the app tests on PostgreSQL instead of
 # SQLite (each test gets a database of its own), e.g.
-#   TUNEBOARD_TEST_POSTGRES_URL=postgresql+psycopg://tuneboard@/postgres?host=/tmp/pg&port=5432
+#   TUNEBOARD_TEST_POSTGRES_URL=postgresql+psycopg://tuneboard@/postgres?host=PG_SOCKET_DIR&port=5432
 POSTGRES_URL = os.environ.get("TUNEBOARD_TEST_POSTGRES_URL")
 
 
