@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +37,45 @@ def write_text_dataset(path: Path, rows: int, chars: int, seed: int = 0) -> None
             while len(text) < chars:
                 text += rng.choice(words) + " "
             fh.write(json.dumps({"text": text[:chars]}) + "\n")
+
+
+def text_job_config(
+    name: str,
+    model_dir: Path,
+    data: Path,
+    *,
+    steps: int,
+    batch: int,
+    seq: int,
+    quant: str = "nf4",
+    gpus: int = 1,
+    checkpointing: bool = True,
+) -> dict[str, Any]:
+    """A job config for a speed run: full-length text rows, LoRA r16, no eval, one checkpoint at the end."""
+    return {
+        "name": name,
+        "model": {"name": str(model_dir)},
+        "dataset": {
+            "source": str(data),
+            "format": "text",
+            "eval_fraction": 0.0,
+            "assistant_only_loss": False,
+        },
+        "quantization": {"method": quant},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "training": {
+            "max_steps": steps,
+            "batch_size": batch,
+            "max_seq_len": seq,
+            "learning_rate": 2e-4,
+            "eval_steps": 0,
+            "save_steps": steps,
+            "logging_steps": 1,
+            "seed": 0,
+            "gradient_checkpointing": checkpointing,
+        },
+        "resources": {"gpus": gpus},
+    }
 
 
 def main() -> None:
@@ -61,29 +101,17 @@ def main() -> None:
 
     run = RunDir(args.work / f"run-{args.size}-{args.quant}-b{args.batch}-s{args.seq}")
     run.root.mkdir(parents=True, exist_ok=True)
-    config = {
-        "name": f"real-size {args.size} {args.quant}",
-        "model": {"name": str(model_dir)},
-        "dataset": {
-            "source": str(data),
-            "format": "text",
-            "eval_fraction": 0.0,
-            "assistant_only_loss": False,
-        },
-        "quantization": {"method": args.quant},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "training": {
-            "max_steps": args.steps,
-            "batch_size": args.batch,
-            "max_seq_len": args.seq,
-            "learning_rate": 2e-4,
-            "eval_steps": 0,
-            "save_steps": args.steps,
-            "logging_steps": 1,
-            "gradient_checkpointing": not args.no_checkpointing,
-        },
-        "resources": {"gpus": 1},
-    }
+    config = text_job_config(
+        f"real-size {args.size} {args.quant}",
+        model_dir,
+        data,
+        steps=args.steps,
+        batch=args.batch,
+        seq=args.seq,
+        quant=args.quant,
+        gpus=1,
+        checkpointing=not args.no_checkpointing,
+    )
     run.config.write_text(json.dumps(config, indent=2))
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "worker.train", str(run.root)], check=False)

@@ -46,33 +46,6 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-def job_config(model_dir: Path, data: Path, gpus: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The job every GPU count runs: same data, same per-GPU micro-batch."""
-    return {
-        "name": f"scaling {args.size} × {gpus} GPU",
-        "model": {"name": str(model_dir)},
-        "dataset": {
-            "source": str(data),
-            "format": "text",
-            "eval_fraction": 0.0,
-            "assistant_only_loss": False,
-        },
-        "quantization": {"method": "nf4"},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "training": {
-            "max_steps": args.steps,
-            "batch_size": args.batch,
-            "max_seq_len": args.seq,
-            "learning_rate": 2e-4,
-            "eval_steps": 0,
-            "save_steps": args.steps,
-            "logging_steps": 1,
-            "seed": 0,
-        },
-        "resources": {"gpus": gpus},
-    }
-
-
 def summarize(base: str, job_id: int) -> dict[str, Any]:
     """Status, tokens/s, peak VRAM and the loss curve of one finished job, read back through the API."""
     job = _get(f"{base}/api/jobs/{job_id}")
@@ -103,7 +76,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from bench.gemma3n_dims import save_random_model
-    from bench.real_size_run import write_text_dataset
+    from bench.real_size_run import text_job_config, write_text_dataset
 
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = args.work / f"gemma3n-{args.size}"
@@ -147,7 +120,16 @@ def main() -> None:
                 time.sleep(0.5)
         print("scheduler:", json.dumps(health.get("scheduler", {}).get("gpus")))
         for gpus in args.gpus:
-            job = _post(f"{base}/api/jobs", job_config(model_dir, data, gpus, args))
+            config = text_job_config(
+                f"scaling {args.size} × {gpus} GPU",
+                model_dir,
+                data,
+                steps=args.steps,
+                batch=args.batch,
+                seq=args.seq,
+                gpus=gpus,
+            )
+            job = _post(f"{base}/api/jobs", config)
             start = time.time()
             while True:
                 status = _get(f"{base}/api/jobs/{job['id']}")["status"]

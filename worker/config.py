@@ -131,24 +131,36 @@ class TrainingConfig(_Strict):
     """The optimisation loop."""
 
     max_steps: int | None = Field(60, ge=1, le=10_000_000, description="Optimizer steps; or set epochs.")
-    epochs: float | None = Field(None, gt=0, le=10_000, description="Passes over the data (when max_steps is empty).")
+    epochs: float | None = Field(
+        None, gt=0, le=10_000, description="Passes over the data (when max_steps is empty)."
+    )
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (0 < lr ≤ 1).")
     batch_size: int = Field(4, ge=1, le=4096, description="Examples per device per micro-batch.")
     grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
-    max_seq_len: int = Field(512, ge=16, le=1_048_576, description="Examples are truncated to this many tokens.")
+    max_seq_len: int = Field(
+        512, ge=16, le=1_048_576, description="Examples are truncated to this many tokens."
+    )
     optimizer: Literal["auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch"] = Field(
         "auto", description="auto: paged 8-bit AdamW on GPU, 8-bit AdamW on CPU."
     )
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
-    warmup: float = Field(0.05, ge=0.0, le=0.5, description="Fraction of the steps spent warming up (0 to 0.5).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
+    warmup: float = Field(
+        0.05, ge=0.0, le=0.5, description="Fraction of the steps spent warming up (0 to 0.5)."
+    )
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradient clipping threshold.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed for data order and adapter init.")
     logging_steps: int = Field(1, ge=1, le=100_000, description="Report metrics every N steps.")
-    eval_steps: int = Field(20, ge=0, le=10_000_000, description="Evaluate every N steps (0: only at the end).")
+    eval_steps: int = Field(
+        20, ge=0, le=10_000_000, description="Evaluate every N steps (0: only at the end)."
+    )
     save_steps: int = Field(20, ge=1, le=10_000_000, description="Checkpoint every N steps.")
     save_total_limit: int = Field(3, ge=1, le=1000, description="Keep the last K complete checkpoints.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward to save memory."
+    )
     packing: bool = Field(False, description="Pack short examples into full-length rows.")
     sample_prompts: list[str] = Field(
         default_factory=list,
