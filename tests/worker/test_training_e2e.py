@@ -140,13 +140,16 @@ def test_the_adapter_loads_with_plain_peft(run: FinishedRun) -> None:
 
 @pytest.mark.parametrize("preset", ["tiny-gemma3n-multimodal", "tiny-llama"])
 def test_other_presets_train_and_save_an_adapter(preset: str) -> None:
-    cfg = demo_dict(max_steps=12, eval_steps=6, save_steps=6)
+    cfg = demo_dict(max_steps=20, eval_steps=10, save_steps=10)
     cfg["model"]["name"] = f"preset:{preset}"
     finished = trained_run(preset, cfg)
     assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
     losses = [loss for _, loss in finished.losses()]
-    assert len(losses) == 12 and all(loss == loss for loss in losses)
-    assert mean(losses[-3:]) < mean(losses[:3]), losses
-    assert [e["step"] for e in finished.of_kind("metric") if "eval_loss" in e["payload"]] == [6, 12]
-    assert [p.name for p in complete_checkpoints(finished.run_dir)] == ["checkpoint-6", "checkpoint-12"]
+    assert len(losses) == 20 and all(loss == loss for loss in losses)
+    # Observed (seed 42): multimodal 12.9 -> 2.6, tiny-llama 18.4 -> 3.8; both about 0.27 of the start.
+    assert mean(losses[-5:]) < 0.5 * mean(losses[:5]), losses
+    evals = [e["payload"]["eval_loss"] for e in finished.of_kind("metric") if "eval_loss" in e["payload"]]
+    assert [e["step"] for e in finished.of_kind("metric") if "eval_loss" in e["payload"]] == [10, 20]
+    assert evals[-1] < evals[0], evals
+    assert [p.name for p in complete_checkpoints(finished.run_dir)] == ["checkpoint-10", "checkpoint-20"]
     assert (finished.run_dir.adapter / "adapter_model.safetensors").is_file()
