@@ -49,7 +49,8 @@ PRESET_MODELS: dict[str, ModelInfo] = {
         num_layers=4,
         vocab_size=512,
         notes=(
-            "Vision tower is a small stub module when timm is not installed; the text path trains as usual.",
+            "This preset's vision tower is a small stand-in module (timm is not a dependency): it cannot "
+            "look at images; the text path, audio tower and the Gemma 3n recipe train as usual.",
         ),
     ),
     "tiny-llama": ModelInfo(
