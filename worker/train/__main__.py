@@ -7,6 +7,7 @@ RUN_DIR/outcome.json last, and exits with a worker.protocol.ExitCode.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     run_dir = Path(args[0])
+    # transformers' deprecation notices (renamed arguments) would fill the dashboard's log tail
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     from worker.train.distributed import is_rank_process, maybe_run_distributed
     from worker.train.remote import UploadError, materialize_run_dir, report, upload_outputs, upload_requested
 

@@ -596,7 +596,9 @@ def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = Fal
         install_rank_signals(stop)
     outcome = _run_guarded(rd, reporter, stop, resume=resume, progress_bar=progress_bar)
     level = "info" if outcome.code == ExitCode.SUCCEEDED else "error"
-    reporter.emit(EventKind.LOG, 0, {"level": level, "message": f"{outcome.status}: {outcome.reason}"})
+    final_step = getattr(reporter, "last_step", 0)  # NullReporter (other ranks) has none
+    message = f"{outcome.status}: {outcome.reason}"
+    reporter.emit(EventKind.LOG, final_step, {"level": level, "message": message})
     reporter.close(timeout=10.0)
     if not rank.is_main:
         return follower_exit_code(outcome.code)

@@ -100,6 +100,11 @@ class Reporter:
                 self._wake.notify()
             return seq
 
+    @property
+    def last_step(self) -> int:
+        """The highest step any event carried so far (the final summary is filed under it)."""
+        return self._step
+
     def close(self, timeout: float = 10.0) -> bool:
         """Stop the sender after flushing what it can within `timeout`; True when everything was acked."""
         with self._lock:
