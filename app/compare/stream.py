@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.compare.service import compare_row, run_stats
 from app.jobs.schemas import iso
 from app.jobs.status import TERMINAL, JobStatus
-from app.metrics.stream import JobCursor, PollResult, format_sse, parse_last_event_id, poll_job
+from app.metrics.stream import (
+    JobCursor,
+    PollResult,
+    client_disconnected,
+    format_sse,
+    parse_last_event_id,
+    poll_job,
+)
 from app.models import Job
 from app.settings import Settings
 
@@ -98,13 +105,6 @@ def poll_runs(
     return updates
 
 
-async def _disconnected(request: Request) -> bool:
-    try:
-        return await request.is_disconnected()
-    except Exception:  # noqa: BLE001 - a broken transport means the client is gone
-        return True
-
-
 async def compare_event_stream(
     request: Request,
     *,
@@ -126,7 +126,7 @@ async def compare_event_stream(
     started = last_ping = time.monotonic()
     yield "retry: 2000\n\n"
     while True:
-        if await _disconnected(request):
+        if await client_disconnected(request):
             return
         updates = await anyio.to_thread.run_sync(poll_runs, factory, list(job_ids), cursors)
         sent_any = False

@@ -163,7 +163,8 @@ def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> 
         return result
 
 
-async def _disconnected(request: Request) -> bool:
+async def client_disconnected(request: Request) -> bool:
+    """True once the client has gone (a broken transport counts as gone)."""
     try:
         return await request.is_disconnected()
     except Exception:  # noqa: BLE001 - a broken transport means the client is gone
@@ -184,7 +185,7 @@ async def job_event_stream(
     started = last_ping = time.monotonic()
     yield "retry: 2000\n\n"
     while True:
-        if await _disconnected(request):
+        if await client_disconnected(request):
             return
         before = cursor.event_id()
         seq_before = cursor.event_seq
@@ -260,7 +261,7 @@ async def jobs_list_stream(
     first = True
     yield "retry: 2000\n\n"
     while True:
-        if await _disconnected(request):
+        if await client_disconnected(request):
             return
         changed = await anyio.to_thread.run_sync(poll_jobs, factory, cursor)
         now = time.monotonic()
