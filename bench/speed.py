@@ -11,7 +11,10 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   every non-quantized weight), eager attention, HF gradient checkpointing, PagedAdamW8bit, the model's loss;
 - tuneboard: the worker's own loader (`load_for_training`: no upcast, the recipe's attention, non-reentrant
   checkpointing), the worker's optimizer (`build_optimizer`) and its fused linear cross-entropy
-  (`worker.train.fused_loss`); `tb-nofused` is the same with the model's own loss.
+  (`worker.train.fused_loss`); `tb-nofused` is the same with the model's own loss; `tb-offload` and
+  `tb-nooffload` are the same with CPU offload of the checkpointed layer inputs forced on / off
+  (`worker.train.offload`; `tuneboard` itself takes the worker's default); `tb-offload-lazy` offloads
+  without the backward prefetch.
 
 A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq).
 Every recipe's first phase starts from the same LoRA init and sees the same batches, so their first phases'
@@ -46,7 +49,7 @@ SEED = 1234
 # Per-step relative loss difference allowed between the recipes (bench/README.md says why): above the bf16
 # rounding of their different kernels (≤ 0.6% measured), below the batch-to-batch spread of the loss.
 GATE_REL_TOL = 0.01
-RECIPES = ("seed", "tuneboard", "tb-nofused")
+RECIPES = ("seed", "tuneboard", "tb-nofused", "tb-offload", "tb-offload-lazy", "tb-nooffload")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -180,9 +183,17 @@ def load_seed(model_dir: Path) -> Any:
     return model, cls(params, lr=LR), None
 
 
-def load_tuneboard(model_dir: Path, fused: bool) -> Any:
-    """Tuneboard's path: the worker's loader, optimizer and (unless `fused` is False) fused loss."""
+def load_tuneboard(model_dir: Path, fused: bool, offload: bool | None = None) -> Any:
+    """Tuneboard's path: the worker's loader, optimizer and (unless `fused` is False) fused loss.
+
+    `offload` forces CPU offload of checkpointed layer inputs on or off; None keeps the worker's default.
+    """
     import torch
+
+    from worker.train.offload import OFFLOAD_ENV
+
+    if offload is not None:
+        os.environ[OFFLOAD_ENV] = "1" if offload else "0"
 
     from worker.config import parse_config
     from worker.train.fused_loss import FUSED_LOSS_ENV, plan_fused_loss
@@ -222,7 +233,12 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     if args.recipe == "seed":
         model, optimizer, plan = load_seed(model_dir)
     else:
-        model, optimizer, plan = load_tuneboard(model_dir, fused=args.recipe == "tuneboard")
+        offload = {"tb-offload": True, "tb-offload-lazy": True, "tb-nooffload": False}.get(args.recipe)
+        if args.recipe == "tb-offload-lazy":
+            from worker.train.offload import PREFETCH_ENV
+
+            os.environ[PREFETCH_ENV] = "0"
+        model, optimizer, plan = load_tuneboard(model_dir, fused=args.recipe != "tb-nofused", offload=offload)
     load_s = time.perf_counter() - t0
     model.train()
     after_load = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
@@ -235,6 +251,10 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": trainable,
         "lora_a_abs_sum": lora_a,
         "loss_impl": plan.impl if plan is not None else "model",
+        "offload": any(
+            getattr(getattr(m, "_gradient_checkpointing_func", None), "_tuneboard_offload", False)
+            for m in model.modules()
+        ),
         "phases": [],
     }
     seq = args.seq
@@ -347,6 +367,8 @@ def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> l
             )
             mfu = f"{100 * tps * fpt / peak:.1f}%" if tps and math.isfinite(peak) else "-"
             name = r["recipe"] + (f" ({r['loss_impl']} loss)" if r["recipe"] != "seed" else "")
+            if r.get("offload"):
+                name += " + CPU offload"
             cell = f"{tps:.0f}" if tps else (p["error"] or "-")
             lines.append(
                 f"| {name} | {p['micro']} × {p['accum']} × {seq} | {p['tokens_per_step']} | {cell} "
@@ -439,13 +461,22 @@ def main() -> None:
             f"{r['recipe']}: load {r['load_s']} s, {r['allocated_after_load_gb']} GB after load, "
             f"{r['trainable_params']:,} trainable, LoRA-A |sum| {r['lora_a_abs_sum']:.4f}"
         )
-    if "gate" in summary:
-        g = summary["gate"]
+    # Offload on vs off must not change the loss: gate each against the other same-path recipe present.
+    for variant in ("tb-offload", "tb-offload-lazy", "tb-nooffload"):
+        ref = next((x for x in ("tuneboard", "tb-nooffload") if x in by and x != variant), None)
+        if variant in by and ref is not None:
+            summary[f"gate-{variant}"] = gate(
+                by[ref]["phases"][0]["losses"], by[variant]["phases"][0]["losses"]
+            )
+            summary[f"gate-{variant}"]["against"] = ref
+    for key in [k for k in summary if k.startswith("gate")]:
+        g = summary[key]
+        names = ("seed", "tuneboard") if key == "gate" else (g["against"], key[len("gate-") :])
         lines.append(
-            f"loss gate over {g['steps']} steps: step-1 rel diff {g['step1_rel_diff']:.2e}, "
-            f"max {g['max_rel_diff']:.2e}, "
-            f"mean {g['mean_rel_diff']:.2e} (tolerance {g['tolerance']}); seed {g['seed_first_last']}, "
-            f"tuneboard {g['tb_first_last']} → {'PASS' if g['passed'] else 'FAIL'}"
+            f"loss gate {names[1]} vs {names[0]} over {g['steps']} steps: "
+            f"step-1 rel diff {g['step1_rel_diff']:.2e}, max {g['max_rel_diff']:.2e}, "
+            f"mean {g['mean_rel_diff']:.2e} (tolerance {g['tolerance']}); {names[0]} {g['seed_first_last']}, "
+            f"{names[1]} {g['tb_first_last']} → {'PASS' if g['passed'] else 'FAIL'}"
         )
     summary["table"] = lines
     (out / f"speed-{Path(args.model).name}-{args.seq}-summary.json").write_text(json.dumps(summary, indent=1))

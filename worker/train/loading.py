@@ -2,8 +2,9 @@
 
 No `prepare_model_for_kbit_training`: it upcasts every frozen non-quantized weight to fp32, which doubles
 Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing and input gradients are enabled by
-hand instead. After loading, the model is checked: nothing meant to stay un-quantized got packed, and
-every trainable parameter is floating point.
+hand instead (on CUDA the checkpointed layers' inputs wait in CPU memory: `worker.train.offload`). After
+loading, the model is checked: nothing meant to stay un-quantized got packed, and every trainable parameter
+is floating point.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from worker.catalog import PRESET_PREFIX
 from worker.config import JobConfig
+from worker.train.offload import enable_activation_offload, offload_wanted
 from worker.train.recipes import Recipe, recipe_for
 from worker.train.recipes.base import generalize_names, linear_names, pattern_keeps
 
@@ -388,6 +390,8 @@ def load_source_for_training(
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
+        if offload_wanted(device) and enable_activation_offload(model) is not None:
+            _emit(report, "Checkpointed layer inputs are offloaded to CPU memory until the backward pass")
 
     if cfg.lora.target_modules == "auto":
         targets: Any = recipe.lora_target_regex
