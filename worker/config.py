@@ -206,13 +206,13 @@ class JobConfig(_Strict):
     """One fine-tune, fully described."""
 
     name: str = Field("", max_length=200, description="A label for the run.")
-    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)  # type: ignore[arg-type]
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)  # type: ignore[arg-type]
-    lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
-    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
-    guard: GuardConfig = Field(default_factory=GuardConfig)  # type: ignore[arg-type]
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _fits_the_model(self) -> JobConfig:

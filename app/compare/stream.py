@@ -12,7 +12,6 @@ last points went out.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from app.jobs.status import TERMINAL, JobStatus
 from app.metrics.stream import (
     JobCursor,
     PollResult,
+    StreamPacer,
     client_disconnected,
     format_sse,
     parse_last_event_id,
@@ -123,7 +123,7 @@ async def compare_event_stream(
         else:
             cursors[job_id] = JobCursor()
     sent = {job_id: cursors[job_id].event_id() for job_id in job_ids}
-    started = last_ping = time.monotonic()
+    pacer = StreamPacer.from_settings(settings)
     yield "retry: 2000\n\n"
     while True:
         if await client_disconnected(request):
@@ -145,12 +145,8 @@ async def compare_event_stream(
         if all((not u.poll.exists) or (u.poll.terminal and u.poll.caught_up) for u in updates):
             yield format_sse("end", {"job_ids": list(job_ids)}, compare_event_id(sent))
             return
-        now = time.monotonic()
-        if now - started > settings.sse_max_lifetime_s:
+        if pacer.expired():
             return  # the browser reconnects with Last-Event-ID
-        if sent_any:
-            last_ping = now
-        elif now - last_ping >= settings.sse_ping_interval_s:
-            yield ": ping\n\n"
-            last_ping = now
+        if ping := pacer.ping(sent_any):
+            yield ping
         await anyio.sleep(settings.sse_batch_interval_s)

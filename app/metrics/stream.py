@@ -163,6 +163,36 @@ def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> 
         return result
 
 
+@dataclass
+class StreamPacer:
+    """The lifetime cap and keep-alive pings every SSE stream of the app shares."""
+
+    max_lifetime_s: float
+    ping_interval_s: float
+    started: float = field(default_factory=time.monotonic)
+    last_message: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamPacer:
+        """Pacing from settings.sse_max_lifetime_s and settings.sse_ping_interval_s."""
+        return cls(max_lifetime_s=settings.sse_max_lifetime_s, ping_interval_s=settings.sse_ping_interval_s)
+
+    def expired(self) -> bool:
+        """The stream has lived long enough; the browser reconnects with Last-Event-ID."""
+        return time.monotonic() - self.started > self.max_lifetime_s
+
+    def ping(self, sent: bool) -> str | None:
+        """A keep-alive comment to send when nothing else went out for ping_interval_s, else None."""
+        now = time.monotonic()
+        if sent:
+            self.last_message = now
+            return None
+        if now - self.last_message >= self.ping_interval_s:
+            self.last_message = now
+            return ": ping\n\n"
+        return None
+
+
 async def client_disconnected(request: Request) -> bool:
     """True once the client has gone (a broken transport counts as gone)."""
     try:
@@ -182,7 +212,7 @@ async def job_event_stream(
     """The detail-page stream: job summary, new metric points and new events, until the job ends."""
     seq, step = parse_last_event_id(last_event_id)
     cursor = JobCursor(event_seq=seq, metric_step=step, history_sent=last_event_id is not None)
-    started = last_ping = time.monotonic()
+    pacer = StreamPacer.from_settings(settings)
     yield "retry: 2000\n\n"
     while True:
         if await client_disconnected(request):
@@ -211,14 +241,10 @@ async def job_event_stream(
             # on `end`; a plain EventSource that reconnects gets the final state and `end` again)
             yield format_sse("end", {"status": (cursor.last_summary or {}).get("status")}, cursor.event_id())
             return
-        now = time.monotonic()
-        if now - started > settings.sse_max_lifetime_s:
+        if pacer.expired():
             return  # the browser reconnects with Last-Event-ID
-        if sent:
-            last_ping = now
-        elif now - last_ping >= settings.sse_ping_interval_s:
-            yield ": ping\n\n"
-            last_ping = now
+        if ping := pacer.ping(sent):
+            yield ping
         await anyio.sleep(settings.sse_batch_interval_s)
 
 
@@ -257,21 +283,19 @@ async def jobs_list_stream(
 ) -> AsyncIterator[str]:
     """The jobs-list stream: summaries of changed jobs, batched."""
     cursor = ListCursor()
-    started = last_ping = time.monotonic()
+    pacer = StreamPacer.from_settings(settings)
     first = True
     yield "retry: 2000\n\n"
     while True:
         if await client_disconnected(request):
             return
         changed = await anyio.to_thread.run_sync(poll_jobs, factory, cursor)
-        now = time.monotonic()
-        if changed or first:
+        sent = bool(changed) or first
+        if sent:
             yield format_sse("jobs", changed)
-            last_ping = now
             first = False
-        elif now - last_ping >= settings.sse_ping_interval_s:
-            yield ": ping\n\n"
-            last_ping = now
-        if now - started > settings.sse_max_lifetime_s:
+        if ping := pacer.ping(sent):
+            yield ping
+        if pacer.expired():
             return
         await anyio.sleep(settings.sse_batch_interval_s)
