@@ -49,7 +49,17 @@ SEED = 1234
 # Per-step relative loss difference allowed between the recipes (bench/README.md says why): above the bf16
 # rounding of their different kernels (≤ 0.6% measured), below the batch-to-batch spread of the loss.
 GATE_REL_TOL = 0.01
-RECIPES = ("seed", "tuneboard", "tb-nofused", "tb-offload", "tb-offload-lazy", "tb-nooffload")
+RECIPES = (
+    "seed",
+    "tuneboard",
+    "tb-nofused",
+    "tb-offload",
+    "tb-offload-lazy",
+    "tb-nooffload",
+    "tb-compile",
+    "tb-nocompile",
+    "tb-nohost",
+)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -180,20 +190,26 @@ def load_seed(model_dir: Path) -> Any:
 
     params = [p for p in model.parameters() if p.requires_grad]
     cls = bnb_mod.optim.PagedAdamW8bit if device == "cuda" else bnb_mod.optim.AdamW8bit
-    return model, cls(params, lr=LR), None
+    return model, cls(params, lr=LR), None, None
 
 
-def load_tuneboard(model_dir: Path, fused: bool, offload: bool | None = None) -> Any:
+def load_tuneboard(
+    model_dir: Path, fused: bool, offload: bool | None = None, compiled: bool | None = None
+) -> Any:
     """Tuneboard's path: the worker's loader, optimizer and (unless `fused` is False) fused loss.
 
-    `offload` forces CPU offload of checkpointed layer inputs on or off; None keeps the worker's default.
+    `offload` forces CPU offload of checkpointed layer inputs on or off, `compiled` the compilation of the
+    decoder layers; None keeps the worker's default.
     """
     import torch
 
+    from worker.train.compile import COMPILE_ENV
     from worker.train.offload import OFFLOAD_ENV
 
     if offload is not None:
         os.environ[OFFLOAD_ENV] = "1" if offload else "0"
+    if compiled is not None:
+        os.environ[COMPILE_ENV] = "1" if compiled else "0"
 
     from worker.config import parse_config
     from worker.train.fused_loss import FUSED_LOSS_ENV, plan_fused_loss
@@ -217,7 +233,21 @@ def load_tuneboard(model_dir: Path, fused: bool, offload: bool | None = None) ->
     if not fused:
         os.environ[FUSED_LOSS_ENV] = "0"
     plan = plan_fused_loss(model, device)
-    return model, optimizer, plan
+    return model, optimizer, plan, loaded.compiler
+
+
+def weight_breakdown(model: Any, top: int = 8) -> list[tuple[str, float]]:
+    """GB of parameters and buffers on the GPU, grouped by name with layer numbers folded."""
+    import re
+    from collections import Counter
+
+    sizes: Counter[str] = Counter()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_cuda:
+            key = re.sub(r"\.\d+\.", ".N.", name)
+            key = re.sub(r"\.(lora_[AB]|base_layer)\..*", r".\1", key)
+            sizes[key] += tensor.numel() * tensor.element_size()
+    return [(k, v / 1e9) for k, v in sizes.most_common(top)]
 
 
 def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
@@ -231,14 +261,21 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if cuda else "cpu"
     t0 = time.perf_counter()
     if args.recipe == "seed":
-        model, optimizer, plan = load_seed(model_dir)
+        model, optimizer, plan, compiler = load_seed(model_dir)
     else:
         offload = {"tb-offload": True, "tb-offload-lazy": True, "tb-nooffload": False}.get(args.recipe)
         if args.recipe == "tb-offload-lazy":
             from worker.train.offload import PREFETCH_ENV
 
             os.environ[PREFETCH_ENV] = "0"
-        model, optimizer, plan = load_tuneboard(model_dir, fused=args.recipe != "tb-nofused", offload=offload)
+        compiled = {"tb-compile": True, "tb-nocompile": False}.get(args.recipe)
+        if args.recipe == "tb-nohost":
+            from worker.train.host_tables import HOST_TABLES_ENV
+
+            os.environ[HOST_TABLES_ENV] = "0"
+        model, optimizer, plan, compiler = load_tuneboard(
+            model_dir, fused=args.recipe != "tb-nofused", offload=offload, compiled=compiled
+        )
     load_s = time.perf_counter() - t0
     model.train()
     after_load = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
@@ -255,8 +292,12 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             getattr(getattr(m, "_gradient_checkpointing_func", None), "_tuneboard_offload", False)
             for m in model.modules()
         ),
+        "compiled": compiler is not None,
         "phases": [],
     }
+    if cuda:
+        for key, gb in weight_breakdown(model):
+            print(f"[{args.recipe}] weights {gb:6.2f} GB {key}", flush=True)
     seq = args.seq
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = min(2000, int(text_config.vocab_size))
@@ -273,31 +314,42 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         losses: list[float] = []
         times: list[float] = []
         error = None
+        def run_step(block: Any) -> float:
+            total = 0.0
+            num_items = torch.tensor(rows * (seq - 1), device=device)
+            for a in range(accum):
+                ids = block[a * micro : (a + 1) * micro].to(device)
+                inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+                with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                    if plan is not None:
+                        loss = causal_lm_loss(model, inputs, plan, num_items)
+                    else:
+                        loss = model(**inputs).loss / accum
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return total
+
+        compile_before = compiler.compile_s if compiler is not None else 0.0
         try:
             for step in range(steps):
                 if cuda:
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                total = 0.0
-                block = batches[step * rows : (step + 1) * rows]
-                num_items = torch.tensor(rows * (seq - 1), device=device)
-                for a in range(accum):
-                    ids = block[a * micro : (a + 1) * micro].to(device)
-                    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-                    with torch.autocast(device_type=device, dtype=torch.bfloat16):
-                        if plan is not None:
-                            loss = causal_lm_loss(model, inputs, plan, num_items)
-                        else:
-                            loss = model(**inputs).loss / accum
-                    loss.backward()
-                    total += float(loss.detach())
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                total = run_step(batches[step * rows : (step + 1) * rows])
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
                 losses.append(total)
+            if args.profile and cuda:
+                from bench.profile_step import profile_memory, profile_time
+
+                last = batches[(steps - 1) * rows : steps * rows]
+                profile_time(lambda: run_step(last))
+                if compiler is None:  # allocator history + compiled checkpointed layers: pytorch#179536
+                    profile_memory(lambda: run_step(last))
         except torch.cuda.OutOfMemoryError as exc:
             error = f"out of memory: {str(exc).splitlines()[0][:160]}"
         measured = times[3:] if len(times) > 4 else times[1:] or times
@@ -311,6 +363,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 "tokens_per_step": tokens,
                 "step_s": step_s,
                 "first_step_s": times[0] if times else None,
+                "compile_s": (compiler.compile_s - compile_before) if compiler is not None else None,
                 "tokens_per_s": tokens / step_s if measured else None,
                 "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                 "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if cuda else None,
@@ -369,6 +422,8 @@ def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> l
             name = r["recipe"] + (f" ({r['loss_impl']} loss)" if r["recipe"] != "seed" else "")
             if r.get("offload"):
                 name += " + CPU offload"
+            if r.get("compiled"):
+                name += " + compiled"
             cell = f"{tps:.0f}" if tps else (p["error"] or "-")
             lines.append(
                 f"| {name} | {p['micro']} × {p['accum']} × {seq} | {p['tokens_per_step']} | {cell} "
@@ -389,6 +444,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tb-speed")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per recipe process")
+    parser.add_argument("--profile", action="store_true", help="profile one step of each phase's shape")
     # internal: run one recipe in this process
     parser.add_argument("--recipe", choices=RECIPES, default=None)
     parser.add_argument("--model-dir", default=None)
@@ -428,6 +484,7 @@ def main() -> None:
             phases,
             "--json",
             str(path),
+            *(["--profile"] if args.profile else []),
         ]
         start = time.perf_counter()
         code: int | str
@@ -460,10 +517,15 @@ def main() -> None:
         lines.append(
             f"{r['recipe']}: load {r['load_s']} s, {r['allocated_after_load_gb']} GB after load, "
             f"{r['trainable_params']:,} trainable, LoRA-A |sum| {r['lora_a_abs_sum']:.4f}"
+            + "".join(
+                f"; compile {p['compile_s']:.0f} s in {p['micro']}x{p['accum']} (first step {p['first_step_s']:.0f} s)"
+                for p in r["phases"]
+                if p.get("compile_s")
+            )
         )
     # Offload on vs off must not change the loss: gate each against the other same-path recipe present.
-    for variant in ("tb-offload", "tb-offload-lazy", "tb-nooffload"):
-        ref = next((x for x in ("tuneboard", "tb-nooffload") if x in by and x != variant), None)
+    for variant in ("tb-offload", "tb-offload-lazy", "tb-nooffload", "tb-compile", "tb-nocompile", "tb-nohost"):
+        ref = next((x for x in ("tuneboard", "tb-nooffload", "tb-nocompile") if x in by and x != variant), None)
         if variant in by and ref is not None:
             summary[f"gate-{variant}"] = gate(
                 by[ref]["phases"][0]["losses"], by[variant]["phases"][0]["losses"]

@@ -18,6 +18,8 @@ from typing import Any
 
 from worker.catalog import PRESET_PREFIX
 from worker.config import JobConfig
+from worker.train.compile import compile_checkpointed_layers, compile_wanted
+from worker.train.host_tables import host_tables_wanted, keep_tables_on_host
 from worker.train.offload import enable_activation_offload, offload_wanted
 from worker.train.recipes import Recipe, recipe_for
 from worker.train.recipes.base import generalize_names, linear_names, pattern_keeps
@@ -52,6 +54,7 @@ class LoadedModel:
     device: str = "cpu"
     dtype: str = "float32"
     kept_module_names: list[str] = field(default_factory=list)  # Linear layers left un-quantized
+    compiler: Any = None  # worker.train.compile.LayerCompiler when the layers are compiled
 
 
 @dataclass(frozen=True)
@@ -387,11 +390,20 @@ def load_source_for_training(
         model.config.get_text_config().use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
+    if host_tables_wanted(device):
+        moved = keep_tables_on_host(model)
+        if moved:
+            _emit(report, f"Frozen lookup tables kept in CPU memory (rows copied per batch): {', '.join(moved)}")
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
         if offload_wanted(device) and enable_activation_offload(model) is not None:
             _emit(report, "Checkpointed layer inputs are offloaded to CPU memory until the backward pass")
+    compiler = None
+    if cfg.training.gradient_checkpointing and compile_wanted(device):
+        compiler = compile_checkpointed_layers(model)
+        if compiler is not None:
+            _emit(report, "Decoder layers are compiled (torch.compile); the first steps include compile time")
 
     if cfg.lora.target_modules == "auto":
         targets: Any = recipe.lora_target_regex
@@ -448,4 +460,5 @@ def load_source_for_training(
         device=device,
         dtype=dtype_name,
         kept_module_names=kept_names,
+        compiler=compiler,
     )

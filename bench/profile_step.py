@@ -1,0 +1,126 @@
+"""Where one training step's time and memory go (used by `python -m bench.speed --profile`).
+
+- `profile_time`: runs steps under torch.profiler and prints the step's wall time, how much of it the GPU was
+  busy (sum of kernel times; the rest is the GPU waiting for the CPU), the number of kernel launches and the
+  kernels that took the most time.
+- `profile_memory`: records the CUDA allocator's history over one step, replays it to find the moment of peak
+  allocation and prints what was live then: the memory held before the step (weights, optimizer state) and
+  the step's own allocations grouped by the innermost source line of the libraries that made them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+LIBRARY_MARKERS = ("worker/", "bench/", "transformers/", "peft/", "bitsandbytes/", "liger_kernel/", "torch/utils")
+
+
+def profile_time(run_step: Callable[[], None], steps: int = 2, top: int = 15) -> dict[str, Any]:
+    """Profile `steps` calls of `run_step` (already warmed up); print and return the summary."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            run_step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    kernels: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    busy_us = 0.0
+    launches = 0
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            dur = evt.device_time  # microseconds
+            busy_us += dur
+            launches += 1
+            name = evt.name[:90]
+            kernels[name] += dur
+            counts[name] += 1
+    busy = busy_us / 1e6 / steps
+    summary = {
+        "step_wall_s": wall,
+        "gpu_busy_s": busy,
+        "gpu_busy_fraction": busy / wall if wall else None,
+        "kernels_per_step": launches / steps,
+        "top_kernels": [
+            {"name": n, "ms_per_step": us / 1e3 / steps, "calls_per_step": counts[n] / steps}
+            for n, us in kernels.most_common(top)
+        ],
+    }
+    print(
+        f"[profile] step {wall * 1e3:.0f} ms wall, GPU busy {busy * 1e3:.0f} ms "
+        f"({100 * busy / wall:.0f}%), {launches / steps:.0f} kernels/step",
+        flush=True,
+    )
+    for k in summary["top_kernels"]:
+        print(f"[profile]   {k['ms_per_step']:8.1f} ms  x{k['calls_per_step']:<6.0f} {k['name']}", flush=True)
+    return summary
+
+
+def _site(frames: list[dict[str, Any]]) -> str:
+    for frame in frames:
+        name = frame.get("filename", "")
+        if any(m in name for m in LIBRARY_MARKERS):
+            short = name.split("site-packages/")[-1]
+            return f"{short}:{frame.get('line')} {frame.get('name')}"
+    return "(other)"
+
+
+def profile_memory(run_step: Callable[[], None], top: int = 15) -> dict[str, Any]:
+    """Replay the allocator's history of one `run_step` call; print what was live at its peak."""
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    try:
+        run_step()
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    events = snapshot["device_traces"][torch.cuda.current_device()]
+    live: dict[int, tuple[int, str]] = {}
+    current = before
+    peak = before
+    at_peak: dict[int, tuple[int, str]] = {}
+    freed_preexisting = 0
+    for evt in events:
+        action = evt["action"]
+        if action == "alloc":
+            live[evt["addr"]] = (evt["size"], _site(evt.get("frames", [])))
+            current += evt["size"]
+            if current > peak:
+                peak = current
+                at_peak = dict(live)
+        elif action == "free_completed":
+            if evt["addr"] in live:
+                current -= live.pop(evt["addr"])[0]
+            else:  # allocated before recording started (an earlier step's leftovers)
+                current -= evt["size"]
+                freed_preexisting += evt["size"]
+    by_site: Counter[str] = Counter()
+    for size, site in at_peak.values():
+        by_site[site] += size
+    summary = {
+        "allocated_before_step_gb": before / 1e9,
+        "replayed_peak_gb": peak / 1e9,
+        "step_allocations_live_at_peak_gb": sum(s for s, _ in at_peak.values()) / 1e9,
+        "top_sites": [{"site": s, "gb": b / 1e9} for s, b in by_site.most_common(top)],
+        "events": len(events),
+    }
+    print(
+        f"[memory] before the step {before / 1e9:.2f} GB; peak {peak / 1e9:.2f} GB; of it allocated during "
+        f"the step and live at the peak {summary['step_allocations_live_at_peak_gb']:.2f} GB "
+        f"({len(events)} allocator events)",
+        flush=True,
+    )
+    for item in summary["top_sites"]:
+        print(f"[memory]   {item['gb']:6.2f} GB  {item['site']}", flush=True)
+    return summary
