@@ -15,10 +15,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-LIBRARY_MARKERS = ("worker/", "bench/", "transformers/", "peft/", "bitsandbytes/", "liger_kernel/", "torch/utils")
+LIBRARY_MARKERS = (
+    "worker/",
+    "bench/",
+    "transformers/",
+    "peft/",
+    "bitsandbytes/",
+    "liger_kernel/",
+    "torch/utils",
+)
 
 
-def profile_time(run_step: Callable[[], None], steps: int = 2, top: int = 15) -> dict[str, Any]:
+def profile_time(run_step: Callable[[], object], steps: int = 2, top: int = 15) -> dict[str, Any]:
     """Profile `steps` calls of `run_step` (already warmed up); print and return the summary."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -43,22 +51,23 @@ def profile_time(run_step: Callable[[], None], steps: int = 2, top: int = 15) ->
             kernels[name] += dur
             counts[name] += 1
     busy = busy_us / 1e6 / steps
-    summary = {
+    top_kernels = [
+        {"name": n, "ms_per_step": us / 1e3 / steps, "calls_per_step": counts[n] / steps}
+        for n, us in kernels.most_common(top)
+    ]
+    summary: dict[str, Any] = {
         "step_wall_s": wall,
         "gpu_busy_s": busy,
         "gpu_busy_fraction": busy / wall if wall else None,
         "kernels_per_step": launches / steps,
-        "top_kernels": [
-            {"name": n, "ms_per_step": us / 1e3 / steps, "calls_per_step": counts[n] / steps}
-            for n, us in kernels.most_common(top)
-        ],
+        "top_kernels": top_kernels,
     }
     print(
         f"[profile] step {wall * 1e3:.0f} ms wall, GPU busy {busy * 1e3:.0f} ms "
         f"({100 * busy / wall:.0f}%), {launches / steps:.0f} kernels/step",
         flush=True,
     )
-    for k in summary["top_kernels"]:
+    for k in top_kernels:
         print(f"[profile]   {k['ms_per_step']:8.1f} ms  x{k['calls_per_step']:<6.0f} {k['name']}", flush=True)
     return summary
 
@@ -72,7 +81,7 @@ def _site(frames: list[dict[str, Any]]) -> str:
     return "(other)"
 
 
-def profile_memory(run_step: Callable[[], None], top: int = 15) -> dict[str, Any]:
+def profile_memory(run_step: Callable[[], object], top: int = 15) -> dict[str, Any]:
     """Replay the allocator's history of one `run_step` call; print what was live at its peak."""
     import torch
 
@@ -108,11 +117,12 @@ def profile_memory(run_step: Callable[[], None], top: int = 15) -> dict[str, Any
     by_site: Counter[str] = Counter()
     for size, site in at_peak.values():
         by_site[site] += size
-    summary = {
+    top_sites = [{"site": s, "gb": b / 1e9} for s, b in by_site.most_common(top)]
+    summary: dict[str, Any] = {
         "allocated_before_step_gb": before / 1e9,
         "replayed_peak_gb": peak / 1e9,
         "step_allocations_live_at_peak_gb": sum(s for s, _ in at_peak.values()) / 1e9,
-        "top_sites": [{"site": s, "gb": b / 1e9} for s, b in by_site.most_common(top)],
+        "top_sites": top_sites,
         "events": len(events),
     }
     print(
@@ -121,6 +131,6 @@ def profile_memory(run_step: Callable[[], None], top: int = 15) -> dict[str, Any
         f"({len(events)} allocator events)",
         flush=True,
     )
-    for item in summary["top_sites"]:
+    for item in top_sites:
         print(f"[memory]   {item['gb']:6.2f} GB  {item['site']}", flush=True)
     return summary

@@ -162,6 +162,12 @@ class TrainingConfig(_Strict):
         True, description="Recompute activations in backward to save memory."
     )
     packing: bool = Field(False, description="Pack short examples into full-length rows.")
+    torch_compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compile the decoder layers with torch.compile (needs gradient_checkpointing). auto: "
+        "on one GPU when the run has at least 200 optimizer steps or is set by epochs — compiling takes "
+        "minutes, then each step is faster.",
+    )
     sample_prompts: list[str] = Field(
         default_factory=list,
         max_length=8,
@@ -173,6 +179,11 @@ class TrainingConfig(_Strict):
     def _steps_or_epochs(self) -> TrainingConfig:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set either training.max_steps or training.epochs")
+        if self.torch_compile == "on" and not self.gradient_checkpointing:
+            raise ValueError(
+                "training.torch_compile 'on' compiles the checkpointed decoder layers: turn on "
+                "training.gradient_checkpointing, or set training.torch_compile to auto or off"
+            )
         return self
 
 

@@ -46,7 +46,9 @@ def test_the_demo_job_trains_to_success_and_its_adapter_downloads(live_server) -
         created = client.post("/api/jobs/demo")
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]
-        job = _wait(client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 240, "the end")
+        job = _wait(
+            client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 240, "the end"
+        )
         assert job["status"] == "succeeded", (job["failure_reason"], job.get("stderr_tail"))
 
         series = client.get(f"/api/jobs/{job_id}/metrics", params={"max_points": 2000}).json()["series"]
@@ -71,10 +73,14 @@ def test_cancelling_a_training_job_leaves_it_cancelled_with_a_checkpoint(live_se
         demo = client.get("/api/presets").json()["demo"]
         demo["training"].update({"max_steps": 2000, "save_steps": 1000, "eval_steps": 0})
         job_id = client.post("/api/jobs", json=demo).json()["id"]
-        _wait(client, job_id, lambda j: j["status"] == "running" and (j["last_step"] or 0) >= 3, 180, "step 3")
+        _wait(
+            client, job_id, lambda j: j["status"] == "running" and (j["last_step"] or 0) >= 3, 180, "step 3"
+        )
 
         assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
-        job = _wait(client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 90, "the end")
+        job = _wait(
+            client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 90, "the end"
+        )
         assert job["status"] == "cancelled", (job["failure_reason"], job.get("stderr_tail"))
         assert job["exit_code"] == 3
 

@@ -53,3 +53,28 @@ def test_unparseable_text_says_so() -> None:
     with pytest.raises(ConfigError) as err:
         load_config_text("model: [unclosed", filename="job.yaml")
     assert "cannot parse" in err.value.problems[""]
+
+
+def test_compiling_without_checkpointing_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"torch_compile": "on", "gradient_checkpointing": False}})
+    message = " ".join(err.value.problems.values())
+    assert "gradient_checkpointing" in message and "auto or off" in message
+    assert parse_config({"training": {"torch_compile": "off", "gradient_checkpointing": False}})
+    assert parse_config({}).training.torch_compile == "auto"
+
+
+def test_auto_compiles_only_long_single_gpu_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.train.compile import COMPILE_ENV, COMPILE_MIN_STEPS, compile_wanted
+
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert compile_wanted("cuda", "auto", COMPILE_MIN_STEPS)
+    assert compile_wanted("cuda", "auto", None)  # set by epochs: a long run
+    assert not compile_wanted("cuda", "auto", COMPILE_MIN_STEPS - 1)
+    assert not compile_wanted("cpu", "auto", None)
+    assert compile_wanted("cpu", "on", 10) and not compile_wanted("cuda", "off", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not compile_wanted("cuda", "auto", None) and compile_wanted("cuda", "on", None)
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    assert not compile_wanted("cuda", "on", None)

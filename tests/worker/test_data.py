@@ -224,3 +224,14 @@ def test_the_collator_pads_labels_with_ignore_index() -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+
+
+def test_the_collator_rounds_widths_up_for_compiled_layers_but_never_past_max_seq_len() -> None:
+    rows = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [5] * n} for n in (3, 70)]
+    assert PadCollator(0, multiple_of=64, max_width=512)(rows)["input_ids"].shape == (2, 128)
+    # 70 rounds to 128, but the configured limit is 100: pad only to 100.
+    batch = PadCollator(0, multiple_of=64, max_width=100)(rows)
+    assert batch["input_ids"].shape == (2, 100)
+    assert batch["labels"][0].tolist() == [5] * 3 + [-100] * 97
+    assert batch["attention_mask"][1].tolist() == [1] * 70 + [0] * 30
+    assert PadCollator(0)(rows)["input_ids"].shape == (2, 70)

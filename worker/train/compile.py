@@ -1,10 +1,10 @@
 """torch.compile for the decoder layers, inside gradient checkpointing.
 
-Why: a QLoRA step on a model like Gemma 3n is thousands of small kernels per layer (AltUp's four hidden-state
-copies, Laurel, per-layer inputs, RMSNorms in fp32, LoRA's extra matmuls, 4-bit dequantization). Eager PyTorch
-launches each one from Python, so at small micro-batches the GPU waits for the CPU, and at large ones it spends
-its time in memory-bound elementwise kernels. Compiling each layer fuses the elementwise work and removes most
-of the launches.
+Why: a QLoRA step on Gemma 3n E2B dims is ~28,000 kernels (AltUp's four hidden-state copies, Laurel,
+per-layer inputs, fp32 RMSNorms, LoRA's extra matmuls, 4-bit dequantization; measured with
+`bench.speed --profile`). Eager PyTorch launches each from Python: at 4 × 512 the GPU was busy 30% of the
+step, and at 16 × 512, where it is busy throughout, memory-bound elementwise kernels and copies took more
+time than the matmuls. Compiling each layer fuses the elementwise work and removes most of the launches.
 
 How: transformers checkpoints a layer by calling `_gradient_checkpointing_func(partial(forward, layer, ...),
 *args)`. The wrapper installed here swaps `forward` for its compiled version before the checkpoint runs, so
@@ -14,8 +14,11 @@ checkpoint region refuses) is replayed by eager checkpointing exactly as without
 function serves every layer of a class: layers differ only in a few variants (sliding or full attention,
 KV-shared or not), each compiled once.
 
-`TUNEBOARD_COMPILE` chooses: "1" on, "0" off, unset or "auto": `COMPILE_ON_CUDA_BY_DEFAULT` on CUDA, off on
-CPU (compiling the tiny CPU presets costs more than it saves). `TUNEBOARD_COMPILE_BACKEND` picks the
+`training.torch_compile` chooses ("on", "off", "auto"); "auto" compiles on CUDA for runs of at least
+`COMPILE_MIN_STEPS` optimizer steps (or set by epochs): on Gemma 3n E2B dims the compile takes ~2.5 min and
+saves ~1.2 s per step of 8192 tokens, so it pays off after ~130 steps (bench/README.md). On CPU "auto" stays
+eager (compiling the tiny presets costs more than it saves). The environment variable `TUNEBOARD_COMPILE`
+("1"/"0") overrides the config (benchmarks use it). `TUNEBOARD_COMPILE_BACKEND` picks the
 backend (default inductor; tests use aot_eager, which needs no C compiler). The seconds spent in calls that
 compiled are counted in `LayerCompiler.compile_s`, so the first steps' cost is reported apart from the
 steady-state speed.
@@ -30,13 +33,18 @@ from typing import Any
 
 COMPILE_ENV = "TUNEBOARD_COMPILE"
 BACKEND_ENV = "TUNEBOARD_COMPILE_BACKEND"
-COMPILE_ON_CUDA_BY_DEFAULT = False  # set from the H100 measurement in bench/README.md
+COMPILE_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
+COMPILE_MIN_STEPS = 200
 # Each distinct layer variant (and each new batch shape until dynamic shapes kick in) is one entry.
 CACHE_SIZE_LIMIT = 64
 
 
-def compile_wanted(device: str) -> bool:
-    """Whether the decoder layers are compiled for a run on `device` (env override, else the default)."""
+def compile_wanted(device: str, setting: str = "auto", max_steps: int | None = None) -> bool:
+    """Whether the decoder layers are compiled for a run on `device`.
+
+    The env override wins, then `setting` (training.torch_compile); "auto" compiles on CUDA when the run is
+    long enough for the compile time to pay off (`max_steps` None means the run is set by epochs).
+    """
     value = os.environ.get(COMPILE_ENV, "auto").strip().lower()
     if value in ("1", "true", "on", "yes"):
         return True
@@ -44,7 +52,14 @@ def compile_wanted(device: str) -> bool:
         return False
     if value not in ("", "auto"):
         raise ValueError(f"{COMPILE_ENV}={value!r} is not understood; set it to 0, 1 or auto")
-    return device.startswith("cuda") and COMPILE_ON_CUDA_BY_DEFAULT
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    long_enough = max_steps is None or max_steps >= COMPILE_MIN_STEPS
+    # Measured on one GPU only: data-parallel runs (torchrun sets WORLD_SIZE) stay eager unless asked.
+    single = int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1
+    return device.startswith("cuda") and COMPILE_ON_CUDA_BY_DEFAULT and long_enough and single
 
 
 def _is_strided_view(value: Any) -> bool:
@@ -89,9 +104,9 @@ class LayerCompiler:
 
         @functools.wraps(checkpoint_fn)
         def run(function: Any, *args: Any, **kwargs: Any) -> Any:
-            # Strided views (Gemma 3n's per-layer input is a slice of a [batch, seq, layers, dim] tensor) come
-            # back contiguous from the CPU offload; the compiled backward checks strides, so the forward and the
-            # recomputation must see the same layout.
+            # Strided views (Gemma 3n's per-layer input slices a [batch, seq, layers, dim] tensor) come back
+            # contiguous from the CPU offload; the compiled backward checks strides (an assertion failed on
+            # the H100 without this), so the forward and the recomputation must see the same layout.
             args = tuple(a.contiguous() if _is_strided_view(a) else a for a in args)
             before = _graph_count()
             start = time.perf_counter()

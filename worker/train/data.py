@@ -303,14 +303,22 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], max_seq_len: int) ->
 class PadCollator:
     """Right-pads a batch; labels pad with -100 so padding never carries loss."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, multiple_of: int = 1, max_width: int | None = None) -> None:
         self.pad_token_id = pad_token_id
+        # Compiled layers recompile for every new batch shape: rounding the width up to a multiple (never
+        # past `max_width`, the configured max_seq_len) keeps the number of shapes small.
+        self.multiple_of = max(1, multiple_of)
+        self.max_width = max_width
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         """Stack `features` into padded LongTensors."""
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
+        rounded = -(-width // self.multiple_of) * self.multiple_of
+        if self.max_width is not None:
+            rounded = min(rounded, max(width, self.max_width))
+        width = rounded
         batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
         for f in features:
             pad = width - len(f["input_ids"])

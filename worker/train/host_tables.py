@@ -3,15 +3,16 @@
 Why: Gemma 3n's per-layer embeddings (`embed_tokens_per_layer`) are a 262,144 × (layers · 256) table — 4.03 GB
 in bf16 on E2B dims, two thirds of the loaded 4-bit model — yet a micro-batch of 16 × 512 tokens reads 126 MB
 of it, and LoRA never trains it. On the CPU the table costs host RAM only; each forward gathers the batch's
-rows there into pinned memory and copies them to the GPU (one small device-to-host copy of the token ids first,
-so the forward waits for the ids to exist; measured cost in bench/README.md).
+rows there into pinned memory and copies them to the GPU (after a small device-to-host copy of the token
+ids, so the forward waits for the ids to exist; measured cost in bench/README.md).
 
 Which tables: frozen `nn.Embedding`s of at least `MIN_TABLE_BYTES` that are neither the input embeddings nor
 tied to the output head (the head needs its weight on the GPU for the matmul). The module stays where it is
 (state-dict keys unchanged); only its weight moves and its forward is rebound.
 
-`TUNEBOARD_HOST_TABLES` chooses: "1" on (CUDA; on CPU the same gather path runs, for tests), "0" off, unset or
-"auto": `HOST_TABLES_ON_CUDA_BY_DEFAULT` on CUDA, off on CPU.
+`TUNEBOARD_HOST_TABLES` chooses: "1" on, "0" off, unset or "auto": `HOST_TABLES_ON_CUDA_BY_DEFAULT` on CUDA,
+off on CPU. On a CPU-only run the table is already in host memory, so the rebound forward takes the stock
+path (tests reach the gather path with ids that report another device).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MIN_TABLE_BYTES = 256 << 20
 
 
 def host_tables_wanted(device: str) -> bool:
-    """Whether big frozen lookup tables stay on the host for a run on `device` (env override, else default)."""
+    """Whether big frozen lookup tables stay on the host for a run on `device` (env, else the default)."""
     value = os.environ.get(HOST_TABLES_ENV, "auto").strip().lower()
     if value in ("1", "true", "on", "yes"):
         return True

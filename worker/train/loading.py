@@ -295,10 +295,12 @@ def load_source_for_training(
     extra_keep: Sequence[str] = (),
     keep_override: Sequence[str] | None = None,
     with_tokenizer: bool = True,
+    allow_compile: bool = True,
 ) -> LoadedModel:
     """load_for_training on an already resolved source; `keep_override` replaces the recipe's skip patterns.
 
-    Preflight uses this on its tiny twin, and tests use `keep_override` to reproduce naive skip lists.
+    Preflight uses this on its tiny twin (with `allow_compile` False: compiling a one-step twin costs
+    minutes and buys nothing), and tests use `keep_override` to reproduce naive skip lists.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -393,14 +395,17 @@ def load_source_for_training(
     if host_tables_wanted(device):
         moved = keep_tables_on_host(model)
         if moved:
-            _emit(report, f"Frozen lookup tables kept in CPU memory (rows copied per batch): {', '.join(moved)}")
+            _emit(
+                report, f"Frozen lookup tables kept in CPU memory, rows copied per batch: {', '.join(moved)}"
+            )
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
         if offload_wanted(device) and enable_activation_offload(model) is not None:
             _emit(report, "Checkpointed layer inputs are offloaded to CPU memory until the backward pass")
     compiler = None
-    if cfg.training.gradient_checkpointing and compile_wanted(device):
+    t = cfg.training
+    if allow_compile and t.gradient_checkpointing and compile_wanted(device, t.torch_compile, t.max_steps):
         compiler = compile_checkpointed_layers(model)
         if compiler is not None:
             _emit(report, "Decoder layers are compiled (torch.compile); the first steps include compile time")

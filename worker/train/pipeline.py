@@ -49,6 +49,7 @@ LOW_DISK_BYTES = 16 * 1024**2  # a failed save with less free space than this wa
 REFERENCE_LOGITS = "reference_logits.safetensors"
 PREFLIGHT_FILE = "preflight.json"
 NUM_DEFAULT_SAMPLES = 3
+COMPILED_PAD_MULTIPLE = 128  # batch widths when the layers are compiled (worker.train.compile)
 
 
 class RunStopped(Exception):
@@ -443,7 +444,11 @@ def _train(
         args=args,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval or None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PadCollator(
+            tokenizer.pad_token_id,
+            multiple_of=COMPILED_PAD_MULTIPLE if loaded.compiler is not None else 1,
+            max_width=cfg.training.max_seq_len,
+        ),
         processing_class=tokenizer,
         optimizers=(optimizer, None),
         callbacks=[*(rank_callbacks(callback, stats, stop) if rank_info().distributed else []), callback],
@@ -469,6 +474,13 @@ def _train(
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     seconds = time.monotonic() - started
+    if loaded.compiler is not None:
+        # Reported apart from the speed: the first steps' time includes compiling (forward calls timed).
+        message = (
+            f"torch.compile: {loaded.compiler.graphs} graph(s) compiled in forward calls taking "
+            f"{loaded.compiler.compile_s:.0f} s (the backward graphs compile during the first backward)"
+        )
+        reporter.emit(EventKind.LOG, trainer.state.global_step, {"level": "info", "message": message})
 
     step = trainer.state.global_step
     if callback.diverged is not None:

@@ -339,6 +339,7 @@ def run_preflight(
                     extra_keep=extra,
                     keep_override=keep_override,
                     with_tokenizer=False,
+                    allow_compile=False,
                 )
                 with record_last_packed(loaded.model) as last_packed:
                     starved = _train_one_step(loaded.model, device)
