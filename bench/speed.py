@@ -1,7 +1,9 @@
 """Seed recipe vs Tuneboard's training path on one GPU: tokens/s, VRAM, MFU and a loss-curve check.
 
-    python -m bench.speed --model e2b --seq 512 --phases 4x1:50,4x4:8 --tb-phases 4x1:50,16x1:12 \\
-        --work bench-work/speed
+    python -m bench.speed --model e2b --seq 512 --recipes seed,tb-compile \\
+        --phases 4x4:50 --tb-phases 8x2:50 --work bench-work/speed
+
+(those are the defaults: `tuneboard bench --model e2b --seq 512 --work bench-work/speed` runs the same).
 
 Each recipe runs in its own process (so peak-memory numbers are its own) on the same saved model and the
 same token batches, in a plain torch loop (forward, backward, clip 1.0, optimizer step), LoRA r16 alpha 32 on
@@ -14,7 +16,12 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   (`worker.train.fused_loss`); `tb-nofused` is the same with the model's own loss; `tb-offload` and
   `tb-nooffload` are the same with CPU offload of the checkpointed layer inputs forced on / off
   (`worker.train.offload`; `tuneboard` itself takes the worker's default); `tb-offload-lazy` offloads
-  without the backward prefetch.
+  without the backward prefetch; `tb-compile` / `tb-nocompile` force the compiled decoder layers
+  (`worker.train.compile`) on / off (`tuneboard` runs eager: the benchmark's config has fewer steps than
+  "auto" compiles for); `tb-nohost` keeps the big frozen lookup tables on the GPU
+  (`worker.train.host_tables`, on by default on CUDA).
+- `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
+  and, for eager recipes, what was live at the step's peak allocation (`bench/profile_step.py`).
 
 A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq).
 Every recipe's first phase starts from the same LoRA init and sees the same batches, so their first phases'
@@ -439,9 +446,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="e2b", help="e2b | e4b | llama1b, or a saved model directory")
     parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--phases", default="4x1:50,4x4:8", help="seed recipe phases MxA:STEPS,...")
-    parser.add_argument("--tb-phases", default="4x1:50,16x1:12", help="tuneboard phases MxA:STEPS,...")
-    parser.add_argument("--recipes", default="seed,tuneboard,tb-nofused")
+    parser.add_argument("--phases", default="4x4:50", help="seed recipe phases MxA:STEPS,...")
+    parser.add_argument("--tb-phases", default="8x2:50", help="tuneboard phases MxA:STEPS,...")
+    parser.add_argument("--recipes", default="seed,tb-compile")
     parser.add_argument("--nofused-phases", default="4x1:10,16x1:10", help="tb-nofused phases")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tb-speed")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
