@@ -537,15 +537,8 @@ def main() -> None:
                 if p.get("compile_s")
             )
         )
-    # Offload on vs off must not change the loss: gate each against the other same-path recipe present.
-    for variant in (
-        "tb-offload",
-        "tb-offload-lazy",
-        "tb-nooffload",
-        "tb-compile",
-        "tb-nocompile",
-        "tb-nohost",
-    ):
+    # A lever on vs off must not change the loss: gate each variant against a same-path recipe present.
+    for variant in RECIPES[3:]:
         ref = next(
             (x for x in ("tuneboard", "tb-nooffload", "tb-nocompile") if x in by and x != variant), None
         )

@@ -31,6 +31,8 @@ import os
 import time
 from typing import Any
 
+from worker.train.switches import env_switch
+
 COMPILE_ENV = "TUNEBOARD_COMPILE"
 BACKEND_ENV = "TUNEBOARD_COMPILE_BACKEND"
 COMPILE_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
@@ -45,13 +47,9 @@ def compile_wanted(device: str, setting: str = "auto", max_steps: int | None = N
     The env override wins, then `setting` (training.torch_compile); "auto" compiles on CUDA when the run is
     long enough for the compile time to pay off (`max_steps` None means the run is set by epochs).
     """
-    value = os.environ.get(COMPILE_ENV, "auto").strip().lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{COMPILE_ENV}={value!r} is not understood; set it to 0, 1 or auto")
+    forced = env_switch(COMPILE_ENV)
+    if forced is not None:
+        return forced
     if setting == "on":
         return True
     if setting == "off":

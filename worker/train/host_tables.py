@@ -17,9 +17,10 @@ path (tests reach the gather path with ids that report another device).
 
 from __future__ import annotations
 
-import os
 import types
 from typing import Any
+
+from worker.train.switches import env_switch
 
 HOST_TABLES_ENV = "TUNEBOARD_HOST_TABLES"
 HOST_TABLES_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
@@ -28,13 +29,9 @@ MIN_TABLE_BYTES = 256 << 20
 
 def host_tables_wanted(device: str) -> bool:
     """Whether big frozen lookup tables stay on the host for a run on `device` (env, else the default)."""
-    value = os.environ.get(HOST_TABLES_ENV, "auto").strip().lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{HOST_TABLES_ENV}={value!r} is not understood; set it to 0, 1 or auto")
+    forced = env_switch(HOST_TABLES_ENV)
+    if forced is not None:
+        return forced
     return device.startswith("cuda") and HOST_TABLES_ON_CUDA_BY_DEFAULT
 
 

@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from worker.train.switches import env_switch
+
 OFFLOAD_ENV = "TUNEBOARD_OFFLOAD_ACTIVATIONS"
 # Set from the H100 measurement in bench/README.md ("CPU offload of checkpointed activations").
 OFFLOAD_ON_CUDA_BY_DEFAULT = True
@@ -33,13 +35,9 @@ PREFETCH_ENV = "TUNEBOARD_OFFLOAD_PREFETCH"  # "0": copy each input back only wh
 
 def offload_wanted(device: str) -> bool:
     """Whether checkpointed layer inputs go to CPU for a run on `device` (env override, else default)."""
-    value = os.environ.get(OFFLOAD_ENV, "auto").strip().lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{OFFLOAD_ENV}={value!r} is not understood; set it to 0, 1 or auto")
+    forced = env_switch(OFFLOAD_ENV)
+    if forced is not None:
+        return forced
     return device.startswith("cuda") and OFFLOAD_ON_CUDA_BY_DEFAULT
 
 
