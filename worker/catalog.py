@@ -23,6 +23,9 @@ class ModelInfo:
     num_layers: int
     vocab_size: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Parameters of frozen lookup tables a GPU run keeps in CPU memory (worker/train/host_tables.py):
+    # Gemma 3n's per-layer embeddings, layers × 256 × 262,144.
+    host_table_params: int = 0
 
 
 # Presets are built locally from configs with random weights (see worker/presets.py): no download.
@@ -78,6 +81,7 @@ KNOWN_HUB_MODELS: dict[str, ModelInfo] = {
         hidden_size=2048,
         num_layers=30,
         vocab_size=262400,
+        host_table_params=30 * 256 * 262144,
     ),
     "google/gemma-3n-E4B-it": ModelInfo(
         name="google/gemma-3n-E4B-it",
@@ -89,6 +93,7 @@ KNOWN_HUB_MODELS: dict[str, ModelInfo] = {
         hidden_size=2048,
         num_layers=35,
         vocab_size=262400,
+        host_table_params=35 * 256 * 262144,
     ),
     "meta-llama/Llama-3.2-1B-Instruct": ModelInfo(
         name="meta-llama/Llama-3.2-1B-Instruct",

@@ -9,6 +9,13 @@ it, from facts in `worker.catalog` alone. The terms follow how QLoRA memory actu
   ~17 per layer without (attention via sdpa/flash, so no seq² score matrices);
 - the logits: batch × seq × vocab in fp32, once for the forward and once for its gradient
   (measured on Gemma 3n: with a 262k vocabulary this is often the largest single term).
+
+On a GPU the worker's defaults change three terms (bench/README.md has the measurements): Gemma 3n's
+per-layer embedding table stays in CPU memory (`worker/train/host_tables.py`); the loss is a fused linear +
+cross-entropy that never holds the logits (`worker/train/fused_loss.py`, when liger-kernel is installed); and
+checkpointed layer inputs wait in CPU memory (`worker/train/offload.py`), so only the layer being recomputed
+and the next one's input stay on the GPU. For Gemma 3n the step's working set is then calibrated on the
+H100: 1.81 GB at 4 × 512 and 7.24 GB at 16 × 512 on E2B dims, i.e. ~216 hidden-state copies.
 """
 
 from __future__ import annotations
@@ -39,6 +46,21 @@ _PROJECTION_WIDTH = {
 }
 # per-layer activation copies of the hidden state a transformer layer keeps for backward (sdpa attention)
 _ACTIVATIONS_PER_LAYER = 17
+# Gemma 3n on a GPU with the worker's defaults (fused loss, offloaded checkpoint inputs): what one step
+# allocates, in hidden-state copies (batch × seq × hidden × 2 bytes), measured on the H100 (module docstring)
+_GEMMA3N_GPU_STEP_COPIES = 216
+# architectures whose loss the worker fuses on a GPU (worker/train/fused_loss.py SUPPORTED_MODEL_TYPES)
+_FUSED_LOSS_ARCHITECTURES = (
+    "Gemma3n",
+    "Gemma3",
+    "Gemma2",
+    "Gemma",
+    "Llama",
+    "Mistral",
+    "Qwen2",
+    "Qwen3",
+    "Phi3",
+)
 # CUDA context, cuBLAS workspaces and allocator slack, per GPU
 _CUDA_OVERHEAD_GB = 0.5
 # the training process itself on CPU: Python, torch, transformers (measured ~0.55 GB RSS for tiny models)
@@ -136,6 +158,12 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
     notes: list[str] = []
 
     weights, weights_label = _weights_bytes(info, config, full_bytes)
+    if on_gpu and info.host_table_params:
+        weights -= info.host_table_params * full_bytes
+        notes.append(
+            f"The per-layer embedding table ({info.host_table_params * full_bytes / GB:.1f} GB) stays in CPU "
+            "memory during a GPU run; only each batch's rows are copied over."
+        )
 
     lora_params, lora_notes = _lora_params(info, config)
     notes.extend(lora_notes)
@@ -145,8 +173,17 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
     adapter = lora_params * (4 + 4 + state_bytes)
 
     hidden_copy = batch * seq * info.hidden_size * full_bytes
-    copies_per_layer = 4 if "Gemma3n" in info.architecture else 1  # AltUp carries 4 hidden states
-    if t.gradient_checkpointing:
+    gemma3n = "Gemma3n" in info.architecture
+    copies_per_layer = 4 if gemma3n else 1  # AltUp carries 4 hidden states
+    fused = on_gpu and info.architecture.startswith(_FUSED_LOSS_ARCHITECTURES)
+    if t.gradient_checkpointing and on_gpu and fused and gemma3n:
+        activations = hidden_copy * _GEMMA3N_GPU_STEP_COPIES
+        act_label = "activations and loss chunks (checkpointed, layer inputs in CPU memory)"
+    elif t.gradient_checkpointing and on_gpu:
+        # the offload keeps two layers' inputs on the GPU (the one recomputing, the next one prefetched)
+        activations = hidden_copy * (2 * copies_per_layer + _ACTIVATIONS_PER_LAYER)
+        act_label = "activations (checkpointed, layer inputs in CPU memory)"
+    elif t.gradient_checkpointing:
         activations = hidden_copy * (info.num_layers * copies_per_layer + _ACTIVATIONS_PER_LAYER)
         act_label = "activations (checkpointed)"
     else:
@@ -155,13 +192,21 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
         notes.append("Gradient checkpointing is off: activations grow with every layer.")
 
     logits = 2 * batch * seq * info.vocab_size * 4
+    if fused:
+        notes.append(
+            f"The loss is fused, so the {logits / GB:.1f} GB of fp32 logits are never stored; this needs "
+            "liger-kernel on the GPU machine (pip install 'tuneboard[train,gpu]')."
+        )
+        logits = 0 if gemma3n else 4 * hidden_copy  # Gemma 3n's chunks are inside its calibrated term
 
     breakdown = {
         weights_label: weights / GB,
         f"LoRA adapter ({lora_params / 1e6:.2f} M params) + grads + {optimizer}": adapter / GB,
         act_label: activations / GB,
-        "logits (fp32, forward + gradient)": logits / GB,
     }
+    if logits:
+        key = "loss chunks (fused)" if fused else "logits (fp32, forward + gradient)"
+        breakdown[key] = logits / GB
     if on_gpu:
         breakdown["CUDA context and allocator slack"] = _CUDA_OVERHEAD_GB
     else:

@@ -272,8 +272,14 @@ def test_estimate_fragment_follows_the_form_values(client: TestClient) -> None:
     gpu = form_data(model__name="google/gemma-3n-E2B-it", resources__gpus="1", training__batch_size="4")
     big = client.post("/jobs/estimate", data=gpu)
     total = float(re.search(r"data-estimate-total>([\d.]+) GB", big.text).group(1))  # type: ignore[union-attr]
-    assert 6 < total < 25
-    assert "per GPU" in big.text and "logits" in big.text
+    # 4.0 GB allocated, 4.1 GB reserved measured at 4 x 512 on E2B text dims (bench/README.md); the hub
+    # model also carries its audio and vision towers
+    assert 3.5 < total < 8
+    assert "per GPU" in big.text and "logits are never stored" in big.text
+    gpu16 = form_data(model__name="google/gemma-3n-E2B-it", resources__gpus="1", training__batch_size="16")
+    bigger = client.post("/jobs/estimate", data=gpu16)
+    more = float(re.search(r"data-estimate-total>([\d.]+) GB", bigger.text).group(1))  # type: ignore[union-attr]
+    assert more > total + 3
     unknown = client.post("/jobs/estimate", data=form_data(model__name="someone/mystery-model"))
     assert "unknown size" in unknown.text
     broken = client.post("/jobs/estimate", data=form_data(training__batch_size="0"))

@@ -16,12 +16,30 @@ E2B_GPU = {"model": {"name": "google/gemma-3n-E2B-it"}, "resources": {"gpus": 1}
 
 
 def test_gemma3n_e2b_at_batch_4_by_512_lands_near_the_measured_peak() -> None:
-    # qlora-facts.md: nf4 without the fp32 upcast, bs 4 x 512, checkpointing: 14.0 GB peak on an H100
+    # bench/README.md, the worker's GPU defaults (per-layer table on the host, fused loss, offloaded layer
+    # inputs) on E2B text dims: 4.02 GB peak allocated / 4.12 GB reserved at 4 x 512 and 9.21 / 10.21 GB at
+    # 16 x 512 on an H100. The hub model adds its towers (~1 B parameters), so allow up to +40%.
     est = estimate_memory(config(**E2B_GPU, training={"batch_size": 4, "max_seq_len": 512}))
     assert est.total_gb is not None
-    assert 9.0 < est.total_gb < 20.0
+    assert 3.8 < est.total_gb < 6.0
     assert est.device == "GPU"
     assert abs(sum(est.breakdown.values()) - est.total_gb) < 1e-9
+    at16 = estimate_memory(config(**E2B_GPU, training={"batch_size": 16, "max_seq_len": 512})).total_gb
+    assert at16 is not None and 8.5 < at16 < 13.0
+    assert not any("logits" in key for key in est.breakdown)
+    assert any("per-layer embedding table" in n for n in est.notes)
+    assert any("liger-kernel" in n for n in est.notes)
+
+
+def test_the_host_kept_table_and_the_fused_loss_apply_only_to_gpu_runs() -> None:
+    cpu = estimate_memory(config(model={"name": "google/gemma-3n-E2B-it"}, resources={"gpus": 0}))
+    assert "logits (fp32, forward + gradient)" in cpu.breakdown
+    assert not any("per-layer embedding table" in n for n in cpu.notes)
+    weights = next(v for k, v in cpu.breakdown.items() if k.startswith("base weights"))
+    gpu = estimate_memory(config(**E2B_GPU))
+    gpu_weights = next(v for k, v in gpu.breakdown.items() if k.startswith("base weights"))
+    # the CPU run keeps fp32 for the un-packed share and the whole table; the GPU run neither
+    assert gpu_weights < weights / 3
 
 
 def test_bigger_batches_longer_rows_and_no_checkpointing_cost_more() -> None:
