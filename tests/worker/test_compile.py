@@ -16,7 +16,13 @@ import pytest
 
 from worker.config import demo_config
 from worker.train import offload
-from worker.train.compile import COMPILE_ENV, LayerCompiler, compile_checkpointed_layers, compile_wanted
+from worker.train.compile import (
+    BACKEND_ENV,
+    COMPILE_ENV,
+    LayerCompiler,
+    compile_checkpointed_layers,
+    compile_wanted,
+)
 from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.host_tables import HOST_TABLES_ENV
 from worker.train.loading import load_for_training
@@ -262,3 +268,25 @@ def test_the_compile_env_knob(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(COMPILE_ENV, "maybe")
     with pytest.raises(ValueError, match=COMPILE_ENV):
         compile_wanted("cuda")
+
+
+def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_reports_compile_time() -> None:
+    """The real child with torch_compile on: short last batches are skipped, compile time is reported."""
+    from tests.worker.training_runs import demo_dict, new_run_dir, run_child
+
+    # 230 training rows in the demo dataset: batches of 7 leave 6 over, which would be a new shape
+    config = demo_dict(max_steps=36, batch_size=7, torch_compile="on", eval_steps=0, save_steps=36)
+    run = run_child(new_run_dir("compiled", config), **{BACKEND_ENV: "aot_eager"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    messages = [e["payload"]["message"] for e in run.of_kind("log")]
+    assert any("Decoder layers are compiled" in m for m in messages)
+    skipped = [m for m in messages if "training row(s) of each shuffled epoch are skipped" in m]
+    assert skipped and "the last 6 training row(s)" in skipped[0]
+    compiled = [m for m in messages if m.startswith("torch.compile:")]
+    assert compiled, messages
+    # 36 steps cross an epoch boundary (32 full batches per epoch); with the short batch dropped no step
+    # brings a new shape, so the graphs are the first step's (one per layer variant of the tiny preset)
+    graphs = int(compiled[0].split()[1])
+    assert 0 < graphs <= 4
+    losses = [loss for _, loss in run.losses()]
+    assert len(losses) == 36 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

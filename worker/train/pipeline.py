@@ -132,8 +132,16 @@ def _trainer_class() -> type:
     class TuneboardTrainer(Trainer):
         """HF Trainer plus the measurements our callback needs (and the NaN-injection test hook)."""
 
-        def __init__(self, *args: Any, step_stats: Any, fused_loss: Any = None, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            step_stats: Any,
+            fused_loss: Any = None,
+            drop_last_train: bool = False,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(*args, **kwargs)
+            self.drop_last_train = drop_last_train
             self.step_stats = step_stats
             self.fused_loss = fused_loss  # worker.train.fused_loss.FusedLoss, or None for the model's loss
             self.nan_steps = _nan_steps()
@@ -163,6 +171,18 @@ def _trainer_class() -> type:
                     return result[0] * float("nan"), result[1]
                 return result * float("nan")
             return result
+
+        def get_train_dataloader(self) -> Any:
+            # Compiled layers: an epoch's short last batch would be a new shape (minutes of recompiling,
+            # then dynamic-shape kernels), so training skips it; evaluation keeps every row.
+            if not self.drop_last_train:
+                return super().get_train_dataloader()
+            saved = self.args.dataloader_drop_last
+            self.args.dataloader_drop_last = True
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.args.dataloader_drop_last = saved
 
         def _use_fused_loss(self, model: Any, inputs: Any, return_outputs: bool) -> bool:
             # training only (eval reports logits-based numbers as before), and never through a DataParallel
@@ -441,6 +461,15 @@ def _train(
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
+    per_step_rows = cfg.training.batch_size * max(1, rank_info().world_size)
+    drop_last_train = loaded.compiler is not None and len(prepared.train) >= per_step_rows
+    if drop_last_train and len(prepared.train) % per_step_rows:
+        skipped = len(prepared.train) % per_step_rows
+        message = (
+            f"With compiled layers every batch has the same shape: the last {skipped} training row(s) of "
+            "each shuffled epoch are skipped (a different few each epoch)"
+        )
+        reporter.emit(EventKind.LOG, 0, {"level": "info", "message": message})
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -456,6 +485,7 @@ def _train(
         callbacks=[*(rank_callbacks(callback, stats, stop) if rank_info().distributed else []), callback],
         step_stats=stats,
         fused_loss=fused,
+        drop_last_train=drop_last_train,
     )
     from transformers.trainer_callback import PrinterCallback
 
