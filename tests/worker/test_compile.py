@@ -276,7 +276,8 @@ def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_rep
 
     # 230 training rows in the demo dataset: batches of 7 leave 6 over, which would be a new shape
     config = demo_dict(max_steps=36, batch_size=7, torch_compile="on", eval_steps=0, save_steps=36)
-    run = run_child(new_run_dir("compiled", config), **{BACKEND_ENV: "aot_eager"})
+    assert BACKEND_ENV == "TUNEBOARD_COMPILE_BACKEND"
+    run = run_child(new_run_dir("compiled", config), TUNEBOARD_COMPILE_BACKEND="aot_eager")
     assert run.returncode == 0, run.stderr[-2000:]
     messages = [e["payload"]["message"] for e in run.of_kind("log")]
     assert any("Decoder layers are compiled" in m for m in messages)
@@ -290,3 +291,27 @@ def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_rep
     assert 0 < graphs <= 4
     losses = [loss for _, loss in run.losses()]
     assert len(losses) == 36 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_a_layer_that_cannot_be_compiled_runs_eagerly_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch, fresh_dynamo: None
+) -> None:
+    import torch
+
+    def no_compiler(graph: Any, example_inputs: Any) -> Any:
+        raise RuntimeError("this machine has no compiler")
+
+    model = _load(monkeypatch, "preset:tiny-llama")
+    batch = _batch()
+    loss_before, grads_before = _loss_and_grads(model, batch)
+    suppress = torch._dynamo.config.suppress_errors
+    try:
+        compiler = compile_checkpointed_layers(model, backend=no_compiler)
+        assert compiler is not None
+        loss_after, grads_after = _loss_and_grads(model, batch)
+    finally:
+        torch._dynamo.config.suppress_errors = suppress
+    assert compiler.graphs == 0
+    assert torch.equal(loss_after, loss_before)
+    assert grads_before.keys() == grads_after.keys()
+    assert all(torch.equal(grads_before[k], grads_after[k]) for k in grads_before)

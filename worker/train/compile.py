@@ -75,7 +75,7 @@ def _graph_count() -> int:
 class LayerCompiler:
     """Compiles each checkpointed layer's forward once per function and keeps count of compile time."""
 
-    def __init__(self, backend: str | None = None) -> None:
+    def __init__(self, backend: Any = None) -> None:
         import torch
 
         self.backend = backend or os.environ.get(BACKEND_ENV, "inductor")
@@ -84,6 +84,9 @@ class LayerCompiler:
         self.graphs = 0
         limit = torch._dynamo.config.cache_size_limit
         torch._dynamo.config.cache_size_limit = max(limit, CACHE_SIZE_LIMIT)
+        # A layer that cannot be compiled here (no Triton, an unsupported op) runs eagerly instead of failing
+        # the job; `graphs` then stays 0 and the worker says so.
+        torch._dynamo.config.suppress_errors = True
 
     def compiled(self, function: Any) -> Any:
         """The compiled form of `function` (a partial over a layer's forward is rebuilt around it)."""
@@ -118,7 +121,7 @@ class LayerCompiler:
         return run
 
 
-def compile_checkpointed_layers(model: Any, backend: str | None = None) -> LayerCompiler | None:
+def compile_checkpointed_layers(model: Any, backend: Any = None) -> LayerCompiler | None:
     """Compile every checkpointed layer of `model`; None when no layer is checkpointed."""
     compiler = LayerCompiler(backend)
     wrapped = 0

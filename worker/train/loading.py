@@ -408,7 +408,11 @@ def load_source_for_training(
     if allow_compile and t.gradient_checkpointing and compile_wanted(device, t.torch_compile, t.max_steps):
         compiler = compile_checkpointed_layers(model)
         if compiler is not None:
-            _emit(report, "Decoder layers are compiled (torch.compile); the first steps include compile time")
+            _emit(
+                report,
+                "Decoder layers are compiled (torch.compile): the first step takes a few minutes longer "
+                "on a GPU while they compile",
+            )
 
     if cfg.lora.target_modules == "auto":
         targets: Any = recipe.lora_target_regex

@@ -508,11 +508,18 @@ def _train(
     seconds = time.monotonic() - started
     if loaded.compiler is not None:
         # Reported apart from the speed: the first steps' time includes compiling (forward calls timed).
+        level = "info"
         message = (
             f"torch.compile: {loaded.compiler.graphs} graph(s) compiled in forward calls taking "
             f"{loaded.compiler.compile_s:.0f} s (the backward graphs compile during the first backward)"
         )
-        reporter.emit(EventKind.LOG, trainer.state.global_step, {"level": "info", "message": message})
+        if loaded.compiler.graphs == 0 and trainer.state.global_step > 0:
+            level = "warning"
+            message = (
+                "torch.compile could not compile the decoder layers here, so they ran eagerly (the reason is "
+                "in the worker's stderr log); set training.torch_compile to off to skip the attempt"
+            )
+        reporter.emit(EventKind.LOG, trainer.state.global_step, {"level": level, "message": message})
 
     step = trainer.state.global_step
     if callback.diverged is not None:
