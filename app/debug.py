@@ -26,17 +26,23 @@ def pool_status(engine: Any) -> dict[str, Any]:
     return {"class": type(pool).__name__, "checked_out": checked_out, "status": pool.status()}
 
 
+def _coro_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", type(coro).__name__)
+
+
 @router.get("/runtime")
 async def runtime(request: Request) -> dict[str, Any]:
     """Counts that must return to their baseline once clients leave: tasks, threads, DB connections, RSS."""
     if not request.app.state.settings.debug_endpoints:
         raise HTTPException(404, "Not Found")
     proc = psutil.Process(os.getpid())
-    tasks = [t for t in asyncio.all_tasks() if not t.done()]
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if not t.done() and t is not current]
     limiter = anyio.to_thread.current_default_thread_limiter().statistics()
     return {
         "tasks": len(tasks),
-        "task_names": sorted({t.get_name() for t in tasks}),
+        "task_names": sorted(f"{t.get_name()}:{_coro_name(t)}" for t in tasks),
         "threads": threading.active_count(),
         "db_pool": pool_status(request.app.state.engine),
         # threads of the request/stream pool in use, and tasks queued for one (saturated: streams stall)

@@ -116,6 +116,7 @@ class SoakReport:
             f"(before {self.runtime_before.get('tasks')}), "
             f"DB connections checked out {self.runtime_after.get('db_pool', {}).get('checked_out')}, "
             f"threads {self.runtime_after.get('threads')}",
+            f"  app tasks after: {', '.join(self.runtime_after.get('task_names', []))}",
             f"  verdict: {'OK' if self.ok else 'FAILED'}",
         ]
         return "\n".join(lines)

@@ -167,7 +167,10 @@ class Scheduler:
             if self.active:
                 # tick() does blocking database and process work: keep it off the event loop
                 await asyncio.to_thread(self.supervisor.tick)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a fresh task every tick,
+            # which made the app's task count flicker between samples
             try:
-                await asyncio.wait_for(stop_requested.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await stop_requested.wait()
             except TimeoutError:
                 pass
