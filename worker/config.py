@@ -161,7 +161,11 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in backward to save memory."
     )
-    packing: bool = Field(False, description="Pack short examples into full-length rows.")
+    packing: bool = Field(
+        False,
+        description="Pack short examples into rows of up to max_seq_len tokens, without padding between "
+        "them; each example still attends only to itself. More examples per step, so fewer steps an epoch.",
+    )
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Compile the decoder layers with torch.compile (needs gradient_checkpointing). auto: "

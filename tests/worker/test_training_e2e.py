@@ -153,3 +153,23 @@ def test_other_presets_train_and_save_an_adapter(preset: str) -> None:
     assert evals[-1] < evals[0], evals
     assert [p.name for p in complete_checkpoints(finished.run_dir)] == ["checkpoint-10", "checkpoint-20"]
     assert (finished.run_dir.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_packed_training_learns_and_counts_only_real_tokens(run: FinishedRun) -> None:
+    """Padding-free packing through the real child: several capitals per row, each seeing only itself."""
+    packed = trained_run("packed", demo_dict(packing=True, max_steps=20, eval_steps=10, save_steps=10))
+    assert packed.returncode == ExitCode.SUCCEEDED, packed.stderr[-3000:]
+    losses = [loss for _, loss in packed.losses()]
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+    assert mean(losses[-5:]) < 0.5 * mean(losses[:5]), losses
+    evals = [e["payload"]["eval_loss"] for e in packed.of_kind("metric") if "eval_loss" in e["payload"]]
+    assert evals[-1] < evals[0], evals
+    logs = [e["payload"]["message"] for e in packed.of_kind("log")]
+    assert any(m.startswith("Packed 230 training examples into") for m in logs), logs
+
+    def first_step_tokens(r: FinishedRun) -> int:
+        return next(e["payload"]["tokens_seen"] for e in r.of_kind("metric") if "tokens_seen" in e["payload"])
+
+    # 8 packed rows of ≤ 128 tokens hold about three ~41-token examples each (measured: 986 tokens at the
+    # first step vs 331 unpacked); the count excludes the padding, so it stays under 8 × 128
+    assert 2.5 * first_step_tokens(run) < first_step_tokens(packed) < 8 * 128

@@ -277,27 +277,42 @@ def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
 
 
 def pack_examples(examples: Sequence[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
-    """Concatenate whole examples, in order, into rows of at most max_seq_len tokens (naive packing).
+    """Concatenate whole examples, in order, into rows of at most max_seq_len tokens, padding-free.
 
-    No example is split. Tokens of one pack attend to earlier examples in the same pack (as in TRL's
-    "wrapped" packing), but no loss crosses a boundary: each example's first label is masked, since that
-    token would be predicted from the previous example.
+    No example is split, and no token attends across a boundary: each row carries `position_ids` that
+    restart at 0 for every example, and the collator then leaves out the attention mask, so transformers
+    builds a per-example (block-diagonal) causal mask from them — for sdpa and eager attention, and the
+    variable-length kernel for flash attention. Each example's first label is masked, since the row's
+    shift would otherwise have the previous example's last token predict it.
     """
     packs: list[dict[str, list[int]]] = []
-    current: dict[str, list[int]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    current: dict[str, list[int]] = {"input_ids": [], "attention_mask": [], "labels": [], "position_ids": []}
     for example in examples:
         if current["input_ids"] and len(current["input_ids"]) + len(example["input_ids"]) > max_seq_len:
             packs.append(current)
-            current = {"input_ids": [], "attention_mask": [], "labels": []}
+            current = {"input_ids": [], "attention_mask": [], "labels": [], "position_ids": []}
         labels = list(example["labels"])
         if labels:
             labels[0] = IGNORE_INDEX
         current["input_ids"].extend(example["input_ids"])
         current["attention_mask"].extend(example["attention_mask"])
         current["labels"].extend(labels)
+        current["position_ids"].extend(range(len(example["input_ids"])))
     if current["input_ids"]:
         packs.append(current)
     return packs
+
+
+TOKENS_KEY = "tuneboard_tokens"  # a batch's real (non-padding) token count; the trainer pops it
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real (non-padding) tokens in a collated batch, packed or not."""
+    if TOKENS_KEY in batch:
+        return int(batch[TOKENS_KEY])
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum().item())
+    return 0
 
 
 class PadCollator:
@@ -311,7 +326,12 @@ class PadCollator:
         self.max_width = max_width
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
-        """Stack `features` into padded LongTensors."""
+        """Stack `features` into padded LongTensors.
+
+        Packed rows (with "position_ids") come out without an attention mask: the padding becomes one more
+        segment whose positions restart at 0, so the per-example mask keeps every real token away from it,
+        and its labels are -100. `TOKENS_KEY` holds the real token count for throughput.
+        """
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
@@ -319,10 +339,17 @@ class PadCollator:
         if self.max_width is not None:
             rounded = min(rounded, max(width, self.max_width))
         width = rounded
-        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        packed = "position_ids" in features[0]
+        keys = ["input_ids", "labels", "position_ids" if packed else "attention_mask"]
+        batch: dict[str, list[list[int]]] = {k: [] for k in keys}
         for f in features:
             pad = width - len(f["input_ids"])
             batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            batch["attention_mask"].append(list(f["attention_mask"]) + [0] * pad)
             batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+            if packed:
+                batch["position_ids"].append(list(f["position_ids"]) + list(range(pad)))
+            else:
+                batch["attention_mask"].append(list(f["attention_mask"]) + [0] * pad)
+        out: dict[str, Any] = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out[TOKENS_KEY] = sum(sum(f["attention_mask"]) for f in features)
+        return out

@@ -32,6 +32,7 @@ from typing import Any
 
 from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file
 from worker.protocol import EventKind, ExitCode, RunDir, last_complete_checkpoint
+from worker.train.data import TOKENS_KEY, batch_tokens
 from worker.train.distributed import (
     NullReporter,
     follower_exit_code,
@@ -208,9 +209,12 @@ def _trainer_class() -> type:
             if self.step_sleep > 0:
                 time.sleep(self.step_sleep)
             loss = super().training_step(model, inputs, num_items_in_batch)
-            tokens = int(inputs["attention_mask"].sum().item()) if "attention_mask" in inputs else 0
-            self.step_stats.add_micro(float(loss.item()), tokens)
+            self.step_stats.add_micro(float(loss.item()), batch_tokens(inputs))
             return loss
+
+        def _prepare_inputs(self, inputs: Any) -> Any:
+            # the collator's token count is for throughput, not a model argument
+            return super()._prepare_inputs({k: v for k, v in inputs.items() if k != TOKENS_KEY})
 
         def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
             value = super()._get_grad_norm(model, grad_norm=grad_norm)
@@ -422,6 +426,12 @@ def _train(
                 ),
             },
         )
+    if cfg.training.packing:
+        message = (
+            f"Packed {len(prepared.train_rows)} training examples into {len(prepared.train)} rows of at most "
+            f"{cfg.training.max_seq_len} tokens; each example attends only to itself."
+        )
+        report("log", {"level": "info", "message": message})
     _check_stop(stop)
 
     ckpt = last_complete_checkpoint(run_dir) if resume else None
