@@ -166,6 +166,12 @@ class TrainingConfig(_Strict):
         description="Pack short examples into rows of up to max_seq_len tokens, without padding between "
         "them; each example still attends only to itself. More examples per step, so fewer steps an epoch.",
     )
+    auto_micro_batch: bool = Field(
+        False,
+        description="On one GPU, measure before training the largest micro-batch that fits in memory and "
+        "split batch_size × grad_accum into it (e.g. 8 × 2 becomes 16 × 1): the same rows per optimizer "
+        "step, fewer and larger micro-batches. Takes a few forward/backward passes at the start.",
+    )
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Compile the decoder layers with torch.compile (needs gradient_checkpointing). auto: "
@@ -237,6 +243,12 @@ class JobConfig(_Strict):
                 "training.max_seq_len",
                 f"{self.model.name} handles at most {info.max_seq_len} tokens; "
                 f"got {self.training.max_seq_len}",
+            )
+        if self.training.auto_micro_batch and self.resources.gpus != 1:
+            raise _FieldError(
+                "training.auto_micro_batch",
+                "the memory probe runs on exactly one GPU: set resources.gpus to 1, or turn this off "
+                f"(resources.gpus is {self.resources.gpus})",
             )
         return self
 

@@ -222,6 +222,11 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
         notes.append("Packing fills every row to max_seq_len, so the estimate is close to the peak.")
     else:
         notes.append("Rows shorter than max_seq_len use less than this peak.")
+    if on_gpu and t.auto_micro_batch:
+        notes.append(
+            f"Auto micro-batch is on: a probe picks the largest micro-batch that fits (up to "
+            f"{t.batch_size * t.grad_accum}); this estimate is for batch_size {t.batch_size}."
+        )
     if on_gpu:
         notes.append(f"Per GPU; {config.resources.gpus} GPU(s) requested.")
     else:

@@ -224,6 +224,58 @@ def _trainer_class() -> type:
     return TuneboardTrainer
 
 
+def _probe_micro_batch(
+    cfg: JobConfig,
+    run_dir: RunDir,
+    model: Any,
+    fused: Any,
+    device: str,
+    dtype: str,
+    report: Callable[[str, dict[str, Any]], None],
+) -> Any:
+    """The micro-batch × accumulation split for training.auto_micro_batch (worker.train.microbatch)."""
+    from worker.train import microbatch
+
+    t = cfg.training
+    step_rows = t.batch_size * t.grad_accum
+    kept = microbatch.Split(t.batch_size, t.grad_accum)
+
+    def log(level: str, message: str) -> None:
+        report("log", {"level": level, "message": message})
+
+    earlier = microbatch.load_split(run_dir.root)
+    if earlier is not None:
+        log("info", f"Auto micro-batch: keeping this run's earlier choice, {earlier.describe()}")
+        return earlier
+    if not device.startswith("cuda") or rank_info().distributed:
+        where = "on CPU" if not device.startswith("cuda") else "with several GPU processes"
+        log(
+            "warning",
+            f"Auto micro-batch runs on one GPU only; {where} the configured {kept.describe()} is kept",
+        )
+        return kept
+    import torch
+
+    def loss_fn(m: Any, batch: dict[str, Any]) -> Any:
+        if fused is not None:
+            from worker.train.fused_loss import causal_lm_loss
+
+            return causal_lm_loss(m, batch, fused)
+        return m(**batch).loss
+
+    log("info", f"Auto micro-batch: probing which divisor of {step_rows} rows a step fits in GPU memory")
+    started = time.monotonic()
+    was_training = model.training
+    model.train()
+    measure = microbatch.cuda_measure(model, loss_fn, t.max_seq_len, getattr(torch, dtype))
+    split = microbatch.choose_split(step_rows, t.batch_size, measure, microbatch.cuda_budget())
+    model.train(was_training)
+    torch.cuda.reset_peak_memory_stats()  # the probe's peak is not training's
+    microbatch.save_split(run_dir.root, split)
+    log("info", f"Auto micro-batch ({time.monotonic() - started:.0f} s): {split.describe()}")
+    return split
+
+
 def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
     """The optimizer for the trainable parameters, and its name.
 
@@ -471,7 +523,11 @@ def _train(
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
-    per_step_rows = cfg.training.batch_size * max(1, rank_info().world_size)
+    if cfg.training.auto_micro_batch:
+        split = _probe_micro_batch(cfg, run_dir, model, fused, device, loaded.dtype, report)
+        args.per_device_train_batch_size = split.micro_batch
+        args.gradient_accumulation_steps = split.grad_accum
+    per_step_rows = args.per_device_train_batch_size * max(1, rank_info().world_size)
     drop_last_train = loaded.compiler is not None and len(prepared.train) >= per_step_rows
     if drop_last_train and len(prepared.train) % per_step_rows:
         skipped = len(prepared.train) % per_step_rows

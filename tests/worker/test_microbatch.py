@@ -1,0 +1,125 @@
+"""training.auto_micro_batch: the search over micro-batches, its record for resumes, and where it runs.
+
+The search is tested with a memory function we control (the seam: a probe's peak bytes, or None for out of
+memory); the CUDA probe itself runs in the GPU test at the end, skipped on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.worker.training_runs import demo_dict, trained_run
+from worker.config import ConfigError, parse_config
+from worker.protocol import ExitCode
+from worker.train.microbatch import SPLIT_FILE, Split, choose_split, divisors, load_split, save_split
+
+GB = 10**9
+
+
+def memory(per_row_gb: float, base_gb: float = 2.0, oom_above: int | None = None):  # type: ignore[no-untyped-def]
+    """A probe whose peak grows linearly with the micro-batch, with a hard out-of-memory limit."""
+    calls: list[int] = []
+
+    def measure(m: int) -> int | None:
+        calls.append(m)
+        if oom_above is not None and m > oom_above:
+            return None
+        return int((base_gb + per_row_gb * m) * GB)
+
+    measure.calls = calls  # type: ignore[attr-defined]
+    return measure
+
+
+def test_divisors_are_the_only_micro_batches_that_keep_the_step() -> None:
+    assert divisors(16) == [1, 2, 4, 8, 16] and divisors(12) == [1, 2, 3, 4, 6, 12] and divisors(1) == [1]
+
+
+def test_it_grows_the_micro_batch_while_the_next_one_fits() -> None:
+    measure = memory(per_row_gb=0.5)
+    split = choose_split(16, configured=8, measure=measure, budget_bytes=20 * GB)
+    assert (split.micro_batch, split.grad_accum) == (16, 1)
+    assert measure.calls == [8, 16]  # type: ignore[attr-defined]
+
+
+def test_it_stops_at_the_budget_and_keeps_the_step_rows() -> None:
+    measure = memory(per_row_gb=1.0)
+    split = choose_split(48, configured=4, measure=measure, budget_bytes=15 * GB)  # fits up to 13 rows
+    assert (split.micro_batch, split.grad_accum) == (12, 4)
+    assert split.micro_batch * split.grad_accum == 48
+    assert measure.calls == [4, 6, 8, 12, 16]  # type: ignore[attr-defined]
+    assert split.tried[16] == 18 * GB
+
+
+def test_an_out_of_memory_probe_counts_as_not_fitting() -> None:
+    split = choose_split(32, configured=2, measure=memory(0.1, oom_above=8), budget_bytes=80 * GB)
+    assert (split.micro_batch, split.grad_accum) == (8, 4) and split.tried[16] is None
+    assert "16: out of memory" in split.describe()
+
+
+def test_it_shrinks_the_micro_batch_when_the_configured_one_does_not_fit() -> None:
+    measure = memory(per_row_gb=4.0, oom_above=8)
+    split = choose_split(16, configured=16, measure=measure, budget_bytes=12 * GB)  # fits up to 2 rows
+    assert (split.micro_batch, split.grad_accum) == (2, 8)
+    assert measure.calls == [16, 8, 4, 2]  # type: ignore[attr-defined]
+
+
+def test_when_nothing_fits_the_configured_split_is_kept_and_says_so() -> None:
+    split = choose_split(8, configured=4, measure=memory(per_row_gb=50.0), budget_bytes=10 * GB)
+    assert (split.micro_batch, split.grad_accum) == (4, 2)
+    assert "not even a micro-batch of 1 fits" in split.describe()
+
+
+def test_the_choice_is_saved_for_a_resumed_run(tmp_path: Path) -> None:
+    assert load_split(tmp_path) is None
+    split = Split(16, 1, 70 * GB, {8: 5 * GB, 16: 9 * GB, 32: None})
+    save_split(tmp_path, split)
+    assert json.loads((tmp_path / SPLIT_FILE).read_text())["micro_batch"] == 16
+    assert load_split(tmp_path) == split
+
+
+def test_the_config_asks_for_exactly_one_gpu() -> None:
+    cfg = demo_dict(auto_micro_batch=True)
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg)
+    assert "training.auto_micro_batch" in err.value.problems
+    assert "resources.gpus to 1" in err.value.problems["training.auto_micro_batch"]
+    cfg["resources"]["gpus"] = 1
+    assert parse_config(cfg).training.auto_micro_batch
+
+
+def test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split_and_says_why() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a CUDA machine the probe runs: see the GPU test below")
+    cfg = demo_dict(auto_micro_batch=True, max_steps=4, eval_steps=0, save_steps=4, grad_accum=2)
+    cfg["resources"]["gpus"] = 1
+    finished = trained_run("auto-micro-batch-cpu", cfg)
+    assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
+    warnings = [
+        e["payload"]["message"] for e in finished.of_kind("log") if e["payload"]["level"] == "warning"
+    ]
+    assert any(
+        "Auto micro-batch runs on one GPU only; on CPU the configured micro-batch 8 × 2 accumulation is kept"
+        in w
+        for w in warnings
+    ), warnings
+    assert not (finished.run_dir.root / SPLIT_FILE).exists()
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+def test_on_a_gpu_the_probe_merges_micro_batches_that_fit() -> None:
+    cfg = demo_dict(
+        auto_micro_batch=True, batch_size=2, grad_accum=4, max_steps=6, eval_steps=0, save_steps=6
+    )
+    cfg["resources"]["gpus"] = 1
+    finished = trained_run("auto-micro-batch-gpu", cfg)
+    assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
+    split = load_split(finished.run_dir.root)
+    assert split is not None and (split.micro_batch, split.grad_accum) == (8, 1), split
+    assert split.tried[2] is not None and split.tried[8] is not None and split.tried[2] < split.tried[8]
+    logs = [e["payload"]["message"] for e in finished.of_kind("log")]
+    assert any(m.startswith("Auto micro-batch (") and "micro-batch 8 × 1" in m for m in logs), logs
