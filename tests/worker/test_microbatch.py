@@ -123,3 +123,36 @@ def test_on_a_gpu_the_probe_merges_micro_batches_that_fit() -> None:
     assert split.tried[2] is not None and split.tried[8] is not None and split.tried[2] < split.tried[8]
     logs = [e["payload"]["message"] for e in finished.of_kind("log")]
     assert any(m.startswith("Auto micro-batch (") and "micro-batch 8 × 1" in m for m in logs), logs
+
+
+def test_a_probe_pass_runs_the_training_loss_eagerly_even_with_compiled_layers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CUDA probe's forward + backward, run on CPU: gradients flow, and nothing is compiled for it."""
+    import torch
+
+    from worker.config import demo_config
+    from worker.train.compile import COMPILE_ENV, compile_checkpointed_layers
+    from worker.train.fused_loss import FusedLoss
+    from worker.train.loading import load_for_training
+    from worker.train.microbatch import probe_pass, training_loss
+
+    monkeypatch.setenv("TUNEBOARD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(COMPILE_ENV, "0")  # compiled below, with the CPU backend
+    torch._dynamo.reset()
+    model = load_for_training(demo_config(), device="cpu").model
+    model.train()
+    compiler = compile_checkpointed_layers(model, backend="aot_eager")
+    assert compiler is not None
+    softcap = model.config.get_text_config().final_logit_softcapping
+    loss_fn = training_loss(FusedLoss("chunked", softcap, "test"))
+    probe_pass(model, loss_fn, rows=3, seq=32, dtype=torch.float32, gen=torch.Generator().manual_seed(0))
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    assert compiler.graphs == 0  # the probe ran eagerly
+    model.zero_grad(set_to_none=True)
+    loss_fn(
+        model, {"input_ids": torch.randint(0, 100, (3, 32)), "labels": torch.randint(0, 100, (3, 32))}
+    ).backward()
+    assert compiler.graphs > 0  # while training compiles: the check above could fail
+    torch._dynamo.reset()

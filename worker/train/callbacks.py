@@ -42,22 +42,35 @@ GB = 1024**3
 class StepStats:
     """Per-optimizer-step numbers the Trainer subclass records for the callback."""
 
-    micro_losses: list[float] = field(default_factory=list)
+    micro_losses: list[Any] = field(default_factory=list)  # floats, or detached 0-d tensors not yet read
     grad_norm: float | None = None
     tokens_seen: int = 0
     window_losses: list[float] = field(default_factory=list)  # step losses since the last log
     window_tokens: int = 0
     window_started: float = field(default_factory=time.monotonic)
 
-    def add_micro(self, loss: float, tokens: int) -> None:
-        """Record one micro-batch (its loss already divided by the accumulation steps)."""
+    def add_micro(self, loss: Any, tokens: int) -> None:
+        """Record one micro-batch: its loss (already divided by the accumulation steps) and real tokens.
+
+        `loss` may be a detached tensor on the GPU: it is read once per optimizer step, in `step_loss`, so
+        recording a micro-batch never makes the CPU wait for the GPU to finish the queued work.
+        """
         self.micro_losses.append(loss)
         self.tokens_seen += tokens
         self.window_tokens += tokens
 
     def step_loss(self) -> float | None:
         """The loss of the optimizer step in progress (sum of the accumulation-scaled micro losses)."""
-        return math.fsum(self.micro_losses) if self.micro_losses else None
+        if not self.micro_losses:
+            return None
+        read = (int, float)
+        pending = [x for x in self.micro_losses if not isinstance(x, read)]
+        if pending:
+            import torch
+
+            values = iter(torch.stack([x.reshape(()) for x in pending]).double().tolist())  # one sync
+            self.micro_losses = [x if isinstance(x, read) else next(values) for x in self.micro_losses]
+        return math.fsum(self.micro_losses)
 
     def step_is_finite(self) -> bool:
         """False when this step's loss or gradient norm is NaN or infinite."""

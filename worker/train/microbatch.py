@@ -105,13 +105,44 @@ def save_split(run_dir: Path, split: Split) -> None:
     (run_dir / SPLIT_FILE).write_text(json.dumps(asdict(split)), encoding="utf-8")
 
 
+def training_loss(fused: Any) -> Callable[[Any, dict[str, Any]], Any]:
+    """The loss the Trainer will compute: the fused linear + cross-entropy plan, or the model's own."""
+
+    def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
+        if fused is not None:
+            from worker.train.fused_loss import causal_lm_loss
+
+            return causal_lm_loss(model, batch, fused)
+        return model(**batch).loss
+
+    return loss_fn
+
+
+def probe_pass(
+    model: Any, loss_fn: Callable[[Any, dict[str, Any]], Any], rows: int, seq: int, dtype: Any, gen: Any
+) -> None:
+    """One eager forward + backward of rows × seq random tokens on the model's device, as training runs it."""
+    import torch
+
+    device = model.get_input_embeddings().weight.device
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    ids = torch.randint(0, vocab, (rows, seq), generator=gen, device=gen.device).to(device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    half = dtype in (torch.bfloat16, torch.float16)
+    # eager for the backward too: checkpointing recomputes the layers there, and compiling for every
+    # probed shape would take minutes each
+    with torch.compiler.set_stance("force_eager"):
+        with torch.autocast(device.type, dtype=dtype, enabled=half and device.type == "cuda"):
+            loss = loss_fn(model, batch)
+        loss.backward()
+
+
 def cuda_measure(
     model: Any, loss_fn: Callable[[Any, dict[str, Any]], Any], seq: int, dtype: Any
 ) -> Callable[[int], int | None]:
-    """measure(m): peak allocated bytes of one forward + backward of m × seq random tokens (None: OOM)."""
+    """measure(m): peak allocated bytes of `probe_pass` at micro-batch m (None: out of memory)."""
     import torch
 
-    vocab = int(model.get_input_embeddings().num_embeddings)
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def measure(m: int) -> int | None:
@@ -121,22 +152,13 @@ def cuda_measure(
         torch.cuda.reset_peak_memory_stats()
         peak: int | None
         try:
-            ids = torch.randint(0, vocab, (m, seq), device="cuda", generator=gen)
-            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-            with (
-                torch.compiler.set_stance("force_eager"),
-                torch.autocast("cuda", dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16)),
-            ):
-                loss = loss_fn(model, batch)
-            loss.backward()
+            probe_pass(model, loss_fn, m, seq, dtype, gen)  # its batch and graph are freed when it ends
             torch.cuda.synchronize()
             peak = int(torch.cuda.max_memory_allocated())
         except torch.cuda.OutOfMemoryError:
             peak = None
-        finally:
-            model.zero_grad(set_to_none=True)
-            loss = batch = ids = None  # noqa: F841  (drop the graph and the batch before the next probe)
-            torch.cuda.empty_cache()
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
         return peak
 
     return measure

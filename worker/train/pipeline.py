@@ -209,7 +209,7 @@ def _trainer_class() -> type:
             if self.step_sleep > 0:
                 time.sleep(self.step_sleep)
             loss = super().training_step(model, inputs, num_items_in_batch)
-            self.step_stats.add_micro(float(loss.item()), batch_tokens(inputs))
+            self.step_stats.add_micro(loss.detach(), batch_tokens(inputs))
             return loss
 
         def _prepare_inputs(self, inputs: Any) -> Any:
@@ -256,17 +256,11 @@ def _probe_micro_batch(
         return kept
     import torch
 
-    def loss_fn(m: Any, batch: dict[str, Any]) -> Any:
-        if fused is not None:
-            from worker.train.fused_loss import causal_lm_loss
-
-            return causal_lm_loss(m, batch, fused)
-        return m(**batch).loss
-
     log("info", f"Auto micro-batch: probing which divisor of {step_rows} rows a step fits in GPU memory")
     started = time.monotonic()
     was_training = model.training
     model.train()
+    loss_fn = microbatch.training_loss(fused)
     measure = microbatch.cuda_measure(model, loss_fn, t.max_seq_len, getattr(torch, dtype))
     split = microbatch.choose_split(step_rows, t.batch_size, measure, microbatch.cuda_budget())
     model.train(was_training)
