@@ -60,6 +60,7 @@ FIELD_LABELS = {
     "attn_implementation": "Attention kernel",
     "max_seq_len": "Max sequence length",
     "grad_accum": "Gradient accumulation",
+    "auto_micro_batch": "Auto micro-batch",
     "eval_fraction": "Eval fraction",
     "max_new_tokens": "Sample length (tokens)",
     "max_runtime_minutes": "Max runtime (minutes)",

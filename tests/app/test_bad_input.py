@@ -54,6 +54,7 @@ HOSTILE_CONFIGS: list[tuple[str, dict[str, str], str, str]] = [
     (BOMB, YAML, "", "expands to more than"),
     ("!!python/object/apply:os.system ['echo pwned']", YAML, "", "cannot parse"),
     ("model: {name: [1, 2]}", YAML, "model.name", ""),
+    ('{"training": {"auto_micro_batch": true}}', JSON, "training.auto_micro_batch", "resources.gpus to 1"),
 ]
 
 
