@@ -390,3 +390,14 @@ def test_resume_with_htmx_answers_the_refreshed_action_buttons(client: TestClien
     doc = Elements(r.text)
     assert "hidden" not in doc.find(**{"data-action": "cancel"})[0]
     assert "hidden" in doc.find(**{"data-action": "resume"})[0]
+
+
+def test_a_cross_field_problem_is_shown_on_the_field_it_names(client: TestClient) -> None:
+    # auto micro-batch with no GPU: the message names the fix, under the checkbox, and the tick is kept
+    r = client.post("/jobs/new", data=form_data(training__auto_micro_batch="true"))
+    assert r.status_code == 422
+    assert job_count(client) == 0
+    doc = Elements(r.text)
+    assert "set resources.gpus to 1" in doc.text_by_id["f-training-auto_micro_batch-error"]
+    (box,) = doc.find(id="f-training-auto_micro_batch")
+    assert box.get("aria-invalid") == "true" and "checked" in box
