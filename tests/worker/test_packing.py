@@ -81,13 +81,15 @@ def _spans() -> list[tuple[int, int, int]]:
     return [(0, 0, a), (0, a, a + b), (1, 0, c)]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(
+    ("preset", "attn"), [*((p, "auto") for p in PRESETS), ("tiny-llama", "eager")]
+)  # auto: sdpa for these presets
 def test_each_example_in_a_packed_row_gets_the_logits_it_gets_alone(
-    monkeypatch: pytest.MonkeyPatch, preset: str
+    monkeypatch: pytest.MonkeyPatch, preset: str, attn: str
 ) -> None:
     import torch
 
-    model = _load(monkeypatch, preset)
+    model = _load(monkeypatch, preset, attn)
     model.eval()
     examples = _examples()
     batch = _packed_batch(examples)
@@ -142,20 +144,6 @@ def test_a_packed_batch_trains_like_its_examples_one_by_one(
         if param.requires_grad:
             assert torch.allclose(packed_grads[name], param.grad, rtol=1e-3, atol=1e-6), name
     assert torch.allclose(loss, separate, atol=1e-5), (loss.item(), separate.item())
-
-
-def test_eager_attention_isolates_examples_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    model = _load(monkeypatch, "tiny-llama", attn="eager")
-    model.eval()
-    examples = _examples()
-    batch = _packed_batch(examples)
-    with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-        row, start, end = _spans()[1]
-        alone = model(input_ids=torch.tensor([examples[1]["input_ids"]])).logits[0]
-    assert torch.allclose(packed[row, start:end], alone, atol=ATOL)
 
 
 def test_the_collator_makes_padding_its_own_segment_and_counts_only_real_tokens() -> None:
