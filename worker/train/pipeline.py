@@ -262,7 +262,9 @@ def _probe_micro_batch(
     model.train()
     loss_fn = microbatch.training_loss(fused)
     measure = microbatch.cuda_measure(model, loss_fn, t.max_seq_len, getattr(torch, dtype))
-    split = microbatch.choose_split(step_rows, t.batch_size, measure, microbatch.cuda_budget())
+    # the probe's dropout draws must not shift training's random stream: same seed, same run
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+        split = microbatch.choose_split(step_rows, t.batch_size, measure, microbatch.cuda_budget())
     model.train(was_training)
     torch.cuda.reset_peak_memory_stats()  # the probe's peak is not training's
     microbatch.save_split(run_dir.root, split)
