@@ -21,7 +21,6 @@ from worker.train.compile import (
     COMPILE_ENV,
     LayerCompiler,
     compile_checkpointed_layers,
-    compile_wanted,
 )
 from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.host_tables import HOST_TABLES_ENV
@@ -258,16 +257,6 @@ def test_strided_arguments_reach_the_checkpoint_contiguous(fresh_dynamo: None) -
     run(functools.partial(layer, scale=2.0), strided, dense)
     assert compiler.graphs == graphs  # one compiled function per layer forward, reused
     assert received[1][0].func is function.func
-
-
-def test_the_compile_env_knob(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(COMPILE_ENV, "0")
-    assert compile_wanted("cuda") is False
-    monkeypatch.setenv(COMPILE_ENV, "1")
-    assert compile_wanted("cpu") is True
-    monkeypatch.setenv(COMPILE_ENV, "maybe")
-    with pytest.raises(ValueError, match=COMPILE_ENV):
-        compile_wanted("cuda")
 
 
 def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_reports_compile_time() -> None:

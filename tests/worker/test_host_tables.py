@@ -19,7 +19,6 @@ from worker.train.host_tables import (
     HOST_TABLES_ENV,
     MIN_TABLE_BYTES,
     host_table_candidates,
-    host_tables_wanted,
     keep_tables_on_host,
 )
 from worker.train.loading import load_for_training
@@ -199,13 +198,3 @@ def test_with_the_weight_beside_the_ids_the_stock_forward_runs(monkeypatch: pyte
         assert len(calls) == 1 and calls[0] is ids and torch.equal(out, ref_out)
         table(_IdsOnAnotherDevice(ids))
     assert len(calls) == 1  # ids elsewhere: the host gather, not the stock forward
-
-
-def test_the_host_tables_env_knob(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(HOST_TABLES_ENV, "0")
-    assert host_tables_wanted("cuda") is False
-    monkeypatch.setenv(HOST_TABLES_ENV, "1")
-    assert host_tables_wanted("cpu") is True
-    monkeypatch.setenv(HOST_TABLES_ENV, "maybe")
-    with pytest.raises(ValueError, match=HOST_TABLES_ENV):
-        host_tables_wanted("cuda")
