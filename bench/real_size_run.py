@@ -52,6 +52,7 @@ def text_job_config(
     checkpointing: bool = True,
     grad_accum: int = 1,
     torch_compile: str = "auto",
+    auto_micro_batch: bool = False,
 ) -> dict[str, Any]:
     """A job config for a speed run: full-length text rows, LoRA r16, no eval, one checkpoint at the end."""
     return {
@@ -70,6 +71,7 @@ def text_job_config(
             "batch_size": batch,
             "grad_accum": grad_accum,
             "torch_compile": torch_compile,
+            "auto_micro_batch": auto_micro_batch,
             "max_seq_len": seq,
             "learning_rate": 2e-4,
             "eval_steps": 0,
@@ -96,6 +98,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--model-dir", type=Path, default=None, help="an already saved model (else built)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    parser.add_argument(
+        "--auto-micro-batch", action="store_true", help="training.auto_micro_batch: probe for the micro-batch"
+    )
     args = parser.parse_args()
 
     from bench.gemma3n_dims import save_random_model
@@ -121,6 +126,7 @@ def main() -> None:
         checkpointing=not args.no_checkpointing,
         grad_accum=args.grad_accum,
         torch_compile=args.compile,
+        auto_micro_batch=args.auto_micro_batch,
     )
     run.config.write_text(json.dumps(config, indent=2))
     start = time.time()

@@ -1,7 +1,7 @@
 """Seed recipe vs Tuneboard's training path on one GPU: tokens/s, VRAM, MFU and a loss-curve check.
 
     python -m bench.speed --model e2b --seq 512 --recipes seed,tb-compile \\
-        --phases 4x4:50 --tb-phases 8x2:50 --work bench-work/speed
+        --phases 4x4:50 --tb-phases 16x1:50 --work bench-work/speed
 
 (those are the defaults: `tuneboard bench --model e2b --seq 512 --work bench-work/speed` runs the same).
 
@@ -19,7 +19,11 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   without the backward prefetch; `tb-compile` / `tb-nocompile` force the compiled decoder layers
   (`worker.train.compile`) on / off (`tuneboard` runs eager: the benchmark's config has fewer steps than
   "auto" compiles for); `tb-nohost` keeps the big frozen lookup tables on the GPU
-  (`worker.train.host_tables`, on by default on CUDA).
+  (`worker.train.host_tables`, on by default on CUDA); `tb-inputgrads` is `tb-compile` with the input
+  embeddings' output requiring a gradient, as the loader did before (autograd then also records the frozen
+  work before the first decoder layer).
+- `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
+  instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
   and, for eager recipes, what was live at the step's peak allocation (`bench/profile_step.py`).
 
@@ -67,6 +71,7 @@ RECIPES = (
     "tb-compile",
     "tb-nocompile",
     "tb-nohost",
+    "tb-inputgrads",
 )
 
 
@@ -276,7 +281,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             from worker.train.offload import PREFETCH_ENV
 
             os.environ[PREFETCH_ENV] = "0"
-        compiled = {"tb-compile": True, "tb-nocompile": False}.get(args.recipe)
+        compiled = {"tb-compile": True, "tb-nocompile": False, "tb-inputgrads": True}.get(args.recipe)
         if args.recipe == "tb-nohost":
             from worker.train.host_tables import HOST_TABLES_ENV
 
@@ -284,6 +289,8 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         model, optimizer, plan, compiler = load_tuneboard(
             model_dir, fused=args.recipe != "tb-nofused", offload=offload, compiled=compiled
         )
+    if args.recipe == "tb-inputgrads":  # the loader's former way: a gradient on the embeddings' output
+        model.get_base_model().enable_input_require_grads()
     load_s = time.perf_counter() - t0
     model.train()
     after_load = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
@@ -324,7 +331,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         error = None
 
         def run_step(block: Any, micro: int = micro, accum: int = accum, rows: int = rows) -> float:
-            total = 0.0
+            # The micro-batch losses stay on the device until the step ends: reading each one would make
+            # the host wait for the GPU between micro-batches (one sync per step, as in the worker).
+            total = torch.zeros((), device=device)
             num_items = torch.tensor(rows * (seq - 1), device=device)
             for a in range(accum):
                 ids = block[a * micro : (a + 1) * micro].to(device)
@@ -335,11 +344,11 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                     else:
                         loss = model(**inputs).loss / accum
                 loss.backward()
-                total += float(loss.detach())
+                total += loss.detach().float()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            return total
+            return float(total)
 
         compile_before = compiler.compile_s if compiler is not None else 0.0
         try:
@@ -447,13 +456,18 @@ def main() -> None:
     parser.add_argument("--model", default="e2b", help="e2b | e4b | llama1b, or a saved model directory")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--phases", default="4x4:50", help="seed recipe phases MxA:STEPS,...")
-    parser.add_argument("--tb-phases", default="8x2:50", help="tuneboard phases MxA:STEPS,...")
+    parser.add_argument("--tb-phases", default="16x1:50", help="tuneboard phases MxA:STEPS,...")
     parser.add_argument("--recipes", default="seed,tb-compile")
     parser.add_argument("--nofused-phases", default="4x1:10,16x1:10", help="tb-nofused phases")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tb-speed")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per recipe process")
     parser.add_argument("--profile", action="store_true", help="profile one step of each phase's shape")
+    parser.add_argument(
+        "--reuse",
+        default="",
+        help="recipes whose results from an earlier invocation (same --out, model and seq) are read, not rerun",
+    )
     # internal: run one recipe in this process
     parser.add_argument("--recipe", choices=RECIPES, default=None)
     parser.add_argument("--model-dir", default=None)
@@ -495,6 +509,11 @@ def main() -> None:
             str(path),
             *(["--profile"] if args.profile else []),
         ]
+        if recipe in args.reuse.split(",") and path.exists():
+            print(f"{recipe}: results of an earlier invocation reused ({path})", flush=True)
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+            continue
+        path.unlink(missing_ok=True)  # a failed run must not leave an earlier result standing in for it
         start = time.perf_counter()
         code: int | str
         try:
@@ -540,7 +559,8 @@ def main() -> None:
     # A lever on vs off must not change the loss: gate each variant against a same-path recipe present.
     for variant in RECIPES[3:]:
         ref = next(
-            (x for x in ("tuneboard", "tb-nooffload", "tb-nocompile") if x in by and x != variant), None
+            (x for x in ("tuneboard", "tb-nooffload", "tb-nocompile", "tb-compile") if x in by and x != variant),
+            None,
         )
         if variant in by and ref is not None:
             summary[f"gate-{variant}"] = gate(

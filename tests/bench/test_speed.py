@@ -62,3 +62,31 @@ def test_tuneboard_bench_runs_the_speed_benchmark() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "--phases" in proc.stdout and "--tb-phases" in proc.stdout
+
+
+def test_the_benchmark_runs_end_to_end_on_cpu_and_reuses_the_seed_when_asked(tmp_path: Path) -> None:
+    """Both recipes train on the tiny preset; a second invocation with --reuse seed reads the seed's result."""
+    from worker.presets import preset_model_dir
+
+    model = preset_model_dir("tiny-gemma3n", tmp_path / "cache")
+    out = tmp_path / "out"
+
+    def bench(*extra: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.speed", "--model", str(model), "--seq", "64", "--phases", "2x2:3",
+             "--tb-phases", "4x1:3", "--recipes", "seed,tb-inputgrads,tuneboard", "--work", str(tmp_path),
+             "--out", str(out), *extra],
+            capture_output=True, text=True, timeout=600, cwd=REPO,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    first = bench()
+    assert "seed: exit 0" in first and "results of an earlier invocation reused" not in first
+    # the same rows at the same tokens per step: the seed's 2 x 2 against Tuneboard's 4 x 1
+    assert "loss gate tuneboard vs seed over 3 steps" in first and "→ PASS" in first
+    assert "loss gate tb-inputgrads vs tuneboard over 3 steps" in first
+    second = bench("--reuse", "seed,tb-inputgrads,tuneboard")  # nothing runs again: the table is rebuilt
+    assert "seed: results of an earlier invocation reused" in second and "exit 0" not in second
+    seed_rows = [line for line in second.splitlines() if line.startswith("| seed |")]
+    assert seed_rows == [line for line in first.splitlines() if line.startswith("| seed |")]

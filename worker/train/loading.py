@@ -1,8 +1,9 @@
 """Load a base model for QLoRA training: resolve the name, quantize with the recipe's skip list, add LoRA.
 
 No `prepare_model_for_kbit_training`: it upcasts every frozen non-quantized weight to fp32, which doubles
-Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing and input gradients are enabled by
-hand instead (on CUDA the checkpointed layers' inputs wait in CPU memory: `worker.train.offload`). After
+Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing is enabled by hand instead,
+non-reentrant, so the embeddings' output needs no gradient (on CUDA the checkpointed layers' inputs wait in
+CPU memory: `worker.train.offload`). After
 loading, the model is checked: nothing meant to stay un-quantized got packed, and every trainable parameter
 is floating point.
 """
@@ -254,6 +255,22 @@ def _tokenizer(source: ModelSource, cfg: JobConfig, recipe: Recipe, notes: list[
     return tok
 
 
+def drop_input_gradients(model: Any) -> None:
+    """Remove the hooks that make the input embeddings' output require a gradient, if any were added.
+
+    With non-reentrant checkpointing the LoRA weights inside each layer connect the loss to the graph by
+    themselves; a gradient on the embeddings' output only makes autograd save the activations of, and run
+    the backward through, the frozen work before the first layer.
+    """
+    hooks = getattr(model, "_require_grads_hooks", None) or []
+    single = getattr(model, "_require_grads_hook", None)
+    for hook in {id(h): h for h in [*hooks, *([single] if single is not None else [])]}.values():
+        hook.remove()
+    for name in ("_require_grads_hooks", "_require_grads_hook"):
+        if hasattr(model, name):
+            delattr(model, name)
+
+
 def _is_attention_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "attention" in text and any(k in text for k in ("flash", "sdpa", "attn_implementation", "eager"))
@@ -399,8 +416,12 @@ def load_source_for_training(
                 report, f"Frozen lookup tables kept in CPU memory, rows copied per batch: {', '.join(moved)}"
             )
     if cfg.training.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no gradient on the embeddings' output (the reentrant kind would
+        # cut the graph without one), so the hook transformers adds for it goes: autograd then records
+        # nothing before the first decoder layer (Gemma 3n: the per-layer-input projection and AltUp's input
+        # projections).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
+        drop_input_gradients(model)
         if offload_wanted(device) and enable_activation_offload(model) is not None:
             _emit(report, "Checkpointed layer inputs are offloaded to CPU memory until the backward pass")
     compiler = None
@@ -450,6 +471,9 @@ def load_source_for_training(
                 "lora.modules_to_save",
             ) from exc
         raise
+    if cfg.training.gradient_checkpointing:
+        # PEFT adds the same hook again on un-quantized models.
+        drop_input_gradients(peft_model.get_base_model())
     verify_trainable(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     _emit(
