@@ -466,7 +466,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse",
         default="",
-        help="recipes whose results from an earlier invocation (same --out, model and seq) are read, not rerun",
+        help="recipes read from an earlier invocation's results (same --out, model and seq), not rerun",
     )
     # internal: run one recipe in this process
     parser.add_argument("--recipe", choices=RECIPES, default=None)
@@ -558,10 +558,8 @@ def main() -> None:
         )
     # A lever on vs off must not change the loss: gate each variant against a same-path recipe present.
     for variant in RECIPES[3:]:
-        ref = next(
-            (x for x in ("tuneboard", "tb-nooffload", "tb-nocompile", "tb-compile") if x in by and x != variant),
-            None,
-        )
+        references = ("tuneboard", "tb-nooffload", "tb-nocompile", "tb-compile")
+        ref = next((x for x in references if x in by and x != variant), None)
         if variant in by and ref is not None:
             summary[f"gate-{variant}"] = gate(
                 by[ref]["phases"][0]["losses"], by[variant]["phases"][0]["losses"]

@@ -65,7 +65,7 @@ def test_tuneboard_bench_runs_the_speed_benchmark() -> None:
 
 
 def test_the_benchmark_runs_end_to_end_on_cpu_and_reuses_the_seed_when_asked(tmp_path: Path) -> None:
-    """Both recipes train on the tiny preset; a second invocation with --reuse seed reads the seed's result."""
+    """Every recipe trains on the tiny preset; a second invocation with --reuse reads their results."""
     from worker.presets import preset_model_dir
 
     model = preset_model_dir("tiny-gemma3n", tmp_path / "cache")

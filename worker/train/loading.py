@@ -3,9 +3,8 @@
 No `prepare_model_for_kbit_training`: it upcasts every frozen non-quantized weight to fp32, which doubles
 Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing is enabled by hand instead,
 non-reentrant, so the embeddings' output needs no gradient (on CUDA the checkpointed layers' inputs wait in
-CPU memory: `worker.train.offload`). After
-loading, the model is checked: nothing meant to stay un-quantized got packed, and every trainable parameter
-is floating point.
+CPU memory: `worker.train.offload`). After loading, the model is checked: nothing meant to stay
+un-quantized got packed, and every trainable parameter is floating point.
 """
 
 from __future__ import annotations
@@ -260,7 +259,8 @@ def drop_input_gradients(model: Any) -> None:
 
     With non-reentrant checkpointing the LoRA weights inside each layer connect the loss to the graph by
     themselves; a gradient on the embeddings' output only makes autograd save the activations of, and run
-    the backward through, the frozen work before the first layer.
+    the backward through, the frozen work before the first layer. (transformers' own
+    `disable_input_require_grads` raised in older versions when no hook was added; this never does.)
     """
     hooks = getattr(model, "_require_grads_hooks", None) or []
     single = getattr(model, "_require_grads_hook", None)
