@@ -52,7 +52,7 @@ def text_job_config(
     checkpointing: bool = True,
     grad_accum: int = 1,
     torch_compile: str = "auto",
-    auto_micro_batch: bool = False,
+    auto_micro_batch: str = "auto",
 ) -> dict[str, Any]:
     """A job config for a speed run: full-length text rows, LoRA r16, no eval, one checkpoint at the end."""
     return {
@@ -99,7 +99,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="an already saved model (else built)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     parser.add_argument(
-        "--auto-micro-batch", action="store_true", help="training.auto_micro_batch: probe for the micro-batch"
+        "--auto-micro-batch",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="training.auto_micro_batch (the flag alone: on)",
     )
     args = parser.parse_args()
 

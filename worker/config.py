@@ -166,11 +166,12 @@ class TrainingConfig(_Strict):
         description="Pack short examples into rows of up to max_seq_len tokens, without padding between "
         "them; each example still attends only to itself. More examples per step, so fewer steps an epoch.",
     )
-    auto_micro_batch: bool = Field(
-        False,
-        description="On one GPU, measure before training the largest micro-batch that fits in memory and "
-        "split batch_size × grad_accum into it (e.g. 8 × 2 becomes 16 × 1): the same rows per optimizer "
-        "step, fewer and larger micro-batches. Takes a few forward/backward passes at the start.",
+    auto_micro_batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Split batch_size × grad_accum into the largest micro-batch that fits in GPU memory, "
+        "measured by a few passes before training (4 × 4 may become 16 × 1): the same rows per optimizer "
+        "step, run faster. auto: on one GPU when grad_accum is above 1; on: also with grad_accum 1, where "
+        "it can only lower the micro-batch to fit.",
     )
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -184,6 +185,21 @@ class TrainingConfig(_Strict):
         description="Prompts to generate from at each evaluation (default: a few held-out rows).",
     )
     max_new_tokens: int = Field(24, ge=1, le=4096, description="Length of sample generations.")
+
+    @field_validator("auto_micro_batch", mode="before")
+    @classmethod
+    def _auto_micro_batch_from_bool(cls, value: Any) -> Any:
+        # configs written before the setting had an "auto" were booleans: keep them meaning what they meant
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
+    def probes_micro_batch(self, *, one_gpu: bool) -> bool:
+        """Whether auto_micro_batch asks for the memory probe: "on" always (the worker says when it cannot
+        run), "auto" only on one GPU and with more than one micro-batch per step to merge."""
+        if self.auto_micro_batch == "auto":
+            return one_gpu and self.grad_accum > 1
+        return self.auto_micro_batch == "on"
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingConfig:
@@ -244,11 +260,11 @@ class JobConfig(_Strict):
                 f"{self.model.name} handles at most {info.max_seq_len} tokens; "
                 f"got {self.training.max_seq_len}",
             )
-        if self.training.auto_micro_batch and self.resources.gpus != 1:
+        if self.training.auto_micro_batch == "on" and self.resources.gpus != 1:
             raise _FieldError(
                 "training.auto_micro_batch",
-                "the memory probe runs on exactly one GPU: set resources.gpus to 1, or turn this off "
-                f"(resources.gpus is {self.resources.gpus})",
+                "the memory probe runs on exactly one GPU: set resources.gpus to 1, or set this to auto "
+                f"or off (resources.gpus is {self.resources.gpus})",
             )
         return self
 

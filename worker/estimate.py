@@ -222,7 +222,7 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
         notes.append("Packing fills every row to max_seq_len, so the estimate is close to the peak.")
     else:
         notes.append("Rows shorter than max_seq_len use less than this peak.")
-    if on_gpu and t.auto_micro_batch:
+    if on_gpu and t.probes_micro_batch(one_gpu=config.resources.gpus == 1):
         notes.append(
             f"Auto micro-batch is on: a probe picks the largest micro-batch that fits (up to "
             f"{t.batch_size * t.grad_accum}); this estimate is for batch_size {t.batch_size}."

@@ -393,11 +393,15 @@ def test_resume_with_htmx_answers_the_refreshed_action_buttons(client: TestClien
 
 
 def test_a_cross_field_problem_is_shown_on_the_field_it_names(client: TestClient) -> None:
-    # auto micro-batch with no GPU: the message names the fix, under the checkbox, and the tick is kept
-    r = client.post("/jobs/new", data=form_data(training__auto_micro_batch="true"))
+    # auto micro-batch forced on with no GPU: the message names the fix, under the select, and "on" is kept
+    r = client.post("/jobs/new", data=form_data(training__auto_micro_batch="on"))
     assert r.status_code == 422
     assert job_count(client) == 0
     doc = Elements(r.text)
     assert "set resources.gpus to 1" in doc.text_by_id["f-training-auto_micro_batch-error"]
-    (box,) = doc.find(id="f-training-auto_micro_batch")
-    assert box.get("aria-invalid") == "true" and "checked" in box
+    (select,) = doc.find(id="f-training-auto_micro_batch")
+    assert select.get("aria-invalid") == "true"
+    at = next(i for i, (tag, attrs) in enumerate(doc.tags) if attrs is select)
+    options = [attrs for tag, attrs in doc.tags[at + 1 : at + 4] if tag == "option"]
+    assert [o["value"] for o in options] == ["auto", "on", "off"]
+    assert [o["value"] for o in options if "selected" in o] == ["on"]

@@ -87,7 +87,56 @@ def test_the_config_asks_for_exactly_one_gpu() -> None:
     assert "training.auto_micro_batch" in err.value.problems
     assert "resources.gpus to 1" in err.value.problems["training.auto_micro_batch"]
     cfg["resources"]["gpus"] = 1
-    assert parse_config(cfg).training.auto_micro_batch
+    assert parse_config(cfg).training.auto_micro_batch == "on"
+
+
+def test_auto_probes_only_on_one_gpu_with_micro_batches_to_merge() -> None:
+    """The default: any GPU count is accepted, and the probe runs where it can make a step faster."""
+    several = demo_dict(grad_accum=4)
+    several["resources"]["gpus"] = 2
+    training = parse_config(several).training
+    assert training.auto_micro_batch == "auto"
+    assert training.probes_micro_batch(one_gpu=True)
+    assert not training.probes_micro_batch(one_gpu=False)  # CPU, or several GPU processes
+    assert not parse_config(demo_dict(grad_accum=1)).training.probes_micro_batch(one_gpu=True)
+    assert not parse_config(demo_dict(auto_micro_batch="off", grad_accum=4)).training.probes_micro_batch(
+        one_gpu=True
+    )
+    forced = demo_dict(auto_micro_batch="on", grad_accum=1)
+    forced["resources"]["gpus"] = 1
+    assert parse_config(forced).training.probes_micro_batch(one_gpu=False)  # and the worker says why not
+
+
+def test_configs_saved_with_a_true_or_false_keep_their_meaning() -> None:
+    assert parse_config(demo_dict(auto_micro_batch=False)).training.auto_micro_batch == "off"
+    on = demo_dict(auto_micro_batch=True)
+    on["resources"]["gpus"] = 1
+    assert parse_config(on).training.auto_micro_batch == "on"
+    with pytest.raises(ConfigError) as err:
+        parse_config(demo_dict(auto_micro_batch="sometimes"))
+    assert "training.auto_micro_batch" in err.value.problems
+
+
+def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Path) -> None:
+    from worker.protocol import RunDir
+    from worker.train.pipeline import _probe_micro_batch
+
+    cfg = demo_dict(batch_size=4, grad_accum=4)
+    cfg["resources"]["gpus"] = 1
+    logs: list[str] = []
+    split = _probe_micro_batch(
+        parse_config(cfg),
+        RunDir(tmp_path),
+        model=None,  # never reached: nothing is probed
+        fused=None,
+        device="cuda",
+        dtype="bfloat16",
+        report=lambda kind, payload: logs.append(payload["message"]),
+        resuming=True,
+    )
+    assert (split.micro_batch, split.grad_accum) == (4, 4)
+    assert logs == ["Auto micro-batch: this run started without a probe; keeping micro-batch 4 × 4 accumulation"]
+    assert not (tmp_path / SPLIT_FILE).exists()
 
 
 def test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split_and_says_why() -> None:

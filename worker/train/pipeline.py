@@ -232,8 +232,13 @@ def _probe_micro_batch(
     device: str,
     dtype: str,
     report: Callable[[str, dict[str, Any]], None],
+    resuming: bool,
 ) -> Any:
-    """The micro-batch × accumulation split for training.auto_micro_batch (worker.train.microbatch)."""
+    """The micro-batch × accumulation split for training.auto_micro_batch (worker.train.microbatch).
+
+    A resumed run keeps the split it started with: the one saved by its first attempt, else the configured
+    one (a run that started without probing is not re-split halfway).
+    """
     from worker.train import microbatch
 
     t = cfg.training
@@ -247,6 +252,9 @@ def _probe_micro_batch(
     if earlier is not None:
         log("info", f"Auto micro-batch: keeping this run's earlier choice, {earlier.describe()}")
         return earlier
+    if resuming:
+        log("info", f"Auto micro-batch: this run started without a probe; keeping {kept.describe()}")
+        return kept
     if not device.startswith("cuda") or rank_info().distributed:
         where = "on CPU" if not device.startswith("cuda") else "with several GPU processes"
         log(
@@ -519,8 +527,8 @@ def _train(
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
-    if cfg.training.auto_micro_batch:
-        split = _probe_micro_batch(cfg, run_dir, model, fused, device, loaded.dtype, report)
+    if cfg.training.probes_micro_batch(one_gpu=device.startswith("cuda") and not rank_info().distributed):
+        split = _probe_micro_batch(cfg, run_dir, model, fused, device, loaded.dtype, report, ckpt is not None)
         args.per_device_train_batch_size = split.micro_batch
         args.gradient_accumulation_steps = split.grad_accum
     per_step_rows = args.per_device_train_batch_size * max(1, rank_info().world_size)
