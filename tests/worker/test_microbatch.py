@@ -135,7 +135,9 @@ def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Pa
         resuming=True,
     )
     assert (split.micro_batch, split.grad_accum) == (4, 4)
-    assert logs == ["Auto micro-batch: this run started without a probe; keeping micro-batch 4 × 4 accumulation"]
+    assert logs == [
+        "Auto micro-batch: this run started without a probe; keeping micro-batch 4 × 4 accumulation"
+    ]
     assert not (tmp_path / SPLIT_FILE).exists()
 
 
