@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.worker.lora_helpers import give_every_adapter_a_gradient
 from worker.config import demo_config
 from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.loading import load_for_training
@@ -52,10 +53,7 @@ def test_lora_gradients_are_the_same_without_a_gradient_on_the_embeddings(
     cfg.quantization.method = method  # type: ignore[assignment]
     torch.manual_seed(0)
     model = load_for_training(cfg, device="cpu").model
-    with torch.no_grad():  # non-zero B so every adapter gets a gradient
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.1)
+    give_every_adapter_a_gradient(model)
     model.train()
     ids = torch.randint(10, 200, (2, 24), generator=torch.Generator().manual_seed(1))
 

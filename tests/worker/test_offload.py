@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.worker.lora_helpers import give_every_adapter_a_gradient
 from worker.config import demo_config
 from worker.train import offload
 from worker.train.fused_loss import FUSED_LOSS_ENV
@@ -88,10 +89,7 @@ def _preset_grads(monkeypatch: pytest.MonkeyPatch, on: bool) -> tuple[dict[str, 
         if getattr(getattr(m, "_gradient_checkpointing_func", None), "_tuneboard_offload", 0)
     ]
     torch.manual_seed(0)
-    with torch.no_grad():  # non-zero B so every adapter gets a gradient
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.1)
+    give_every_adapter_a_gradient(model)
     model.train()
     ids = torch.randint(10, 200, (2, 24), generator=torch.Generator().manual_seed(1))
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.backward()
