@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 LIBRARY_MARKERS = (
@@ -26,11 +29,32 @@ LIBRARY_MARKERS = (
 )
 
 
-def profile_time(run_step: Callable[[], object], steps: int = 2, top: int = 15) -> dict[str, Any]:
-    """Profile `steps` calls of `run_step` (already warmed up); print and return the summary."""
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) intervals (the time anything ran)."""
+    total = 0.0
+    end = float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi <= end:
+            continue
+        total += hi - max(lo, end)
+        end = hi
+    return total
+
+
+def profile_time(
+    run_step: Callable[[], object], steps: int = 2, top: int = 15, trace_path: Path | None = None
+) -> dict[str, Any]:
+    """Profile `steps` calls of `run_step` (already warmed up); print and return the summary.
+
+    GPU busy is the union of the device's activity intervals (kernels and copies on every stream), so
+    copies that overlap kernels on a side stream do not count twice; the sum of kernel times is printed
+    too. `trace_path` (ending in .json.gz) keeps the Chrome trace for a closer look.
+    """
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    if trace_path is not None:
+        steps = 1  # one step's trace stays a few MB
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
@@ -42,6 +66,7 @@ def profile_time(run_step: Callable[[], object], steps: int = 2, top: int = 15) 
     counts: Counter[str] = Counter()
     busy_us = 0.0
     launches = 0
+    intervals: list[tuple[float, float]] = []
     for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
             dur = evt.device_time  # microseconds
@@ -50,25 +75,55 @@ def profile_time(run_step: Callable[[], object], steps: int = 2, top: int = 15) 
             name = evt.name[:90]
             kernels[name] += dur
             counts[name] += 1
-    busy = busy_us / 1e6 / steps
+            intervals.append((evt.time_range.start, evt.time_range.end))
+    summed = busy_us / 1e6 / steps
+    busy = _union_us(intervals) / 1e6 / steps
     top_kernels = [
         {"name": n, "ms_per_step": us / 1e3 / steps, "calls_per_step": counts[n] / steps}
         for n, us in kernels.most_common(top)
     ]
+    host_ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    top_host = [
+        {
+            "name": e.key[:90],
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "calls": e.count / steps,
+        }
+        for e in host_ops
+    ]
+    ranges = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages() if e.key.startswith("step:")}
     summary: dict[str, Any] = {
         "step_wall_s": wall,
         "gpu_busy_s": busy,
+        "gpu_kernel_time_sum_s": summed,
         "gpu_busy_fraction": busy / wall if wall else None,
         "kernels_per_step": launches / steps,
         "top_kernels": top_kernels,
+        "top_host_ops": top_host,
+        "host_ranges_ms": ranges,
     }
     print(
         f"[profile] step {wall * 1e3:.0f} ms wall, GPU busy {busy * 1e3:.0f} ms "
-        f"({100 * busy / wall:.0f}%), {launches / steps:.0f} kernels/step",
+        f"({100 * busy / wall:.0f}%; kernel times summed {summed * 1e3:.0f} ms), "
+        f"{launches / steps:.0f} kernels/step",
         flush=True,
     )
     for k in top_kernels:
         print(f"[profile]   {k['ms_per_step']:8.1f} ms  x{k['calls_per_step']:<6.0f} {k['name']}", flush=True)
+    for name, ms in ranges.items():
+        print(f"[profile] host {name}: {ms:.1f} ms", flush=True)
+    for h in top_host:
+        print(
+            f"[profile] host self {h['self_ms_per_step']:8.1f} ms  x{h['calls']:<6.0f} {h['name']}",
+            flush=True,
+        )
+    if trace_path is not None:
+        plain = Path(str(trace_path).removesuffix(".gz"))
+        prof.export_chrome_trace(str(plain))
+        with plain.open("rb") as src, gzip.open(f"{plain}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        plain.unlink()
+        print(f"[profile] trace {plain}.gz", flush=True)
     return summary
 
 

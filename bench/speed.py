@@ -21,13 +21,16 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   "auto" compiles for); `tb-nohost` keeps the big frozen lookup tables on the GPU
   (`worker.train.host_tables`, on by default on CUDA); `tb-inputgrads` is `tb-compile` with the input
   embeddings' output requiring a gradient, as the loader did before (autograd then also records the frozen
-  work before the first decoder layer).
+  work before the first decoder layer); `tb-cudagraphs` and `tb-cppwrapper` are `tb-compile` with inductor's
+  CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch.
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
   instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
   and, for eager recipes, what was live at the step's peak allocation (`bench/profile_step.py`).
 
-A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq).
+A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq);
+`MxA:N+NAME=VALUE` sets an environment variable for that phase only (for levers read at each call, such as
+`TUNEBOARD_FUSED_LOSS_CHUNK_ROWS`), so `16x1:12,16x1:12+NAME=VALUE,16x1:12` is an A/B/A in one process.
 Every recipe's first phase starts from the same LoRA init and sees the same batches, so their first phases'
 loss curves are compared step by step (the correctness gate).
 
@@ -72,7 +75,14 @@ RECIPES = (
     "tb-nocompile",
     "tb-nohost",
     "tb-inputgrads",
+    "tb-cudagraphs",
+    "tb-cppwrapper",
 )
+# Inductor options of the compile variants (worker.train.compile's TUNEBOARD_COMPILE_OPTIONS).
+COMPILE_VARIANTS = {
+    "tb-cudagraphs": '{"triton.cudagraphs": true}',
+    "tb-cppwrapper": '{"cpp_wrapper": true}',
+}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -263,9 +273,22 @@ def weight_breakdown(model: Any, top: int = 8) -> list[tuple[str, float]]:
     return [(k, v / 1e9) for k, v in sizes.most_common(top)]
 
 
+def parse_phase(phase: str) -> tuple[int, int, int, dict[str, str]]:
+    """`MxA:N[+NAME=VALUE...]` → (micro-batch rows, accumulation, steps, environment for the phase)."""
+    spec, *overrides = phase.split("+")
+    try:
+        shape, steps = spec.split(":")
+        micro, accum = (int(x) for x in shape.split("x"))
+        env = dict(item.split("=", 1) for item in overrides)
+        return micro, accum, int(steps), env
+    except ValueError as exc:
+        raise SystemExit(f"phase {phase!r} is not MxA:STEPS[+NAME=VALUE...], e.g. 16x1:50") from exc
+
+
 def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """One recipe in this process: load, then each phase; returns the measurements."""
     import torch
+    from torch.profiler import record_function
 
     from worker.train.fused_loss import causal_lm_loss
 
@@ -282,6 +305,11 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
             os.environ[PREFETCH_ENV] = "0"
         compiled = {"tb-compile": True, "tb-nocompile": False, "tb-inputgrads": True}.get(args.recipe)
+        if args.recipe in COMPILE_VARIANTS:
+            from worker.train.compile import OPTIONS_ENV
+
+            os.environ[OPTIONS_ENV] = COMPILE_VARIANTS[args.recipe]
+            compiled = True
         if args.recipe == "tb-nohost":
             from worker.train.host_tables import HOST_TABLES_ENV
 
@@ -317,9 +345,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = min(2000, int(text_config.vocab_size))
     for phase_index, phase in enumerate(args.phases.split(",")):
-        shape, steps_s = phase.split(":")
-        micro, accum = (int(x) for x in shape.split("x"))
-        steps = int(steps_s)
+        micro, accum, steps, env = parse_phase(phase)
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # read at call time, e.g. the loss chunk size; put back after the phase
         rows = micro * accum
         # The first phase uses the shared batches (same for every recipe); later ones their own stream.
         batches = make_batches(steps, rows, seq, SEED if phase_index == 0 else SEED + 7 + rows, vocab)
@@ -338,16 +366,21 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             for a in range(accum):
                 ids = block[a * micro : (a + 1) * micro].to(device)
                 inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-                with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                with (
+                    torch.autocast(device_type=device, dtype=torch.bfloat16),
+                    record_function("step:forward"),
+                ):
                     if plan is not None:
                         loss = causal_lm_loss(model, inputs, plan, num_items)
                     else:
                         loss = model(**inputs).loss / accum
-                loss.backward()
+                with record_function("step:backward"):
+                    loss.backward()
                 total += loss.detach().float()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with record_function("step:optimizer"):
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             return float(total)
 
         compile_before = compiler.compile_s if compiler is not None else 0.0
@@ -365,11 +398,21 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 from bench.profile_step import profile_memory, profile_time
 
                 last = batches[(steps - 1) * rows : steps * rows]
-                profile_time(functools.partial(run_step, last))
+                trace = None
+                if args.trace_dir:
+                    Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
+                    trace = Path(args.trace_dir) / f"trace-{args.recipe}-{phase_index}.json.gz"
+                profile_time(functools.partial(run_step, last), trace_path=trace)
                 if compiler is None:  # allocator history + compiled checkpointed layers: pytorch#179536
                     profile_memory(functools.partial(run_step, last))
         except torch.cuda.OutOfMemoryError as exc:
             error = f"out of memory: {str(exc).splitlines()[0][:160]}"
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         measured = times[3:] if len(times) > 4 else times[1:] or times
         step_s = statistics.median(measured) if measured else float("nan")
         tokens = rows * seq
@@ -377,6 +420,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "micro": micro,
                 "accum": accum,
+                "env": env,
                 "steps": len(times),
                 "tokens_per_step": tokens,
                 "step_s": step_s,
@@ -438,6 +482,8 @@ def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> l
             )
             mfu = f"{100 * tps * fpt / peak:.1f}%" if tps and math.isfinite(peak) else "-"
             name = r["recipe"] + (f" ({r['loss_impl']} loss)" if r["recipe"] != "seed" else "")
+            if p.get("env"):
+                name += " [" + " ".join(f"{k}={v}" for k, v in p["env"].items()) + "]"
             if r.get("offload"):
                 name += " + CPU offload"
             if r.get("compiled"):
@@ -463,6 +509,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
     parser.add_argument("--timeout", type=int, default=400, help="seconds per recipe process")
     parser.add_argument("--profile", action="store_true", help="profile one step of each phase's shape")
+    parser.add_argument(
+        "--trace-dir", default="", help="with --profile: write each profile's Chrome trace here"
+    )
     parser.add_argument(
         "--reuse",
         default="",
@@ -508,6 +557,7 @@ def main() -> None:
             "--json",
             str(path),
             *(["--profile"] if args.profile else []),
+            *(["--trace-dir", args.trace_dir] if args.trace_dir else []),
         ]
         if recipe in args.reuse.split(",") and path.exists():
             print(f"{recipe}: results of an earlier invocation reused ({path})", flush=True)

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import speed
 from bench.speed import GATE_REL_TOL, gate, make_batches, table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +77,8 @@ def test_the_benchmark_runs_end_to_end_on_cpu_and_reuses_the_seed_when_asked(tmp
     def bench(*extra: str) -> str:
         proc = subprocess.run(
             [sys.executable, "-m", "bench.speed", "--model", str(model), "--seq", "64", "--phases", "2x2:3",
-             "--tb-phases", "4x1:3", "--recipes", "seed,tb-inputgrads,tuneboard", "--work", str(tmp_path),
+             "--tb-phases", "4x1:3,4x1:2+TB_BENCH_PROBE=on", "--recipes", "seed,tb-inputgrads,tuneboard",
+             "--work", str(tmp_path),
              "--out", str(out), *extra],
             capture_output=True, text=True, timeout=600, cwd=REPO,
         )  # fmt: skip
@@ -86,7 +90,19 @@ def test_the_benchmark_runs_end_to_end_on_cpu_and_reuses_the_seed_when_asked(tmp
     # the same rows at the same tokens per step: the seed's 2 x 2 against Tuneboard's 4 x 1
     assert "loss gate tuneboard vs seed over 3 steps" in first and "→ PASS" in first
     assert "loss gate tb-inputgrads vs tuneboard over 3 steps" in first
+    # a phase's own environment is named in its row, and only there
+    assert "| tuneboard (model loss) [TB_BENCH_PROBE=on] | 4 × 1 × 64 |" in first
+    assert "| tuneboard (model loss) | 4 × 1 × 64 |" in first
     second = bench("--reuse", "seed,tb-inputgrads,tuneboard")  # nothing runs again: the table is rebuilt
     assert "seed: results of an earlier invocation reused" in second and "exit 0" not in second
     seed_rows = [line for line in second.splitlines() if line.startswith("| seed |")]
     assert seed_rows == [line for line in first.splitlines() if line.startswith("| seed |")]
+
+
+def test_a_phase_names_its_shape_steps_and_environment() -> None:
+    assert speed.parse_phase("16x1:50") == (16, 1, 50, {})
+    assert speed.parse_phase("8x2:12+A=1+B=x=y") == (8, 2, 12, {"A": "1", "B": "x=y"})
+    with pytest.raises(SystemExit, match="is not MxA:STEPS"):
+        speed.parse_phase("16x1")
+    with pytest.raises(SystemExit, match="is not MxA:STEPS"):
+        speed.parse_phase("16x1:5+NOVALUE")

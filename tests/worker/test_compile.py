@@ -304,3 +304,22 @@ def test_a_layer_that_cannot_be_compiled_runs_eagerly_instead_of_failing(
     assert torch.equal(loss_after, loss_before)
     assert grads_before.keys() == grads_after.keys()
     assert all(torch.equal(grads_before[k], grads_after[k]) for k in grads_before)
+
+
+def test_inductor_options_come_from_the_environment_and_bad_ones_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.train.compile import OPTIONS_ENV, compile_options
+
+    monkeypatch.delenv(OPTIONS_ENV, raising=False)
+    assert compile_options() is None
+    monkeypatch.setenv(OPTIONS_ENV, '{"cpp_wrapper": true}')
+    assert compile_options() == {"cpp_wrapper": True}
+    assert LayerCompiler(backend="inductor").options == {"cpp_wrapper": True}
+    assert LayerCompiler(backend="aot_eager").options is None  # only inductor takes options
+    monkeypatch.setenv(OPTIONS_ENV, "cpp_wrapper=1")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        compile_options()
+    monkeypatch.setenv(OPTIONS_ENV, "[1]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        compile_options()

@@ -19,7 +19,9 @@ KV-shared or not), each compiled once.
 saves ~1.2 s per step of 8192 tokens, so it pays off after ~130 steps (bench/README.md). On CPU "auto" stays
 eager (compiling the tiny presets costs more than it saves). The environment variable `TUNEBOARD_COMPILE`
 ("1"/"0") overrides the config (benchmarks use it). `TUNEBOARD_COMPILE_BACKEND` picks the
-backend (default inductor; tests use aot_eager, which needs no C compiler). The seconds spent in calls that
+backend (default inductor; tests use aot_eager, which needs no C compiler), and `TUNEBOARD_COMPILE_OPTIONS` a
+JSON object of inductor options for it (benchmarks try CUDA graphs, `{"triton.cudagraphs": true}`, and the
+C++ launcher, `{"cpp_wrapper": true}`, this way). The seconds spent in calls that
 compiled are counted in `LayerCompiler.compile_s`, so the first steps' cost is reported apart from the
 steady-state speed.
 """
@@ -27,6 +29,7 @@ steady-state speed.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -35,6 +38,7 @@ from worker.train.switches import env_switch
 
 COMPILE_ENV = "TUNEBOARD_COMPILE"
 BACKEND_ENV = "TUNEBOARD_COMPILE_BACKEND"
+OPTIONS_ENV = "TUNEBOARD_COMPILE_OPTIONS"
 COMPILE_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
 COMPILE_MIN_STEPS = 200
 # Each distinct layer variant (and each new batch shape until dynamic shapes kick in) is one entry.
@@ -60,6 +64,25 @@ def compile_wanted(device: str, setting: str = "auto", max_steps: int | None = N
     return device.startswith("cuda") and COMPILE_ON_CUDA_BY_DEFAULT and long_enough and single
 
 
+def compile_options() -> dict[str, Any] | None:
+    """Inductor options from `TUNEBOARD_COMPILE_OPTIONS` (a JSON object), None when unset.
+
+    A value that is not a JSON object is refused with a message naming the variable.
+    """
+    raw = os.environ.get(OPTIONS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f'{OPTIONS_ENV} is not valid JSON ({exc}); give an object such as {{"cpp_wrapper": true}}'
+        ) from exc
+    if not isinstance(options, dict):
+        raise ValueError(f"{OPTIONS_ENV} must be a JSON object of inductor options, not {raw!r}")
+    return options
+
+
 def _is_strided_view(value: Any) -> bool:
     import torch
 
@@ -79,6 +102,7 @@ class LayerCompiler:
         import torch
 
         self.backend = backend or os.environ.get(BACKEND_ENV, "inductor")
+        self.options = compile_options() if self.backend == "inductor" else None
         self._compiled: dict[Any, Any] = {}
         self.compile_s = 0.0  # wall time of the calls during which new graphs were compiled
         self.graphs = 0
@@ -97,7 +121,7 @@ class LayerCompiler:
         inner = function.func
         fast = self._compiled.get(inner)
         if fast is None:
-            fast = self._compiled[inner] = torch.compile(inner, backend=self.backend)
+            fast = self._compiled[inner] = torch.compile(inner, backend=self.backend, options=self.options)
         return functools.partial(fast, *function.args, **function.keywords)
 
     def wrap(self, checkpoint_fn: Any) -> Any:
