@@ -22,7 +22,8 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   (`worker.train.host_tables`, on by default on CUDA); `tb-inputgrads` is `tb-compile` with the input
   embeddings' output requiring a gradient, as the loader did before (autograd then also records the frozen
   work before the first decoder layer); `tb-cudagraphs` and `tb-cppwrapper` are `tb-compile` with inductor's
-  CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch.
+  CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch;
+  `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.altup` off).
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
   instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
@@ -77,6 +78,7 @@ RECIPES = (
     "tb-inputgrads",
     "tb-cudagraphs",
     "tb-cppwrapper",
+    "tb-altup-bmm",
 )
 # Inductor options of the compile variants (worker.train.compile's TUNEBOARD_COMPILE_OPTIONS).
 COMPILE_VARIANTS = {
@@ -309,6 +311,11 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             from worker.train.compile import OPTIONS_ENV
 
             os.environ[OPTIONS_ENV] = COMPILE_VARIANTS[args.recipe]
+            compiled = True
+        if args.recipe == "tb-altup-bmm":  # compiled, with transformers' own AltUp prediction
+            from worker.train.altup import ALTUP_SUM_ENV
+
+            os.environ[ALTUP_SUM_ENV] = "0"
             compiled = True
         if args.recipe == "tb-nohost":
             from worker.train.host_tables import HOST_TABLES_ENV

@@ -40,11 +40,14 @@ SUPPORTED_MODEL_TYPES = frozenset(
     }
 )
 CHUNK_ELEMENTS = 1 << 27  # logits per chunk in the PyTorch version (512 MB in fp32)
-# liger-kernel sizes its chunks to ~BT·H logits: for a 262k vocabulary ~128 chunks of 16-64 rows. Larger
-# chunks (TUNEBOARD_FUSED_LOSS_CHUNK_ROWS=1024) measured +17% in one H100 call and -8% across two calls on
-# E2B 16 × 512, inside the ±10% call-to-call spread, so liger's own sizing stays the default.
+# liger-kernel sizes its chunks to ~BT·H logits: for a 262k vocabulary ~128 chunks of 16-64 rows, each
+# reading the whole 262k × H head weight twice (logits, input gradient) in a skinny, memory-bound product.
+# Chunks of 1024 rows cut the step's GPU kernel time on E2B 16 × 512 from 486 to 434 ms in one H200
+# profile (same process, A/B/A; peak allocated 6.07 GB both ways; bench/README.md). Wall-clock A/Bs on the
+# H100 had been inside the ±10% spread of host-bound steps, which is why liger's sizing was kept before.
+# TUNEBOARD_FUSED_LOSS_CHUNK_ROWS=0 restores liger's own sizing.
 CHUNK_ROWS_ENV = "TUNEBOARD_FUSED_LOSS_CHUNK_ROWS"
-DEFAULT_CHUNK_ROWS = 0  # 0: liger's own sizing
+DEFAULT_CHUNK_ROWS = 1024
 
 
 @dataclass(frozen=True)

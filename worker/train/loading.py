@@ -18,6 +18,7 @@ from typing import Any
 
 from worker.catalog import PRESET_PREFIX
 from worker.config import JobConfig
+from worker.train.altup import altup_sum_wanted, patch_altup_predict
 from worker.train.compile import compile_checkpointed_layers, compile_wanted
 from worker.train.host_tables import host_tables_wanted, keep_tables_on_host
 from worker.train.offload import enable_activation_offload, offload_wanted
@@ -434,6 +435,8 @@ def load_source_for_training(
                 "Decoder layers are compiled (torch.compile): the first step takes a few minutes longer "
                 "on a GPU while they compile",
             )
+    if altup_sum_wanted(compiled=compiler is not None) and patch_altup_predict(model):
+        _emit(report, "Gemma 3n AltUp predictions are computed as multiply-adds (fused when compiled)")
 
     if cfg.lora.target_modules == "auto":
         targets: Any = recipe.lora_target_regex
