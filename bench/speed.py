@@ -83,7 +83,7 @@ RECIPES = (
 # Inductor options of the compile variants (worker.train.compile's TUNEBOARD_COMPILE_OPTIONS).
 COMPILE_VARIANTS = {
     "tb-cudagraphs": '{"triton.cudagraphs": true}',
-    "tb-cppwrapper": '{"cpp_wrapper": true}',
+    "tb-cppwrapper": '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}',
 }
 
 

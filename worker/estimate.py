@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.catalog import ModelInfo, model_info
-from worker.config import JobConfig
+from worker.config import JobConfig, resolve_optimizer
 
 GB = 1024**3
 
@@ -167,7 +167,7 @@ def estimate_memory(config: JobConfig) -> MemoryEstimate:
 
     lora_params, lora_notes = _lora_params(info, config)
     notes.extend(lora_notes)
-    optimizer = t.optimizer if t.optimizer != "auto" else ("paged_adamw_8bit" if on_gpu else "adamw_8bit")
+    optimizer = resolve_optimizer(t.optimizer, on_gpu, int(lora_params))
     # two Adam moments: 1 byte each in 8-bit optimizers, 4 bytes each in plain fp32 AdamW
     state_bytes = 8 if optimizer == "adamw_torch" else 2
     adapter = lora_params * (4 + 4 + state_bytes)

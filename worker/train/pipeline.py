@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file
+from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file, resolve_optimizer
 from worker.protocol import EventKind, ExitCode, RunDir, last_complete_checkpoint
 from worker.train.data import TOKENS_KEY, batch_tokens
 from worker.train.distributed import (
@@ -281,7 +281,7 @@ def _probe_micro_batch(
 
 
 def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
-    """The optimizer for the trainable parameters, and its name.
+    """The optimizer for the trainable parameters, and its name (`resolve_optimizer` picks for "auto").
 
     bitsandbytes keeps fp32 state for tensors below `min_8bit_size` (4096 elements), which covers most LoRA
     matrices of small models; min_8bit_size=0 makes the 8-bit optimizers really 8-bit.
@@ -290,13 +290,12 @@ def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
 
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.training
-    name = t.optimizer
-    if name == "auto":
-        name = "paged_adamw_8bit" if device.startswith("cuda") else "adamw_8bit"
-    if name == "paged_adamw_8bit" and not device.startswith("cuda"):
-        name = "adamw_8bit"  # paging needs CUDA unified memory; on CPU it would fall back with a warning
+    on_gpu = device.startswith("cuda")
+    name = resolve_optimizer(t.optimizer, on_gpu, sum(p.numel() for p in params))
     if name == "adamw_torch":
-        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay), name
+        # fused: one multi-tensor kernel set for all tensors on CUDA (same update as the loop, up to rounding)
+        fused = on_gpu and all(p.is_cuda for p in params)
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused), name
     import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
