@@ -48,7 +48,8 @@ def profile_time(
 
     GPU busy is the union of the device's activity intervals (kernels and copies on every stream), so
     copies that overlap kernels on a side stream do not count twice; the sum of kernel times is printed
-    too. `trace_path` (ending in .json.gz) keeps the Chrome trace for a closer look.
+    too. `trace_path` (ending in .json.gz) keeps the Chrome trace for a closer look
+    (`python -m bench.trace_gaps TRACE` splits the compute stream's time into kernels and waits).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -68,7 +69,10 @@ def profile_time(
     launches = 0
     intervals: list[tuple[float, float]] = []
     for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
+        # record_function ranges also appear on the GPU timeline; they are spans, not work
+        if evt.device_type == torch.autograd.DeviceType.CUDA and not getattr(
+            evt, "is_user_annotation", False
+        ):
             dur = evt.device_time  # microseconds
             busy_us += dur
             launches += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +42,22 @@ def test_on_a_gpu_plain_adamw_is_the_fused_kernel() -> None:
     config = demo_config()
     optimizer, name = build_optimizer(config, model, "cuda")
     assert name == "adamw_torch" and optimizer.defaults["fused"] is True
+
+
+def test_a_run_keeps_its_optimizer_when_resumed(tmp_path: Path) -> None:
+    from worker.train.pipeline import LEGACY_GPU_OPTIMIZER, OPTIMIZER_FILE, optimizer_for_run
+
+    small = torch.nn.Linear(8, 2)  # a few trainable parameters: fused AdamW on a GPU
+    config = demo_config()
+    first = tmp_path / "first"
+    first.mkdir()
+    assert optimizer_for_run(config, first, small, "cuda", resuming=False) == "adamw_torch"
+    assert (first / OPTIMIZER_FILE).is_file()
+    # a later attempt reads the saved choice, whatever "auto" would say now
+    (first / OPTIMIZER_FILE).write_text('{"optimizer": "paged_adamw_8bit"}', encoding="utf-8")
+    assert optimizer_for_run(config, first, small, "cuda", resuming=True) == "paged_adamw_8bit"
+    # resumed from a checkpoint written before the choice was saved: the old "auto" rule
+    older = tmp_path / "older"
+    older.mkdir()
+    assert optimizer_for_run(config, older, small, "cuda", resuming=True) == LEGACY_GPU_OPTIMIZER
+    assert optimizer_for_run(config, tmp_path, small, "cpu", resuming=False) == "adamw_8bit"

@@ -280,8 +280,34 @@ def _probe_micro_batch(
     return split
 
 
-def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
-    """The optimizer for the trainable parameters, and its name (`resolve_optimizer` picks for "auto").
+OPTIMIZER_FILE = "optimizer-choice.json"
+# What "auto" meant on a GPU before fused AdamW became its choice for small adapters: a run resumed from a
+# checkpoint of that time must load its 8-bit optimizer state into the same optimizer.
+LEGACY_GPU_OPTIMIZER = "paged_adamw_8bit"
+
+
+def optimizer_for_run(cfg: JobConfig, run_root: Path, model: Any, device: str, resuming: bool) -> str:
+    """The optimizer this run uses: the one its first attempt saved, else the config's choice (saved).
+
+    A resumed run must keep its optimizer, because its checkpoint holds that optimizer's state. A run
+    resumed from a checkpoint written before the choice was saved keeps the old "auto" rule.
+    """
+    path = run_root / OPTIMIZER_FILE
+    if path.is_file():
+        return str(json.loads(path.read_text(encoding="utf-8"))["optimizer"])
+    on_gpu = device.startswith("cuda")
+    if resuming and cfg.training.optimizer == "auto":
+        name = LEGACY_GPU_OPTIMIZER if on_gpu else "adamw_8bit"
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        name = resolve_optimizer(cfg.training.optimizer, on_gpu, trainable)
+    path.write_text(json.dumps({"optimizer": name}), encoding="utf-8")
+    return name
+
+
+def build_optimizer(cfg: JobConfig, model: Any, device: str, name: str | None = None) -> tuple[Any, str]:
+    """The optimizer for the trainable parameters, and its name (`resolve_optimizer` picks for "auto";
+    `name`, from `optimizer_for_run`, overrides the config).
 
     bitsandbytes keeps fp32 state for tensors below `min_8bit_size` (4096 elements), which covers most LoRA
     matrices of small models; min_8bit_size=0 makes the 8-bit optimizers really 8-bit.
@@ -291,7 +317,8 @@ def build_optimizer(cfg: JobConfig, model: Any, device: str) -> tuple[Any, str]:
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.training
     on_gpu = device.startswith("cuda")
-    name = resolve_optimizer(t.optimizer, on_gpu, sum(p.numel() for p in params))
+    if name is None:
+        name = resolve_optimizer(t.optimizer, on_gpu, sum(p.numel() for p in params))
     if name == "adamw_torch":
         # fused: one multi-tensor kernel set for all tensors on CUDA (same update as the loop, up to rounding)
         fused = on_gpu and all(p.is_cuda for p in params)
@@ -516,7 +543,8 @@ def _train(
     )
     if ckpt is not None and (ckpt / STATE_FILE).is_file():
         callback.load_state_dict(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
-    optimizer, opt_name = build_optimizer(cfg, model, device)
+    chosen = optimizer_for_run(cfg, run_dir.root, model, device, resuming=ckpt is not None)
+    optimizer, opt_name = build_optimizer(cfg, model, device, chosen)
     from worker.train.fused_loss import plan_fused_loss
 
     fused = plan_fused_loss(model, device, distributed=rank_info().distributed)
