@@ -23,7 +23,8 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   embeddings' output requiring a gradient, as the loader did before (autograd then also records the frozen
   work before the first decoder layer); `tb-cudagraphs` and `tb-cppwrapper` are `tb-compile` with inductor's
   CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch;
-  `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.altup` off).
+  `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.altup` off);
+  `tb-torchdequant` is `tb-compile` with the 4-bit weights unpacked by PyTorch ops (`worker.train.dequant`).
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
   instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
@@ -79,6 +80,7 @@ RECIPES = (
     "tb-cudagraphs",
     "tb-cppwrapper",
     "tb-altup-bmm",
+    "tb-torchdequant",
 )
 # Inductor options of the compile variants (worker.train.compile's TUNEBOARD_COMPILE_OPTIONS).
 COMPILE_VARIANTS = {
@@ -311,6 +313,11 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             from worker.train.compile import OPTIONS_ENV
 
             os.environ[OPTIONS_ENV] = COMPILE_VARIANTS[args.recipe]
+            compiled = True
+        if args.recipe == "tb-torchdequant":  # compiled, 4-bit weights unpacked by PyTorch ops
+            from worker.train.dequant import TORCH_DEQUANT_ENV
+
+            os.environ[TORCH_DEQUANT_ENV] = "1"
             compiled = True
         if args.recipe == "tb-altup-bmm":  # compiled, with transformers' own AltUp prediction
             from worker.train.altup import ALTUP_SUM_ENV

@@ -20,6 +20,7 @@ from worker.catalog import PRESET_PREFIX
 from worker.config import JobConfig
 from worker.train.altup import altup_sum_wanted, patch_altup_predict
 from worker.train.compile import compile_checkpointed_layers, compile_wanted
+from worker.train.dequant import torch_dequant_wanted, unpack_with_torch
 from worker.train.host_tables import host_tables_wanted, keep_tables_on_host
 from worker.train.offload import enable_activation_offload, offload_wanted
 from worker.train.recipes import Recipe, recipe_for
@@ -437,6 +438,13 @@ def load_source_for_training(
             )
     if altup_sum_wanted(compiled=compiler is not None) and patch_altup_predict(model):
         _emit(report, "Gemma 3n AltUp predictions are computed as multiply-adds (fused when compiled)")
+    if quantizing and torch_dequant_wanted(compiled=compiler is not None):
+        rebound = unpack_with_torch(model)
+        if rebound:
+            _emit(
+                report,
+                f"{rebound} packed 4-bit layers unpack their weights with PyTorch ops (fused when compiled)",
+            )
 
     if cfg.lora.target_modules == "auto":
         targets: Any = recipe.lora_target_regex
