@@ -86,7 +86,8 @@ def profile_time(
         {"name": n, "ms_per_step": us / 1e3 / steps, "calls_per_step": counts[n] / steps}
         for n, us in kernels.most_common(top)
     ]
-    host_ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    averages = prof.key_averages()
+    host_ops = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     top_host = [
         {
             "name": e.key[:90],
@@ -95,7 +96,7 @@ def profile_time(
         }
         for e in host_ops
     ]
-    ranges = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages() if e.key.startswith("step:")}
+    ranges = {e.key: e.cpu_time_total / 1e3 / steps for e in averages if e.key.startswith("step:")}
     summary: dict[str, Any] = {
         "step_wall_s": wall,
         "gpu_busy_s": busy,

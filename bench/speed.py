@@ -60,6 +60,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from worker.train.altup import ALTUP_SUM_ENV  # noqa: E402  (torch-free modules: only switch names)
+from worker.train.compile import OPTIONS_ENV  # noqa: E402
+from worker.train.dequant import TORCH_DEQUANT_ENV  # noqa: E402
+from worker.train.host_tables import HOST_TABLES_ENV  # noqa: E402
+from worker.train.offload import PREFETCH_ENV  # noqa: E402
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR = 2e-4
 SEED = 1234
@@ -82,11 +88,19 @@ RECIPES = (
     "tb-altup-bmm",
     "tb-torchdequant",
 )
-# Inductor options of the compile variants (worker.train.compile's TUNEBOARD_COMPILE_OPTIONS).
-COMPILE_VARIANTS = {
-    "tb-cudagraphs": '{"triton.cudagraphs": true}',
-    "tb-cppwrapper": '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}',
+# The worker's lever switches a recipe sets before loading (see the module docstring for each recipe).
+RECIPE_ENV = {
+    "tb-offload-lazy": {PREFETCH_ENV: "0"},
+    "tb-nohost": {HOST_TABLES_ENV: "0"},
+    "tb-cudagraphs": {OPTIONS_ENV: '{"triton.cudagraphs": true}'},
+    "tb-cppwrapper": {OPTIONS_ENV: '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}'},
+    "tb-torchdequant": {TORCH_DEQUANT_ENV: "1"},
+    "tb-altup-bmm": {ALTUP_SUM_ENV: "0"},
 }
+# Recipes that force the compiled decoder layers on (tb-nocompile forces them off; the rest keep the default).
+COMPILED_RECIPES = frozenset(
+    {"tb-compile", "tb-inputgrads", "tb-cudagraphs", "tb-cppwrapper", "tb-torchdequant", "tb-altup-bmm"}
+)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -304,30 +318,10 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         model, optimizer, plan, compiler = load_seed(model_dir)
     else:
         offload = {"tb-offload": True, "tb-offload-lazy": True, "tb-nooffload": False}.get(args.recipe)
-        if args.recipe == "tb-offload-lazy":
-            from worker.train.offload import PREFETCH_ENV
-
-            os.environ[PREFETCH_ENV] = "0"
-        compiled = {"tb-compile": True, "tb-nocompile": False, "tb-inputgrads": True}.get(args.recipe)
-        if args.recipe in COMPILE_VARIANTS:
-            from worker.train.compile import OPTIONS_ENV
-
-            os.environ[OPTIONS_ENV] = COMPILE_VARIANTS[args.recipe]
-            compiled = True
-        if args.recipe == "tb-torchdequant":  # compiled, 4-bit weights unpacked by PyTorch ops
-            from worker.train.dequant import TORCH_DEQUANT_ENV
-
-            os.environ[TORCH_DEQUANT_ENV] = "1"
-            compiled = True
-        if args.recipe == "tb-altup-bmm":  # compiled, with transformers' own AltUp prediction
-            from worker.train.altup import ALTUP_SUM_ENV
-
-            os.environ[ALTUP_SUM_ENV] = "0"
-            compiled = True
-        if args.recipe == "tb-nohost":
-            from worker.train.host_tables import HOST_TABLES_ENV
-
-            os.environ[HOST_TABLES_ENV] = "0"
+        compiled = (
+            True if args.recipe in COMPILED_RECIPES else (False if args.recipe == "tb-nocompile" else None)
+        )
+        os.environ.update(RECIPE_ENV.get(args.recipe, {}))
         model, optimizer, plan, compiler = load_tuneboard(
             model_dir, fused=args.recipe != "tb-nofused", offload=offload, compiled=compiled
         )

@@ -23,3 +23,27 @@ def test_the_env_knob_forces_the_lever_and_refuses_what_it_cannot_read(
     monkeypatch.setenv(env, "maybe")
     with pytest.raises(ValueError, match=env):
         wanted("cuda")
+
+
+def test_a_lever_takes_its_default_unless_the_variable_forces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.train.switches import lever_on
+
+    monkeypatch.delenv("TB_TEST_LEVER", raising=False)
+    assert lever_on("TB_TEST_LEVER", default=True) and not lever_on("TB_TEST_LEVER", default=False)
+    monkeypatch.setenv("TB_TEST_LEVER", "auto")
+    assert lever_on("TB_TEST_LEVER", default=True)
+    monkeypatch.setenv("TB_TEST_LEVER", "0")
+    assert not lever_on("TB_TEST_LEVER", default=True)
+
+
+def test_rebind_replaces_an_instance_method_once_and_keeps_the_stock_one() -> None:
+    import torch
+
+    from worker.train.rebind import is_rebound, rebind
+
+    layer, other = torch.nn.Identity(), torch.nn.Identity()
+    assert rebind(layer, "forward", lambda self, x: self._tuneboard_stock_forward(x) + 1)
+    assert not rebind(layer, "forward", lambda self, x: x * 0)  # already rebound: left as it is
+    assert is_rebound(layer, "forward") and not is_rebound(other, "forward")
+    assert layer(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert other(torch.ones(2)).tolist() == [1.0, 1.0]  # the class is untouched

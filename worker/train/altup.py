@@ -16,18 +16,17 @@ four multiply-adds would each write a full-size temporary and be slower than the
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
-from worker.train.switches import env_switch
+from worker.train.rebind import rebind
+from worker.train.switches import lever_on
 
 ALTUP_SUM_ENV = "TUNEBOARD_ALTUP_SUM"
 
 
 def altup_sum_wanted(compiled: bool) -> bool:
     """Whether AltUp's prediction is rewritten: the env override, else where the layers are compiled."""
-    forced = env_switch(ALTUP_SUM_ENV)
-    return compiled if forced is None else forced
+    return lever_on(ALTUP_SUM_ENV, default=compiled)
 
 
 def altup_predict(self: Any, hidden_states: Any) -> Any:
@@ -67,9 +66,5 @@ def patch_altup_predict(model: Any) -> int:
     for module in model.modules():
         if type(module).__name__ != "Gemma3nTextAltUp" or not hasattr(module, "prediction_coefs"):
             continue
-        if getattr(module, "_tuneboard_stock_predict", None) is not None:
-            continue
-        module._tuneboard_stock_predict = module.predict
-        module.predict = types.MethodType(altup_predict, module)
-        patched += 1
+        patched += rebind(module, "predict", altup_predict)
     return patched

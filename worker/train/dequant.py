@@ -18,10 +18,10 @@ is that benchmark). Eagerly, without the compiler, these ops would be slower tha
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
-from worker.train.switches import env_switch
+from worker.train.rebind import is_rebound, rebind
+from worker.train.switches import lever_on
 
 TORCH_DEQUANT_ENV = "TUNEBOARD_TORCH_DEQUANT"
 TORCH_DEQUANT_BY_DEFAULT = False  # until a GPU benchmark measures it (see the module docstring)
@@ -29,10 +29,7 @@ TORCH_DEQUANT_BY_DEFAULT = False  # until a GPU benchmark measures it (see the m
 
 def torch_dequant_wanted(compiled: bool) -> bool:
     """Whether packed 4-bit layers unpack with PyTorch ops: the env override, else the default (compiled)."""
-    forced = env_switch(TORCH_DEQUANT_ENV)
-    if forced is not None:
-        return forced
-    return compiled and TORCH_DEQUANT_BY_DEFAULT
+    return lever_on(TORCH_DEQUANT_ENV, default=compiled and TORCH_DEQUANT_BY_DEFAULT)
 
 
 def _block_scales(absmax: Any, quant_state: Any) -> Any:
@@ -89,14 +86,12 @@ def unpack_with_torch(model: Any) -> int:
 
     rebound = 0
     for module in model.modules():
-        if not isinstance(module, bnb.nn.Linear4bit) or getattr(module, "_tuneboard_stock_forward", None):
+        if not isinstance(module, bnb.nn.Linear4bit) or is_rebound(module, "forward"):
             continue
         state = getattr(module.weight, "quant_state", None)
         if state is None or list(state.shape) != [module.out_features, module.in_features]:
             continue
         if module.compute_dtype is None:
             continue
-        module._tuneboard_stock_forward = module.forward
-        module.forward = types.MethodType(_forward, module)
-        rebound += 1
+        rebound += rebind(module, "forward", _forward)
     return rebound

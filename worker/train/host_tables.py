@@ -17,10 +17,10 @@ path (tests reach the gather path with ids that report another device).
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
-from worker.train.switches import env_switch
+from worker.train.rebind import is_rebound, rebind
+from worker.train.switches import lever_on
 
 HOST_TABLES_ENV = "TUNEBOARD_HOST_TABLES"
 HOST_TABLES_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
@@ -29,10 +29,7 @@ MIN_TABLE_BYTES = 256 << 20
 
 def host_tables_wanted(device: str) -> bool:
     """Whether big frozen lookup tables stay on the host for a run on `device` (env, else the default)."""
-    forced = env_switch(HOST_TABLES_ENV)
-    if forced is not None:
-        return forced
-    return device.startswith("cuda") and HOST_TABLES_ON_CUDA_BY_DEFAULT
+    return lever_on(HOST_TABLES_ENV, default=device.startswith("cuda") and HOST_TABLES_ON_CUDA_BY_DEFAULT)
 
 
 def host_table_candidates(model: Any, min_bytes: int = MIN_TABLE_BYTES) -> list[str]:
@@ -95,10 +92,9 @@ def keep_tables_on_host(model: Any, names: list[str] | None = None) -> list[str]
         scaled = type(module).__name__.endswith("ScaledWordEmbedding") and hasattr(module, "embed_scale")
         if not plain and not scaled:
             continue
-        if getattr(module, "_tuneboard_stock_forward", None) is not None:
+        if is_rebound(module, "forward"):
             continue
-        module._tuneboard_stock_forward = module.forward
         module.weight.data = module.weight.data.to("cpu")
-        module.forward = types.MethodType(_host_forward, module)
+        rebind(module, "forward", _host_forward)
         moved.append(name)
     return moved

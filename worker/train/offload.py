@@ -23,7 +23,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from worker.train.switches import env_switch
+from worker.train.switches import lever_on
 
 OFFLOAD_ENV = "TUNEBOARD_OFFLOAD_ACTIVATIONS"
 # Set from the H100 measurement in bench/README.md ("CPU offload of checkpointed activations").
@@ -35,10 +35,7 @@ PREFETCH_ENV = "TUNEBOARD_OFFLOAD_PREFETCH"  # "0": copy each input back only wh
 
 def offload_wanted(device: str) -> bool:
     """Whether checkpointed layer inputs go to CPU for a run on `device` (env override, else default)."""
-    forced = env_switch(OFFLOAD_ENV)
-    if forced is not None:
-        return forced
-    return device.startswith("cuda") and OFFLOAD_ON_CUDA_BY_DEFAULT
+    return lever_on(OFFLOAD_ENV, default=device.startswith("cuda") and OFFLOAD_ON_CUDA_BY_DEFAULT)
 
 
 @dataclass(eq=False)

@@ -25,3 +25,9 @@ def env_switch(name: str) -> bool | None:
     if value not in ("", "auto"):
         raise ValueError(f"{name}={value!r} is not understood; set it to 0, 1 or auto")
     return None
+
+
+def lever_on(name: str, default: bool) -> bool:
+    """The lever's state: forced by the variable `name` when it says so, else `default`."""
+    forced = env_switch(name)
+    return default if forced is None else forced
