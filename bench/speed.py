@@ -24,7 +24,9 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   work before the first decoder layer); `tb-cudagraphs` and `tb-cppwrapper` are `tb-compile` with inductor's
   CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch;
   `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.altup` off);
-  `tb-torchdequant` is `tb-compile` with the 4-bit weights unpacked by PyTorch ops (`worker.train.dequant`).
+  `tb-torchdequant` / `tb-bnbdequant` are `tb-compile` with the 4-bit weights unpacked by PyTorch ops
+  (`worker.train.dequant`, the default where layers are compiled) / by bitsandbytes' own op; `tb-combo` is
+  `tb-compile` with inductor's horizontal fusion of independent kernels (`combo_kernels`).
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
   instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
@@ -87,6 +89,8 @@ RECIPES = (
     "tb-cppwrapper",
     "tb-altup-bmm",
     "tb-torchdequant",
+    "tb-bnbdequant",
+    "tb-combo",
 )
 # The worker's lever switches a recipe sets before loading (see the module docstring for each recipe).
 RECIPE_ENV = {
@@ -95,11 +99,22 @@ RECIPE_ENV = {
     "tb-cudagraphs": {OPTIONS_ENV: '{"triton.cudagraphs": true}'},
     "tb-cppwrapper": {OPTIONS_ENV: '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}'},
     "tb-torchdequant": {TORCH_DEQUANT_ENV: "1"},
+    "tb-bnbdequant": {TORCH_DEQUANT_ENV: "0"},
+    "tb-combo": {OPTIONS_ENV: '{"combo_kernels": true}'},
     "tb-altup-bmm": {ALTUP_SUM_ENV: "0"},
 }
 # Recipes that force the compiled decoder layers on (tb-nocompile forces them off; the rest keep the default).
 COMPILED_RECIPES = frozenset(
-    {"tb-compile", "tb-inputgrads", "tb-cudagraphs", "tb-cppwrapper", "tb-torchdequant", "tb-altup-bmm"}
+    {
+        "tb-compile",
+        "tb-inputgrads",
+        "tb-cudagraphs",
+        "tb-cppwrapper",
+        "tb-torchdequant",
+        "tb-bnbdequant",
+        "tb-combo",
+        "tb-altup-bmm",
+    }
 )
 
 
@@ -309,6 +324,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     from torch.profiler import record_function
 
     from worker.train.fused_loss import causal_lm_loss
+    from worker.train.pipeline import trainable_parameters
 
     model_dir = Path(args.model_dir)
     cuda = torch.cuda.is_available()
@@ -349,6 +365,8 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         for key, gb in weight_breakdown(model):
             print(f"[{args.recipe}] weights {gb:6.2f} GB {key}", flush=True)
+    # listed once, as the worker's trainer does (a walk over E2B's ~2,800 modules costs ~13 ms a step)
+    trainable = trainable_parameters(model)
     seq = args.seq
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = min(2000, int(text_config.vocab_size))
@@ -386,7 +404,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                     loss.backward()
                 total += loss.detach().float()
             with record_function("step:optimizer"):
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             return float(total)

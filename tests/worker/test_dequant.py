@@ -84,8 +84,10 @@ def test_the_rebound_forward_compiles_into_one_graph() -> None:
     torch._dynamo.reset()
 
 
-def test_it_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_is_on_where_layers_are_compiled_and_the_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TORCH_DEQUANT_ENV, raising=False)
-    assert not torch_dequant_wanted(compiled=True) and not torch_dequant_wanted(compiled=False)
+    assert torch_dequant_wanted(compiled=True) and not torch_dequant_wanted(compiled=False)
     monkeypatch.setenv(TORCH_DEQUANT_ENV, "1")
     assert torch_dequant_wanted(compiled=False)
+    monkeypatch.setenv(TORCH_DEQUANT_ENV, "0")
+    assert not torch_dequant_wanted(compiled=True)
