@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from worker.train.dequant import TORCH_DEQUANT_ENV, dequantize_4bit, torch_dequant_wanted, unpack_with_torch
 
 
-def packed_linear(quant_type: str, double_quant: bool, dtype: torch.dtype, shape: tuple[int, int]) -> object:
+def packed_linear(quant_type: str, double_quant: bool, dtype: torch.dtype, shape: tuple[int, int]) -> Any:
     import bitsandbytes as bnb
 
     torch.manual_seed(0)
@@ -57,14 +58,17 @@ def test_unpacking_matches_bitsandbytes_bit_for_bit(
 def test_a_rebound_layer_gives_the_stock_output_and_input_gradient(
     weights_dtype: torch.dtype, autocast: bool
 ) -> None:
-    stock = torch.nn.Sequential(packed_linear("nf4", True, weights_dtype, (48, 64)))
-    stock[0].compute_dtype = torch.float32  # as the CPU loader sets it; under autocast the product is bf16
+    layer = packed_linear("nf4", True, weights_dtype, (48, 64))
+    layer.compute_dtype = torch.float32  # as the CPU loader sets it; under autocast the product is bf16
+    stock = torch.nn.Sequential(layer)
     fast = copy.deepcopy(stock)
     assert unpack_with_torch(fast) == 1
     assert unpack_with_torch(fast) == 0  # already rebound
+    # the PyTorch-op path runs where the layer is traced; aot_eager then runs those ops as traced
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 5, 64)
     results = []
-    for model in (stock, fast):
+    for model in (stock, compiled):
         xi = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(xi)
@@ -73,6 +77,29 @@ def test_a_rebound_layer_gives_the_stock_output_and_input_gradient(
     assert results[0][0].abs().sum() > 0
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_only_traced_calls_unpack_with_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.train.dequant as dequant
+
+    layer = packed_linear("nf4", True, torch.float32, (48, 64))
+    expected = layer(torch.ones(3, 64))
+    unpack_with_torch(torch.nn.Sequential(layer))
+    calls: list[int] = []
+    original = dequant.dequantize_4bit
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dequant, "dequantize_4bit", counting)
+    torch.testing.assert_close(layer(torch.ones(3, 64)), expected, rtol=0, atol=0)
+    assert calls == []  # eager: bitsandbytes' own op
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(torch.ones(3, 64)), expected, rtol=1e-6, atol=1e-6)
+    assert calls  # traced: the PyTorch ops
+    torch._dynamo.reset()
 
 
 def test_the_rebound_forward_compiles_into_one_graph() -> None:

@@ -65,9 +65,16 @@ def dequantize_4bit(packed: Any, quant_state: Any, dtype: Any = None) -> Any:
 
 
 def _forward(self: Any, x: Any) -> Any:
-    """`Linear4bit.forward` with the weight unpacked by `dequantize_4bit` (training shapes, [out, in])."""
+    """`Linear4bit.forward` with the weight unpacked by `dequantize_4bit` (training shapes, [out, in]).
+
+    Only while the compiler traces the layer: a call that runs eagerly (evaluation, a layer the compiler
+    gave up on) keeps bitsandbytes' op, which is faster there and needs no full-size temporaries.
+    """
+    import torch
     import torch.nn.functional as F
 
+    if not torch.compiler.is_compiling():
+        return self._tuneboard_stock_forward(x)
     quant_state = self.weight.quant_state
     inp_dtype = x.dtype
     if self.compute_dtype is not None:
