@@ -89,7 +89,9 @@ def run_epoch(model: Any, optimizer: Any, device: str, epoch: list[dict[str, Any
     import torch
 
     from worker.train.data import TOKENS_KEY, batch_tokens
+    from worker.train.pipeline import trainable_parameters
 
+    trainable = trainable_parameters(model)  # once, not a walk over every module each step
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -103,7 +105,7 @@ def run_epoch(model: Any, optimizer: Any, device: str, epoch: list[dict[str, Any
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
             loss = model(**inputs).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))

@@ -244,7 +244,9 @@ def load_seed(model_dir: Path) -> Any:
     model = get_peft_model(model, lora)
     import bitsandbytes as bnb_mod
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    from worker.train.pipeline import trainable_parameters
+
+    params = trainable_parameters(model)
     cls = bnb_mod.optim.PagedAdamW8bit if device == "cuda" else bnb_mod.optim.AdamW8bit
     return model, cls(params, lr=LR), None, None
 
@@ -347,12 +349,13 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     after_load = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
     lora_a = sum(float(p.detach().float().abs().sum()) for n, p in model.named_parameters() if "lora_A" in n)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # listed once, as the worker's trainer does (a walk over E2B's ~2,800 modules costs ~13 ms a step)
+    trainable = trainable_parameters(model)
     result: dict[str, Any] = {
         "recipe": args.recipe,
         "load_s": round(load_s, 1),
         "allocated_after_load_gb": round(after_load, 2),
-        "trainable_params": trainable,
+        "trainable_params": sum(p.numel() for p in trainable),
         "lora_a_abs_sum": lora_a,
         "loss_impl": plan.impl if plan is not None else "model",
         "offload": any(
@@ -365,8 +368,6 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         for key, gb in weight_breakdown(model):
             print(f"[{args.recipe}] weights {gb:6.2f} GB {key}", flush=True)
-    # listed once, as the worker's trainer does (a walk over E2B's ~2,800 modules costs ~13 ms a step)
-    trainable = trainable_parameters(model)
     seq = args.seq
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = min(2000, int(text_config.vocab_size))

@@ -320,7 +320,7 @@ def optimizer_for_run(cfg: JobConfig, run_root: Path, model: Any, device: str, r
     if resuming and cfg.training.optimizer == "auto":
         name = LEGACY_GPU_OPTIMIZER if on_gpu else "adamw_8bit"
     else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in trainable_parameters(model))
         name = resolve_optimizer(cfg.training.optimizer, on_gpu, trainable)
     path.write_text(json.dumps({"optimizer": name}), encoding="utf-8")
     return name
@@ -335,7 +335,7 @@ def build_optimizer(cfg: JobConfig, model: Any, device: str, name: str | None = 
     """
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     t = cfg.training
     on_gpu = device.startswith("cuda")
     if name is None:
