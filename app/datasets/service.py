@@ -9,6 +9,7 @@ Files are written before the row is added, so a row never points at a missing fi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -170,17 +171,35 @@ def stage_files(settings: Settings, upload: ReceivedUpload, checked: CheckedData
 
 
 def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
-    """Rename the staging directory to DATA_DIR/datasets/<id> unless a complete copy is already there."""
+    """Rename the staging directory to DATA_DIR/datasets/<id> unless a complete copy is already there.
+
+    Safe against concurrent uploads of the same bytes (PostgreSQL serialises nothing here): a directory that
+    came from a rename always holds data.jsonl, so only one without it (left by an older crash) is cleared,
+    and it is first moved aside atomically, never deleted in place where another upload may have just landed.
+    """
     final = settings.datasets_dir / dataset_id
-    if (final / DATA_FILE).is_file():
-        return  # the same bytes were stored before (content-addressed)
-    if final.exists():
-        shutil.rmtree(final)  # an incomplete directory left by a crash: it never has data.jsonl
-    try:
-        os.rename(staging, final)  # atomic: the worker sees all of data.jsonl or nothing
-    except OSError:
-        if not (final / DATA_FILE).is_file():  # else a concurrent upload of the same bytes won
-            raise
+    for _attempt in range(5):
+        if (final / DATA_FILE).is_file():
+            return  # the same bytes were stored before (content-addressed)
+        try:
+            os.rename(staging, final)  # atomic: the worker sees all of data.jsonl or nothing
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if (final / DATA_FILE).is_file():
+            return  # a concurrent upload of the same bytes won the rename
+        aside = Path(tempfile.mkdtemp(prefix=".stale-", dir=settings.datasets_dir))
+        try:
+            os.rename(final, aside / dataset_id)
+        except FileNotFoundError:
+            pass  # another upload moved it aside first
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    raise DatasetError(
+        f"could not place dataset {dataset_id} under {settings.datasets_dir.name}/: the directory keeps "
+        "changing under concurrent uploads; upload the file again"
+    )
 
 
 def _free_id(session: Session, sha256: str) -> str:
