@@ -179,8 +179,6 @@ def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
     """
     final = settings.datasets_dir / dataset_id
     for _attempt in range(5):
-        if (final / DATA_FILE).is_file():
-            return  # the same bytes were stored before (content-addressed)
         try:
             os.rename(staging, final)  # atomic: the worker sees all of data.jsonl or nothing
             return
@@ -188,7 +186,7 @@ def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
         if (final / DATA_FILE).is_file():
-            return  # a concurrent upload of the same bytes won the rename
+            return  # the same bytes were stored before, or by a concurrent upload (content-addressed)
         aside = Path(tempfile.mkdtemp(prefix=".stale-", dir=settings.datasets_dir))
         try:
             os.rename(final, aside / dataset_id)
