@@ -35,6 +35,18 @@ class ArtifactIncomplete(ArtifactError):
     """The artifact exists but was not finished (an interrupted checkpoint save)."""
 
 
+def plain_relative_path(relative: str) -> str:
+    """`relative` if it is a plain relative path (no '', '.', '..', '/' first, '\\'), else ArtifactError.
+
+    Stricter than normalising: a worker names its files exactly, so anything that needs normalising
+    (`./adapter`, `a//b`) is refused rather than guessed at, and '.' can never name the run directory itself.
+    """
+    parts = relative.split("/")
+    if not relative or "\\" in relative or "\x00" in relative or any(p in ("", ".", "..") for p in parts):
+        raise ArtifactError(f"{relative!r} is not a plain relative path inside the run directory")
+    return relative
+
+
 def contained_path(root: Path, relative: str) -> Path:
     """`root / relative` resolved; refuses what ends up outside `root` (.., absolute paths, links)."""
     base = root.resolve()

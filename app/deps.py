@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs.service import JobNotFound, get_job
@@ -111,3 +111,11 @@ def get_job_or_404(job_id: int, session: SessionDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(get_job_or_404)]
+
+# event seq and metric step are INTEGER columns (32-bit on PostgreSQL): a cursor beyond them is a 422, never
+# a database error (SQLite overflows past 64 bits). Job ids need no bound here: get_job answers 404.
+INT32_MAX = 2**31 - 1
+SeqCursor = Annotated[int, Query(ge=0, le=INT32_MAX, description="Only events with a larger seq.")]
+StepCursor = Annotated[
+    int | None, Query(ge=-1, le=INT32_MAX, description="Only metric points with a larger step.")
+]

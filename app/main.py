@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,11 +12,20 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 
-from app.db import make_engine, make_session_factory
+from app.datasets.service import remove_upload_leftovers
+from app.db import (
+    DatabaseUnavailable,
+    check_sqlite_integrity,
+    keep_job_ids_above_run_dirs,
+    make_engine,
+    make_session_factory,
+)
 from app.jobs.service import JobNotFound
 from app.jobs.status import TransitionError
-from app.migrate import upgrade
+from app.migrate import secure_sqlite_file, sqlite_file, upgrade
+from app.private import private_dir
 from app.settings import Settings
 from worker.config import ConfigError
 
@@ -48,13 +58,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     refuse_unprotected_bind(settings, app.state.auth_cache)
     # --- end auth ---
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    for directory in (settings.data_dir, settings.runs_dir, settings.datasets_dir):
+        private_dir(directory)  # 0700: configs, tokens, datasets and adapters are the owner's alone
+    await anyio.to_thread.run_sync(remove_upload_leftovers, settings)  # a crash's upload-*.part, stagings
+    await anyio.to_thread.run_sync(secure_sqlite_file, settings.sqlalchemy_url)
+    db_file = sqlite_file(settings.sqlalchemy_url)
+    if db_file is not None:
+        # A damaged file otherwise serves an empty job list and hands the ids out again; refuse to start,
+        # saying what to do (off the event loop: quick_check reads every page).
+        await anyio.to_thread.run_sync(check_sqlite_integrity, db_file)
     # migrations are the only way the schema is made (never create_all), as in `tuneboard db upgrade`
     await anyio.to_thread.run_sync(upgrade, settings.sqlalchemy_url)
     engine = make_engine(settings.sqlalchemy_url)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.session_factory.configure(info={"settings": settings})  # app.datasets.sources reads them
+    # a new, restored or migrated database must not hand out the ids of run directories on disk
+    await anyio.to_thread.run_sync(keep_job_ids_above_run_dirs, engine, settings.runs_dir)
     app.state.scheduler = None
     try:
         # --- scheduler start (scheduler helper) ---
@@ -82,6 +102,25 @@ def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DatabaseUnavailable)
+    return JSONResponse({"ok": False, "db": exc.state}, status_code=503)
+
+
+DISK_FULL_MESSAGE = "the disk holding Tuneboard's data is full: free space (old runs, checkpoints) and retry"
+
+
+def _disk_full(_request: Request, exc: Exception) -> JSONResponse:
+    """507 with a plain message when SQLite or a file write found the disk full; anything else as before."""
+    # SQLite says SQLITE_FULL as "database or disk is full" (sqlite3.OperationalError, wrapped by SQLAlchemy)
+    disk_full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
+        isinstance(exc, OperationalError) and "database or disk is full" in str(exc.orig)
+    )
+    if not disk_full:
+        raise exc
+    return JSONResponse({"detail": DISK_FULL_MESSAGE}, status_code=507)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app; the database is migrated and the scheduler started in its lifespan."""
     from app.jobs.api import router as jobs_router
@@ -98,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(TransitionError, _transition_error)
     app.add_exception_handler(JobNotFound, _not_found)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
+    app.add_exception_handler(OperationalError, _disk_full)
+    app.add_exception_handler(OSError, _disk_full)
 
     app.include_router(jobs_router)
     app.include_router(metrics_router)
@@ -147,6 +189,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.auth_cache = AuthCache(app.state.settings.data_dir)
     app.include_router(auth_router)
+    # body caps run inside auth: an anonymous request is refused before its size even matters
+    from app.http import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)
     app.add_middleware(AuthMiddleware, settings=app.state.settings, cache=app.state.auth_cache)
     # --- end auth ---
+    # --- the HTTP edge (app/auth/edge.py); added last = runs first: Host check, headers on everything ---
+    from app.auth.edge import HostGuardMiddleware, SecurityHeadersMiddleware
+
+    app.add_middleware(HostGuardMiddleware, settings=app.state.settings)
+    app.add_middleware(SecurityHeadersMiddleware)
+    # --- end HTTP edge ---
     return app

@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
+from app.private import private_dir, private_file
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -20,15 +22,33 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def _ensure_sqlite_parent(url: str) -> None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite `url`, or None (another database, or in memory)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return Path(parsed.database).expanduser()
+    return None
+
+
+def secure_sqlite_file(url: str) -> None:
+    """Create the SQLite file (and its directory) private before SQLite does, and tighten old ones.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so making the database 0600 first
+    keeps all three private; existing ones are tightened too (made before this rule, or copied in).
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return
+    if not path.parent.exists():
+        private_dir(path.parent)
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if each == path or each.exists():
+            private_file(each)
 
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` to `revision` (default: the newest)."""
-    _ensure_sqlite_parent(url)
+    secure_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)
 
 

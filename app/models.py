@@ -39,6 +39,9 @@ class Job(Base):
         CheckConstraint(status_check_sql("status"), name="ck_job_status"),
         CheckConstraint("gpus_requested >= 0", name="ck_job_gpus_requested"),
         Index("ix_job_queue", "status", "priority", "id"),
+        # ids are never reused (not even the newest one's after it is gone), and sqlite_sequence gives
+        # start-up a counter to move above the run directories a lost database left behind (migration 0003)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -8,6 +8,7 @@ and the fragment that refreshes part of it can never drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
@@ -16,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -28,7 +31,9 @@ from starlette.datastructures import FormData
 
 from app import artifacts
 from app.auth.redact import redact_data, redact_secrets
-from app.deps import JobDep, SessionDep
+from app.datasets.sources import check_job_source
+from app.deps import JobDep, SeqCursor, SessionDep
+from app.http import read_body_limited
 from app.jobs import service
 from app.jobs.schemas import iso, job_summary
 from app.jobs.status import TERMINAL, JobStatus, TransitionError
@@ -303,10 +308,13 @@ def fmt_utc(value: str | None) -> str:
 
 
 def ts_iso(ts: float | None) -> str | None:
-    """Seconds since the epoch (a worker's clock) as ISO 8601 UTC."""
-    if ts is None:
+    """Seconds since the epoch (a worker's clock) as ISO 8601 UTC; None when no calendar date fits."""
+    if ts is None or not math.isfinite(ts):
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # stored before ingest bounded it (e.g. ts=1e300)
+        return None
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -513,6 +521,7 @@ async def submit_new_job(request: Request, session: SessionDep) -> Response:
     data, raw = config_from_form(form)
     try:
         config = parse_config(data)
+        check_job_source(session, config)  # create_job checks it too; here it shows next to the field
     except ConfigError as exc:
         by_field, by_section, general = split_problems(exc.problems)
         context = _new_job_context(
@@ -552,14 +561,17 @@ async def estimate_fragment(request: Request) -> Response:
 @router.post("/api/estimate", include_in_schema=True, tags=["jobs"])
 async def estimate_api(request: Request) -> Response:
     """Memory estimate for a JSON config: {"total_gb", "breakdown", "notes"} (422 with the problems)."""
+    settings = request.app.state.settings
+    body = await read_body_limited(request, settings.max_config_bytes, "the job config")
     try:
-        data = await request.json()
+        # a config near the cap takes a while to parse: in a thread, so other requests are not held up
+        data = await anyio.to_thread.run_sync(json.loads, body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
         return JSONResponse(
             {"detail": "invalid job config", "problems": {"": "the body is not valid JSON; send the config"}},
             status_code=422,
         )
-    config = parse_config(data)  # ConfigError → 422 through the app's handler
+    config = await anyio.to_thread.run_sync(parse_config, data)  # ConfigError → 422 (the app's handler)
     return JSONResponse(estimate_memory(config).as_dict())
 
 
@@ -645,7 +657,9 @@ def job_detail_page(request: Request, job_id: int, session: SessionDep) -> Respo
 
 
 @router.get("/jobs/{job_id:int}/partials/events", response_class=HTMLResponse)
-def job_events_fragment(request: Request, job: JobDep, session: SessionDep, after_seq: int = 0) -> Response:
+def job_events_fragment(
+    request: Request, job: JobDep, session: SessionDep, after_seq: SeqCursor = 0
+) -> Response:
     """New rows for the events table and new sample cards (live.js appends them as events arrive)."""
     sections = _event_sections(_recent_events(session, job.id, after_seq=after_seq))
     html = render_block("job_detail.html", "new_events", {"request": request, **sections})

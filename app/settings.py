@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,12 @@ class Settings(BaseSettings):
     )
     scheduler_interval_s: float = Field(0.5, gt=0)
     heartbeat_timeout_s: float = Field(120.0, gt=0)
+    app_pause_threshold_s: float = Field(
+        10.0,
+        gt=0,
+        description="A gap this long between scheduler ticks means the app itself was away (stopped, "
+        "suspended, its loop blocked): heartbeats are then measured from when it came back.",
+    )
     cancel_grace_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL grace for cancelled jobs.")
     launcher: str = Field("local", description="local | ray")
     worker_python: str | None = Field(None, description="Python for training processes; default: this one.")
@@ -81,6 +89,17 @@ class Settings(BaseSettings):
     dataset_preview_timeout_s: float = Field(
         120.0, gt=0, description="Longest a dataset preview (tokenizer subprocess) may take."
     )
+    dataset_checks_max_concurrent: int = Field(
+        2, ge=1, le=64, description="Uploads checked at once (each takes a CPU core while it parses)."
+    )
+    dataset_check_queue_s: float = Field(
+        30.0, gt=0, description="How long an upload waits for a check slot before a 503 with Retry-After."
+    )
+    dataset_roots: str | None = Field(
+        None,
+        description="Directories (separated by os.pathsep, ':' on Linux) a job's dataset.source may name "
+        "files in; default: the data dir and the working directory. Uploads and presets are always allowed.",
+    )
 
     # short worker-side tasks on finished runs (app/tasks): try-the-adapter generation, merged export
     task_gpus: str = Field(
@@ -102,6 +121,26 @@ class Settings(BaseSettings):
         False, description="Require a login or API token even on loopback (auth.json must hold one)."
     )
     session_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="How long a browser login lasts.")
+    # the HTTP edge (app/auth/edge.py): which Host names are served, which proxies are believed
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Host names served (comma-separated), besides 127.0.0.1, localhost, ::1, the bind "
+        "host and the public_url host; '*' serves any (DNS rebinding then becomes possible).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated, '*' for any); empty: forwarded headers are ignored.",
+    )
+
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(v).strip().lower() for v in value if str(v).strip()]
+        return value
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
@@ -120,6 +159,14 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         """Uploaded datasets: <id>/data.jsonl (workers get it as TUNEBOARD_DATASETS_DIR)."""
         return self.data_dir / "datasets"
+
+    @property
+    def dataset_root_dirs(self) -> list[Path]:
+        """The directories a job's dataset.source may name files in (resolved: symlinks followed)."""
+        if self.dataset_roots is None or not self.dataset_roots.strip():
+            return [self.data_dir, Path.cwd().resolve()]
+        parts = [p.strip() for p in self.dataset_roots.split(os.pathsep) if p.strip()]
+        return [Path(p).expanduser().resolve() for p in parts]
 
     @property
     def app_url(self) -> str:

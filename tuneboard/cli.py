@@ -100,7 +100,18 @@ def serve(
     from app.main import create_app
 
     typer.echo(f"Tuneboard on http://{settings.host}:{settings.port}  (data: {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """uvicorn.run() arguments: forwarded headers are believed only from settings.trusted_proxies."""
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": "info"}
+    # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 by default; with an `ssh -L` tunnel every client
+    # is 127.0.0.1, so anyone could claim any address and scheme
+    options["proxy_headers"] = bool(settings.trusted_proxies)
+    if settings.trusted_proxies:
+        options["forwarded_allow_ips"] = list(settings.trusted_proxies)
+    return options
 
 
 @db_app.command("upgrade")

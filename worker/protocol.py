@@ -97,6 +97,16 @@ class RunDir:
     def control(self) -> Path:
         return self.root / "control.json"  # {"cancel": true} written by a launcher that cannot signal
 
+    @property
+    def app_url(self) -> Path:
+        # the address of the app that supervises the run now, one line, written by the app at launch and
+        # when a standby takes over; the worker only reads it (and follows it when its posts fail)
+        return self.root / "app_url"
+
+    @property
+    def owner(self) -> Path:
+        return self.root / "owner.json"  # {"job_id", "run"}: written by the app when it makes the directory
+
 
 CHECKPOINT_COMPLETE_MARKER = "COMPLETE"
 

@@ -24,11 +24,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.sessions import SESSION_COOKIE, session_valid
-from app.auth.store import AuthCache, AuthError
+from app.auth.sessions import SESSION_COOKIE, session_parts, session_valid
+from app.auth.store import AuthCache, AuthError, AuthState
 from app.settings import Settings
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -41,6 +42,14 @@ WORKER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("PUT", re.compile(r"^/api/jobs/[^/]+/artifacts/.+$")),  # remote uploads (app/scheduler/uploads.py)
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# GETs that start work (a process, a model load, an archive): a page on another site must not be able to set
+# them off with an <img> or a link, so they get the same cross-site refusal as writes
+WORK_GETS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^/api/jobs/[^/]+/try/?$"),  # try the adapter: loads the model in a new process
+    re.compile(r"^/api/datasets/[^/]+/preview/?$"),  # tokenizer subprocess
+    re.compile(r"^/datasets/[^/]+/partials/preview/?$"),
+    re.compile(r"^/api/jobs/[^/]+/(adapter|merged\.zip|checkpoints/[^/]+\.zip)/?$"),  # builds an archive
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ def own_origins(scope: Scope, headers: Headers, settings: Settings) -> set[tuple
     if host:
         schemes = {str(scope.get("scheme", "http"))}
         forwarded = headers.get("x-forwarded-proto")
-        if forwarded:
+        if forwarded and settings.trusted_proxies:  # anyone can send the header; only a proxy is believed
             schemes.add(forwarded.split(",")[0].strip().lower())
         for scheme in schemes:
             origin = _origin_tuple(scheme, host)
@@ -111,6 +120,19 @@ def cross_site_reason(scope: Scope, headers: Headers, settings: Settings) -> str
         if origin is None or origin not in own_origins(scope, headers, settings):
             return "its Referer is another site"
     return None
+
+
+def is_work_get(method: str, path: str) -> bool:
+    """GETs that start a process or build an archive (WORK_GETS)."""
+    return method in ("GET", "HEAD") and any(pattern.match(path) for pattern in WORK_GETS)
+
+
+def work_get_refusal(scope: Scope, headers: Headers, settings: Settings) -> str | None:
+    """Why a GET that starts work is refused (None: it comes from the dashboard itself, or not a browser)."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in ("cross-site", "same-site"):  # same-site: another port or subdomain, still another origin
+        return f"the browser marked it Sec-Fetch-Site: {site}"
+    return cross_site_reason(scope, headers, settings)
 
 
 def reached_over_the_network(scope: Scope) -> bool:
@@ -191,6 +213,16 @@ class AuthMiddleware:
         path = str(scope["path"])
         bearer = _bearer(headers)
 
+        if is_work_get(method, path) and bearer is None:
+            reason = work_get_refusal(scope, headers, self.settings)
+            if reason is not None:
+                return JSONResponse(
+                    {
+                        "detail": f"refused a cross-site GET that starts work: {reason}. Open it from the "
+                        "dashboard's own pages, or send an API token (Authorization: Bearer ...) from scripts"
+                    },
+                    status_code=403,
+                )
         if method in UNSAFE_METHODS and bearer is None:
             reason = cross_site_reason(scope, headers, self.settings)
             if reason is not None:
@@ -227,12 +259,8 @@ class AuthMiddleware:
                     "invalid or revoked API token; create one on the server with "
                     "`tuneboard auth create-token NAME` and send it as 'Authorization: Bearer <token>'"
                 )
-        if principal is None:
-            cookie = _cookie(headers, SESSION_COOKIE)
-            if cookie and session_valid(
-                state.session_secret, cookie, max_age_s=self.settings.session_max_age_s
-            ):
-                principal = Principal("session", "browser")
+        if principal is None and valid_session_cookie(headers, state, self.settings):
+            principal = Principal("session", "browser")
         scope.setdefault("state", {})["principal"] = principal
         if not required or principal is not None or open_path:
             return None
@@ -253,6 +281,52 @@ class AuthMiddleware:
         if method in ("GET", "HEAD"):
             return RedirectResponse(login, status_code=303)
         return _unauthorized("authentication required: log in at /login first")
+
+
+def valid_session_cookie(headers: Headers, state: AuthState, settings: Settings) -> bool:
+    """Does the request carry a session cookie that is signed, unexpired and not logged out?"""
+    cookie = _cookie(headers, SESSION_COOKIE)
+    if not cookie or not session_valid(state.session_secret, cookie, max_age_s=settings.session_max_age_s):
+        return False
+    parts = session_parts(cookie)
+    return parts is not None and parts[1] not in state.revoked_sessions
+
+
+def principal_still_valid(request: Request) -> bool:
+    """Would this request still be let in now? Long streams ask this, so a revoked token or a logged-out
+    session does not keep one open (auth.json is re-read when it changes)."""
+    settings: Settings = request.app.state.settings
+    cache = getattr(request.app.state, "auth_cache", None)
+    if cache is None:
+        return True
+    try:
+        state = cache.current()
+    except AuthError:
+        return False
+    if not (settings.auth_required or state.configured):
+        return True
+    principal = request_principal(request.scope)
+    if principal is None:
+        return False  # auth was switched on after this request was let in
+    headers = Headers(scope=request.scope)
+    if principal.kind == "token":
+        bearer = _bearer(headers)
+        return bool(bearer) and state.token_name(bearer or "") == principal.name
+    return valid_session_cookie(headers, state, settings)
+
+
+def may_see_details(request: Request) -> bool:
+    """May this request see job ids and process ids in /api/health (a logged-in principal, or the open
+    loopback dashboard)?"""
+    if request_principal(request.scope) is not None:
+        return True
+    settings: Settings = request.app.state.settings
+    cache = getattr(request.app.state, "auth_cache", None)
+    try:
+        configured = cache.current().configured if cache is not None else False
+    except AuthError:
+        return False
+    return not (settings.auth_required or configured) and not reached_over_the_network(request.scope)
 
 
 def _unauthorized(detail: str) -> JSONResponse:

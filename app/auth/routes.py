@@ -5,55 +5,81 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.auth.middleware import request_principal
-from app.auth.sessions import SESSION_COOKIE, make_session
-from app.auth.store import AuthCache
+from app.auth.middleware import request_principal, valid_session_cookie
+from app.auth.sessions import SESSION_COOKIE, make_session, session_parts
+from app.auth.store import AuthCache, revoke_session
 
 router = APIRouter(tags=["auth"], include_in_schema=False)
 log = logging.getLogger(__name__)
 
-# a password guesser gets this many tries per client address and window
-MAX_FAILURES = 10
-FAILURE_WINDOW_S = 300.0
+# One password account, one throttle: keyed on the account, not the client address, so neither a forged
+# X-Forwarded-For nor many addresses buy extra guesses, and users behind one `ssh -L` are not locked out by
+# each other for long. The first MAX_FAILURES failures are free; each one after that makes the next attempt
+# wait twice as long (1, 2, 4 ... seconds), never more than MAX_DELAY_S: a guesser gets about one try per
+# MAX_DELAY_S, the owner waits at most that long. The count is forgotten after a success, or after
+# FORGET_AFTER_S without failures.
+MAX_FAILURES = 5
+MAX_DELAY_S = 30.0
+FORGET_AFTER_S = 900.0
+
+
+def failure_delay(failures: int) -> float:
+    """Seconds the next attempt waits after `failures` failures in a row."""
+    if failures < MAX_FAILURES:
+        return 0.0
+    return min(MAX_DELAY_S, 2.0 ** (failures - MAX_FAILURES))
 
 
 class LoginThrottle:
-    """Counts failed logins per client address; refuses more than MAX_FAILURES in FAILURE_WINDOW_S."""
+    """Failed logins of the dashboard account, and when the next attempt may be made."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
-        self._failures: dict[str, deque[float]] = {}
+        self._failures = 0
+        self._last_failure = 0.0
+        self._next_allowed = 0.0
 
-    def retry_after(self, client: str, now: float | None = None) -> float:
-        """Seconds until `client` may try again (0: now)."""
-        now = time.monotonic() if now is None else now
+    def _forget_if_quiet(self, now: float) -> None:
+        if self._failures and now - self._last_failure > FORGET_AFTER_S:
+            self._failures, self._next_allowed = 0, 0.0
+
+    def retry_after(self) -> float:
+        """Seconds until the next attempt may be made (0: now)."""
         with self._lock:
-            recent = self._failures.get(client)
-            if not recent:
-                return 0.0
-            while recent and now - recent[0] > FAILURE_WINDOW_S:
-                recent.popleft()
-            if len(recent) < MAX_FAILURES:
-                return 0.0
-            return FAILURE_WINDOW_S - (now - recent[0])
+            now = self._clock()
+            self._forget_if_quiet(now)
+            return max(0.0, self._next_allowed - now)
 
-    def failed(self, client: str) -> None:
+    def begin(self) -> float:
+        """Claim an attempt: 0 to go ahead (later ones wait as if it failed), else the seconds to wait."""
+        with self._lock:
+            now = self._clock()
+            self._forget_if_quiet(now)
+            if now < self._next_allowed:
+                return self._next_allowed - now
+            # reserve: guesses sent in parallel must not all slip in before the first one is judged
+            self._next_allowed = now + failure_delay(self._failures + 1)
+            return 0.0
+
+    def failed(self) -> None:
         """Record a failed attempt."""
         with self._lock:
-            self._failures.setdefault(client, deque(maxlen=MAX_FAILURES)).append(time.monotonic())
-            if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-                self._failures.pop(next(iter(self._failures)))
+            now = self._clock()
+            self._failures += 1
+            self._last_failure = now
+            self._next_allowed = max(self._next_allowed, now + failure_delay(self._failures))
 
-    def succeeded(self, client: str) -> None:
-        """Forget a client's failures."""
+    def succeeded(self) -> None:
+        """The right password: forget the failures."""
         with self._lock:
-            self._failures.pop(client, None)
+            self._failures, self._next_allowed = 0, 0.0
 
 
 def safe_next(target: Any) -> str:
@@ -112,9 +138,9 @@ async def login(request: Request) -> Response:
     form = await request.form()
     password = form.get("password")
     next_url = safe_next(form.get("next", "/"))
-    client = request.client.host if request.client else "unknown"
+    client = request.client.host if request.client else "unknown"  # for the log only
     throttle = _throttle(request)
-    wait = throttle.retry_after(client)
+    wait = throttle.begin()
     if wait > 0:
         return _render(
             request,
@@ -135,10 +161,10 @@ async def login(request: Request) -> Response:
     # argon2 takes tens of milliseconds of CPU on purpose: keep it off the event loop
     ok = isinstance(password, str) and await anyio.to_thread.run_sync(state.verify_password, password)
     if not ok:
-        throttle.failed(client)
+        throttle.failed()
         log.warning("failed dashboard login from %s", client)  # never the password itself
         return _render(request, next_url=next_url, error="Wrong password.", status_code=401)
-    throttle.succeeded(client)
+    throttle.succeeded()
     settings = request.app.state.settings
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(
@@ -155,7 +181,15 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    """Forget the session cookie and go to the login page."""
+    """End this browser's session (a copy of its cookie stops working too) and go to the login page."""
+    cache = _auth_cache(request)
+    settings = request.app.state.settings
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and valid_session_cookie(request.headers, cache.current(), settings):
+        parts = session_parts(cookie)
+        if parts is not None:
+            issued, nonce = parts
+            revoke_session(cache.data_dir, nonce, issued + settings.session_max_age_s)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_is_https(request))
     return response

@@ -1,7 +1,8 @@
 """Signed browser-session cookies: `<issued_at>.<nonce>.<hmac>` keyed by auth.json's session secret.
 
-Stateless on purpose (no session table): setting a new password rotates the secret, which ends every
-session at once; otherwise a session ends when the browser logs out or after settings.session_max_age_s.
+No session table: setting a new password rotates the secret, which ends every session at once; a logout
+records that one session's nonce in auth.json (revoked_sessions) until the cookie would have expired, so a
+copied cookie stops working too; otherwise a session ends after settings.session_max_age_s.
 """
 
 from __future__ import annotations
@@ -39,3 +40,12 @@ def session_valid(secret: str, value: str, *, max_age_s: float, now: float | Non
         return False
     age = (now if now is not None else time.time()) - int(issued_text)
     return -60 <= age <= max_age_s  # a little clock skew between workers of one deployment is fine
+
+
+def session_parts(value: str) -> tuple[int, str] | None:
+    """(issued_at, nonce) of a session value, unchecked; None when it does not look like one."""
+    payload, _, _signature_part = value.rpartition(".")
+    issued_text, _, nonce = payload.partition(".")
+    if not issued_text.isdigit() or not nonce:
+        return None
+    return int(issued_text), nonce

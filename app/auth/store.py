@@ -19,6 +19,7 @@ import re
 import secrets
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,8 @@ class AuthState:
     password_hash: str | None = None
     session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     tokens: list[ApiToken] = field(default_factory=list)
+    # nonces of browser sessions ended by a logout, with the time (epoch s) their cookie would expire anyway
+    revoked_sessions: dict[str, int] = field(default_factory=dict)
 
     @property
     def configured(self) -> bool:
@@ -88,6 +91,7 @@ class AuthState:
             "password_hash": self.password_hash,
             "session_secret": self.session_secret,
             "tokens": [{"name": t.name, "sha256": t.sha256, "created_at": t.created_at} for t in self.tokens],
+            "revoked_sessions": dict(self.revoked_sessions),
         }
 
     @classmethod
@@ -102,10 +106,16 @@ class AuthState:
             if isinstance(item.get("name"), str) and isinstance(item.get("sha256"), str):
                 tokens.append(ApiToken(item["name"], item["sha256"], str(item.get("created_at", ""))))
         password_hash = data.get("password_hash")
+        revoked = data.get("revoked_sessions")
         return cls(
             password_hash=password_hash if isinstance(password_hash, str) else None,
             session_secret=data["session_secret"],
             tokens=tokens,
+            revoked_sessions={
+                str(k): int(v)
+                for k, v in (revoked if isinstance(revoked, dict) else {}).items()
+                if isinstance(v, int | float)
+            },
         )
 
 
@@ -201,6 +211,21 @@ def revoke_token(data_dir: Path, name: str) -> None:
         known = ", ".join(t.name for t in state.tokens) or "none"
         raise AuthError(f"no token named {name!r}; existing tokens: {known}")
     state.tokens = kept
+    save_auth(data_dir, state)
+
+
+MAX_REVOKED_SESSIONS = 10_000
+
+
+def revoke_session(data_dir: Path, nonce: str, expires_at: float, *, now: float | None = None) -> None:
+    """Record a logged-out session's nonce until its cookie would have expired anyway (then it is dropped)."""
+    now = time.time() if now is None else now
+    state = load_auth(data_dir)
+    kept = {k: v for k, v in state.revoked_sessions.items() if v > now}
+    kept[nonce] = int(expires_at) + 1
+    if len(kept) > MAX_REVOKED_SESSIONS:  # bounded file: the ones closest to expiring go first
+        kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-MAX_REVOKED_SESSIONS:])
+    state.revoked_sessions = kept
     save_auth(data_dir, state)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.datasets import intake, service
 from app.datasets import preview as previews
-from app.datasets import service
-from app.datasets.upload import ReceivedUpload, receive_upload
-from app.deps import SessionDep, SettingsDep, get_session_factory
+from app.datasets.upload import disk_full, is_disk_full, receive_upload
+from app.deps import SessionDep, SettingsDep, get_session, get_session_factory
 from app.models import Dataset
 from app.settings import Settings
 from worker.catalog import PRESET_PREFIX
@@ -23,43 +24,55 @@ from worker.datasets.validate import DatasetError
 
 router = APIRouter(prefix="/api", tags=["datasets"])
 
+# the request dependency's session (same pool gate, write lock, one commit), taken only when needed
+request_session = asynccontextmanager(get_session)
+
 _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The same bytes were uploaded before: the existing dataset"},
     413: {"description": "The file is over settings.max_upload_bytes (nothing is kept)"},
     422: {"description": "Problems by line: {detail, problems: [{line, message}]} (nothing is stored)"},
+    503: {"description": "Every check slot stayed busy (settings.dataset_check_queue_s); see Retry-After"},
+    507: {"description": "The server's disk is full (nothing is kept)"},
 }
 
 
 async def accept_upload(
-    request: Request, settings: Settings, session: Session
-) -> tuple[ReceivedUpload, Dataset | None, bool, dict[str, Any] | None]:
-    """Receive, check and store an upload: (upload, dataset, created, problems payload or None).
+    request: Request, settings: Settings
+) -> tuple[Dataset | None, bool, dict[str, Any] | None]:
+    """Receive, check and store an upload: (dataset, created, problems payload or None).
 
-    The caller owns nothing on disk afterwards: the temp file is always removed here.
+    No request session is held while the bytes arrive or are checked (that can take seconds, and the
+    sessions are a small shared pool): only the short insert at the end takes one. Nothing stays on disk
+    unless the dataset was stored. UploadRefused for 413/415/503/507 and a client that left.
     """
-    upload = await receive_upload(request, tmp_dir=settings.data_dir / "tmp", limit=settings.max_upload_bytes)
+    upload = await receive_upload(
+        request, tmp_dir=service.upload_tmp_dir(settings), limit=settings.max_upload_bytes
+    )
     staging: Path | None = None
     try:
-        # checking and writing the file come first: the database (and SQLite's write lock) only after
-        checked = await anyio.to_thread.run_sync(service.check_upload, upload)
-        staging = await anyio.to_thread.run_sync(service.stage_files, settings, upload, checked)
+        staging = await anyio.to_thread.run_sync(service.new_staging_dir, settings)
+        checked = await intake.check_and_stage(request, settings, upload, staging)
         store = partial(
             service.store_upload,
-            session,
             settings=settings,
             upload=upload,
             checked=checked,
             staging=staging,
             name=upload.fields.get("name", ""),
         )
-        dataset, created = await anyio.to_thread.run_sync(store)
+        async with request_session(request) as session:
+            dataset, created = await anyio.to_thread.run_sync(store, session)
     except DatasetError as exc:
-        return upload, None, False, service.problems_payload(exc, filename=upload.filename)
+        return None, False, service.problems_payload(exc, filename=upload.filename)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise
     finally:
         upload.discard()
-        if staging is not None:  # not moved into place (cancelled in between): remove it
+        if staging is not None:  # not moved into place (refused, or cancelled in between): remove it
             shutil.rmtree(staging, ignore_errors=True)
-    return upload, dataset, created, None
+    return dataset, created, None
 
 
 # the body is parsed by hand (streamed with a cap), so its shape is declared here for /docs
@@ -97,9 +110,9 @@ _UPLOAD_BODY: dict[str, Any] = {
     responses=_UPLOAD_RESPONSES,
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep) -> JSONResponse:
+async def upload_dataset(request: Request, settings: SettingsDep) -> JSONResponse:
     """Upload a .jsonl/.json/.csv/.parquet file (multipart field `file`, optional `name`); stored once."""
-    _upload, dataset, created, problems = await accept_upload(request, settings, session)
+    dataset, created, problems = await accept_upload(request, settings)
     if problems is not None or dataset is None:
         return JSONResponse(problems, status_code=422)
     return JSONResponse(service.upload_summary(dataset), status_code=201 if created else 200)

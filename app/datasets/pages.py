@@ -61,16 +61,21 @@ def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) 
 
 
 @router.post("/datasets", response_class=HTMLResponse)
-async def upload_dataset_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+async def upload_dataset_page(request: Request, settings: SettingsDep) -> Response:
     """Upload from the form: success → the dataset's page; problems → this page again, by line (422)."""
+    # no request session here: one would be held for the whole upload (see accept_upload)
     try:
-        _upload, dataset, created, problems = await accept_upload(request, settings, session)
-    except HTTPException as exc:  # too large, not multipart, no file
-        context = _list_context(session, settings, error=str(exc.detail))
-        return templates.TemplateResponse(request, "datasets.html", context, status_code=exc.status_code)
+        dataset, created, problems = await accept_upload(request, settings)
+    except HTTPException as exc:  # too large, not multipart, no file, busy, disk full
+        with get_session_factory(request)() as session:
+            context = _list_context(session, settings, error=str(exc.detail))
+        return templates.TemplateResponse(
+            request, "datasets.html", context, status_code=exc.status_code, headers=exc.headers
+        )
     if problems is not None or dataset is None:
         detail = str(problems["detail"]) if problems else "the upload could not be stored; try again"
-        context = _list_context(session, settings, error=detail, problems=problems)
+        with get_session_factory(request)() as session:
+            context = _list_context(session, settings, error=detail, problems=problems)
         return templates.TemplateResponse(request, "datasets.html", context, status_code=422)
     note = "uploaded" if created else "existing"
     return RedirectResponse(f"/datasets/{dataset.id}?{note}=1", status_code=303)

@@ -4,7 +4,8 @@ A dataset lives in DATA_DIR/datasets/<id>/data.jsonl, where <id> is a prefix of 
 as uploaded; a job names it `upload:<id>` and the worker finds it through TUNEBOARD_DATASETS_DIR (see
 worker/train/data.py's resolve_source). JSONL uploads are kept byte for byte, so the lines the checker
 named are the lines of the stored file; CSV and Parquet are stored as the JSONL of their checked rows.
-Files are written before the row is added, so a row never points at a missing file.
+Files are written before the row is added, so a row never points at a missing file. Uploads are other
+people's data: the datasets directory and everything in it is readable by the app's user only (0700/0600).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +24,29 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.datasets.upload import ReceivedUpload
+from app.datasets.upload import PRIVATE_FILE, ReceivedUpload, make_private_dir
 from app.jobs.schemas import iso
 from app.models import Dataset, utcnow
 from app.settings import Settings
 from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
-from worker.datasets.validate import SUFFIXES, CheckedDataset, DatasetError, check_file
+from worker.datasets.validate import (
+    SUFFIXES,
+    CheckedDataset,
+    CheckStopped,
+    DatasetError,
+    StopFlag,
+    check_file,
+)
 
 UPLOAD_PREFIX = "upload:"
 DATA_FILE = "data.jsonl"
 ID_LENGTHS = (12, 20, 64)  # a shorter id is taken only when no other file already has it
+UPLOAD_TMP_DIR = "tmp"  # under DATA_DIR: where uploads stream to (upload-*.part)
+STAGING_PREFIX = ".staging-"
+STALE_PREFIX = ".stale-"
+# Leftovers older than this are a crash's; a younger one may be another app process's upload in progress
+# (several app processes may share one data dir on PostgreSQL).
+LEFTOVER_AGE_S = 600.0
 
 
 class DatasetNotFound(LookupError):
@@ -139,35 +154,75 @@ def data_file(settings: Settings, dataset_id: str) -> Path:
 # ---------------------------------------------------------------------------------------------- uploading
 
 
-def check_upload(upload: ReceivedUpload) -> CheckedDataset:
-    """Check the uploaded file by its name's suffix (DatasetInvalid lists the bad lines)."""
+def upload_tmp_dir(settings: Settings) -> Path:
+    """DATA_DIR/tmp, where uploads stream to."""
+    return settings.data_dir / UPLOAD_TMP_DIR
+
+
+def remove_upload_leftovers(settings: Settings, *, older_than_s: float = LEFTOVER_AGE_S) -> int:
+    """Remove what a crash left of uploads (tmp/upload-*.part, datasets/.staging-*, datasets/.stale-*) and
+    make their directories private again; called at start-up. Returns how many were removed."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    candidates: list[Path] = []
+    for root, pattern in (
+        (upload_tmp_dir(settings), "upload-*.part"),
+        (settings.datasets_dir, STAGING_PREFIX + "*"),
+        (settings.datasets_dir, STALE_PREFIX + "*"),
+    ):
+        if root.is_dir():
+            make_private_dir(root)
+            candidates += root.glob(pattern)
+    for path in candidates:
+        try:
+            if path.lstat().st_mtime >= cutoff:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue  # removed meanwhile by whoever owned it
+    return removed
+
+
+def check_upload(upload: ReceivedUpload, stop: StopFlag | None = None) -> CheckedDataset:
+    """Check the uploaded file by its name's suffix (DatasetInvalid lists the bad lines; CheckStopped
+    when `stop` is set meanwhile)."""
     shown = Path(upload.filename).name or "upload"
     suffix = Path(shown).suffix.lower()
     if suffix not in SUFFIXES:
         raise DatasetError(
             f"{shown}: unsupported file type {suffix or '(none)'!r}; upload .jsonl, .json, .csv or .parquet"
         )
-    return check_file(upload.path, suffix=suffix, name=shown)
+    return check_file(upload.path, suffix=suffix, name=shown, stop=stop)
 
 
-def stage_files(settings: Settings, upload: ReceivedUpload, checked: CheckedDataset) -> Path:
-    """Write data.jsonl into a new staging directory under DATA_DIR/datasets (no database involved, so the
-    slow part happens before the write lock is taken); `store_upload` renames it into place."""
-    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=settings.datasets_dir))
+def new_staging_dir(settings: Settings) -> Path:
+    """A new private directory under DATA_DIR/datasets where `stage_files` writes; `store_upload` renames it
+    into place. The caller removes it when it is not placed."""
+    make_private_dir(settings.datasets_dir)
+    return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=settings.datasets_dir))
+
+
+def stage_files(
+    upload: ReceivedUpload, checked: CheckedDataset, staging: Path, stop: StopFlag | None = None
+) -> None:
+    """Write data.jsonl (0600) into `staging` (no database involved, so the slow part happens before the
+    write lock is taken)."""
     target = staging / DATA_FILE
-    try:
-        if Path(upload.filename).suffix.lower() == ".jsonl":
-            # byte for byte, so the checker's line numbers stay true; a move, not a copy (same file system)
-            shutil.move(upload.path, target)
-        else:
-            with target.open("w", encoding="utf-8") as fh:
-                for row in checked.rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return staging
+    if Path(upload.filename).suffix.lower() == ".jsonl":
+        # byte for byte, so the checker's line numbers stay true; a move, not a copy (same file system)
+        shutil.move(upload.path, target)
+        os.chmod(target, PRIVATE_FILE)  # already 0600 (mkstemp); said again in case that ever changes
+        return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for i, row in enumerate(checked.rows):
+            if stop is not None and i % 1000 == 0 and stop.is_set():
+                raise CheckStopped
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
@@ -187,7 +242,7 @@ def _place(settings: Settings, staging: Path, dataset_id: str) -> None:
                 raise
         if (final / DATA_FILE).is_file():
             return  # the same bytes were stored before, or by a concurrent upload (content-addressed)
-        aside = Path(tempfile.mkdtemp(prefix=".stale-", dir=settings.datasets_dir))
+        aside = Path(tempfile.mkdtemp(prefix=STALE_PREFIX, dir=settings.datasets_dir))
         try:
             os.rename(final, aside / dataset_id)
         except FileNotFoundError:

@@ -3,10 +3,12 @@
 Starlette's form parser would take the whole body before anyone could refuse it, spooling it to an
 anonymous temp file; here the cap is enforced while the bytes arrive: past settings.max_upload_bytes the
 request is answered 413 at once and the partial file is removed. The sha256 is computed on the way.
+A full disk is answered 507. The temp file is 0600 in a 0700 directory: uploads are other people's data.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -23,10 +25,34 @@ MAX_TEXT_FIELD_BYTES = 4096
 MAX_TEXT_FIELDS = 16
 # room for the multipart boundaries, part headers and the small text fields around the file
 FORM_OVERHEAD_BYTES = 64 * 1024
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 class UploadRefused(HTTPException):
     """An upload that cannot be received (too large, not multipart, no file); detail says what to do."""
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and make it 0700: mkdir's mode is cut by the umask and leaves
+    an existing directory as it was."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for "no space left" and "quota exceeded": answered 507, not 500."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full() -> UploadRefused:
+    """The 507 for an upload that does not fit on the server's disk (no path in it: the client sees it)."""
+    return UploadRefused(
+        507,
+        "the server's disk is full, so the upload could not be stored (nothing was kept); free space "
+        "under the Tuneboard data directory or ask the operator to, then upload again",
+    )
 
 
 @dataclass
@@ -127,8 +153,13 @@ async def receive_upload(request: Request, *, tmp_dir: Path, limit: int) -> Rece
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
         raise _too_large(limit, f"the upload ({int(declared)} bytes)")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
+    try:
+        make_private_dir(tmp_dir)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as sink:
@@ -168,6 +199,11 @@ async def receive_upload(request: Request, *, tmp_dir: Path, limit: int) -> Rece
         raise UploadRefused(
             400, f"the upload is not valid multipart/form-data ({exc}); send it again"
         ) from None
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise
     except BaseException:
         # refused, malformed or the client went away: nothing of it stays on disk
         path.unlink(missing_ok=True)

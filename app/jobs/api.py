@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
-from sqlalchemy import text
 from starlette.background import BackgroundTask
 
 from app import artifacts
+from app.auth.middleware import may_see_details
+from app.db import DatabaseUnavailable, database_state
 from app.deps import JobDep, SessionDep, SettingsDep
 from app.http import read_body_limited
 from app.jobs import service
@@ -143,9 +144,17 @@ def download_adapter(job: JobDep, settings: SettingsDep) -> FileResponse:
 @router.get("/health")
 def health(request: Request, session: SessionDep) -> dict[str, Any]:
     """Is the app up, the database reachable, the scheduler running?"""
-    session.execute(text("SELECT 1"))
+    db_state = database_state(session)
+    if db_state != "ok":
+        raise DatabaseUnavailable(db_state)  # 503 (app.main): monitors act on the code, not on the body
     scheduler = getattr(request.app.state, "scheduler", None)
     snapshot: dict[str, Any] = scheduler.snapshot() if scheduler is not None else {"enabled": False}
+    if not may_see_details(request):
+        # anonymous monitors learn that it works and how busy it is, not which jobs or processes run
+        jobs = snapshot.get("jobs")
+        snapshot = {key: snapshot[key] for key in ("enabled", "running", "role") if key in snapshot} | (
+            {"jobs": len(jobs)} if isinstance(jobs, list) else {}
+        )
     return {"ok": True, "db": "ok", "scheduler": snapshot}
 
 

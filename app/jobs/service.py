@@ -46,6 +46,9 @@ def create_job(
     group_id: str | None = None,
 ) -> Job:
     """Add a queued job for a validated config."""
+    from app.datasets.sources import check_job_source  # a local dataset file must be one jobs may read
+
+    check_job_source(session, config)
     now = utcnow()
     job = Job(
         name=config.name,

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.deps import JobDep, SessionDep, SettingsDep, get_session_factory
+from app.deps import JobDep, SeqCursor, SessionDep, SettingsDep, StepCursor, get_session_factory
 from app.http import read_body_limited
 from app.metrics import queries
-from app.metrics.ingest import IngestError, authorize, decode_batch, ingest_events, parse_batch
+from app.metrics.ingest import (
+    IngestError,
+    authorize,
+    check_accepting,
+    decode_batch,
+    ingest_events,
+    parse_batch,
+)
 from app.metrics.stream import job_event_stream, jobs_list_stream
+from app.models import Job
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 
@@ -25,8 +33,27 @@ def _csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-async def events_body(request: Request, settings: SettingsDep) -> bytes:
-    """The raw ingest body, capped in bytes (413 beyond)."""
+def ingesting_job(
+    job: JobDep, session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> Job:
+    """The path's job once the bearer token is its own (401/403) and its worker may still write (409)."""
+    try:
+        authorize(session, job=job, authorization=authorization)
+        # the row, locked: a batch and the supervisor's final status never interleave (PostgreSQL; on
+        # SQLite the request's write transaction already holds the lock)
+        session.refresh(job, with_for_update=True)
+        check_accepting(job)
+    except IngestError as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        raise HTTPException(exc.status_code, exc.detail, headers=headers) from None
+    return job
+
+
+IngestingJob = Annotated[Job, Depends(ingesting_job)]
+
+
+async def events_body(request: Request, settings: SettingsDep, job: IngestingJob) -> bytes:
+    """The raw ingest body, capped in bytes (413 beyond); read only after the token was accepted."""
     limit = settings.max_events_per_batch * _BYTES_PER_EVENT
     return await read_body_limited(request, limit, "the event batch")
 
@@ -66,16 +93,10 @@ _EVENT_BATCH_BODY = {
 
 
 @router.post("/jobs/{job_id}/events", openapi_extra=_EVENT_BATCH_BODY)
-def ingest(
-    body: EventsBody,
-    job: JobDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    """Worker ingest: {"events": [{seq, kind, step, ts, payload}]} with the job's bearer token."""
+def ingest(body: EventsBody, job: IngestingJob, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """Worker ingest: {"events": [{seq, kind, step, ts, payload}]} with the job's bearer token (409 once
+    the job is finished: a finished job's history is not rewritten)."""
     try:
-        authorize(session, job=job, authorization=authorization)
         try:
             data = decode_batch(body) if body.strip() else {"events": []}
         except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 5000-digit ints, deep nesting
@@ -88,8 +109,7 @@ def ingest(
         content: dict[str, Any] = {"detail": exc.detail}
         if exc.problems:
             content["problems"] = exc.problems
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(content, status_code=exc.status_code, headers=headers)
+        return JSONResponse(content, status_code=exc.status_code)
     return JSONResponse({"accepted": result.accepted, "last_seq": result.last_seq, "control": result.control})
 
 
@@ -99,7 +119,7 @@ def job_metrics(
     session: SessionDep,
     keys: str | None = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
-    after_step: int | None = None,
+    after_step: StepCursor = None,
     method: Annotated[str, Query(pattern="^(minmax|lttb)$")] = "minmax",
 ) -> dict[str, Any]:
     """Series per key ([[step, value_or_null], ...]), downsampled to max_points keeping spikes.
@@ -123,7 +143,7 @@ def job_events(
     job: JobDep,
     session: SessionDep,
     kinds: str | None = None,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: SeqCursor = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     """Non-metric events (status, log, checkpoint, guard, sample, ...) after `after_seq`."""

@@ -2,7 +2,10 @@
 
 Idempotent twice over: events with seq <= job.last_seq are skipped (a replayed spool is a no-op), and
 rows are keyed (job_id, key, step) / (job_id, seq) with ON CONFLICT clauses, so even a concurrent replay
-cannot duplicate. One executemany per table per batch: ~200k rows/s on SQLite instead of ~4k with ORM objects.
+cannot duplicate. While a job runs, a later point at a stored step replaces it: a guard rollback or a resume
+trains those steps again, and the curve must show what the adapter was trained on. Once the job is terminal
+its token writes nothing (`check_accepting`), so a finished run's history cannot be rewritten.
+One executemany per table per batch: ~200k rows/s on SQLite instead of ~4k with ORM objects.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.artifacts import ArtifactError, plain_relative_path
 from app.auth.redact import redact_data
 from app.jobs.service import transition
-from app.jobs.status import JobStatus
+from app.jobs.status import ACTIVE, JobStatus
 from app.models import Job, JobEvent, MetricPoint, utcnow
 from worker.protocol import EventKind, read_spool
 
@@ -72,6 +76,21 @@ def authorize(session: Session, *, job: Job, authorization: str | None) -> None:
     raise IngestError(401, f"invalid token for job {job.id}; the worker must use the token from its job.json")
 
 
+def check_accepting(job: Job) -> None:
+    """IngestError(409) unless the job's worker may still write: a finished job's token is spent.
+
+    So is a re-queued one's (its next attempt gets a new token). The supervisor makes a job terminal only
+    after its process has exited and the spool it left was stored (app/scheduler/supervisor.py), so nothing
+    the worker said before it ended is refused here.
+    """
+    if JobStatus(job.status) not in ACTIVE:
+        raise IngestError(
+            409,
+            f"job {job.id} is {job.status}; its worker token no longer writes events or artifacts "
+            "(they are accepted only while its worker runs)",
+        )
+
+
 _JSON_CONSTANTS = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
 
 
@@ -109,6 +128,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) or _is_int(value)
 
 
+# a worker's clock may be wrong; a timestamp outside these bounds is replaced by the server's time, since a
+# date no calendar can render (ts=1e300) would break every page that shows the event
+MIN_EVENT_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+FUTURE_SLACK_S = 86_400.0
+
+
+def sane_ts(ts: float, now: float) -> float:
+    """`ts` if it lies between 2000-01-01 and a day after `now`, else `now`."""
+    return ts if MIN_EVENT_TS <= ts <= now + FUTURE_SLACK_S else now
+
+
 def _is_count(value: Any) -> bool:
     """A step or step total that fits the job's INTEGER summary columns."""
     return _is_int(value) and 0 <= value <= _INT32_MAX
@@ -125,6 +155,7 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
         )
     problems: dict[str, str] = {}
     parsed: list[ParsedEvent] = []
+    now = utcnow().timestamp()
     for i, ev in enumerate(raw):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
@@ -135,14 +166,16 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
         ts, payload = ev.get("ts"), ev.get("payload", {})
         if not _is_int(seq) or not 1 <= seq <= _INT32_MAX:  # type: ignore[operator]
             problems[f"{where}.seq"] = f"must be an integer from 1 to {_INT32_MAX} (got {seq!r})"
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:  # a list or object is unhashable: check first
             problems[f"{where}.kind"] = f"must be one of {', '.join(sorted(_KINDS))} (got {kind!r})"
         if not _is_int(step) or not 0 <= step <= _INT32_MAX:
             problems[f"{where}.step"] = f"must be an integer from 0 to {_INT32_MAX} (got {step!r})"
         if ts is None:
-            ts = utcnow().timestamp()
+            ts = now
         elif not _is_number(ts) or not math.isfinite(ts):
             problems[f"{where}.ts"] = f"must be seconds since the epoch (got {ts!r})"
+        else:
+            ts = sane_ts(float(ts), now)
         if not isinstance(payload, dict):
             problems[f"{where}.payload"] = "must be an object"
         elif kind == EventKind.METRIC.value:
@@ -151,10 +184,14 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
                     problems[f"{where}.payload.{key}"] = (
                         f"metric keys must be 1 to {MAX_KEY_LENGTH} characters"
                     )
-                elif not (_is_number(value) or value in _NONFINITE):
+                elif not (_is_number(value) or (isinstance(value, str) and value in _NONFINITE)):
                     problems[f"{where}.payload.{key}"] = (
                         f"must be a number or one of 'nan', 'inf', '-inf' (got {value!r})"
                     )
+        elif kind == EventKind.ARTIFACT.value and "path" in payload:
+            problem = _artifact_path_problem(payload["path"])
+            if problem:
+                problems[f"{where}.payload.path"] = problem
         if len(problems) == before:
             assert seq is not None and step is not None  # validated just above
             parsed.append(
@@ -163,6 +200,17 @@ def parse_batch(body: Any, *, max_events: int) -> list[ParsedEvent]:
     if problems:
         raise IngestError(422, "invalid events; nothing was stored", problems)
     return parsed
+
+
+def _artifact_path_problem(path: Any) -> str | None:
+    """Why an artifact event's path is refused (None when it is a plain path inside the run directory)."""
+    if not isinstance(path, str):
+        return f"must be a relative path inside the run directory, as a string (got {path!r})"
+    try:
+        plain_relative_path(path)
+    except ArtifactError as exc:
+        return f"{exc}; name the file or directory below the run directory, e.g. 'adapter'"
+    return None
 
 
 @dataclass

@@ -194,7 +194,11 @@ class StreamPacer:
 
 
 async def client_disconnected(request: Request) -> bool:
-    """True once the client has gone (a broken transport counts as gone)."""
+    """True once the client has gone (a broken transport counts), or its login or token was revoked."""
+    from app.auth.middleware import principal_still_valid
+
+    if not principal_still_valid(request):
+        return True
     try:
         return await request.is_disconnected()
     except Exception:  # noqa: BLE001 - a broken transport means the client is gone

@@ -42,6 +42,16 @@ class ClaimedJob:
         return f"ClaimedJob(job_id={self.job_id}, gpus={self.gpus!r}, attempt={self.attempt})"
 
 
+class RunDirNotOwned(RuntimeError):
+    """The run directory exists but is not this job's: it is never reused."""
+
+
+def new_run_name(job_id: int) -> str:
+    """A run directory name no later claim, in this database or any that replaces it, can repeat."""
+    # the id alone repeats when ids start again (a new, restored or migrated database on this data dir)
+    return f"job-{job_id}-{secrets.token_hex(6)}"
+
+
 def hash_token(token: str) -> str:
     """The sha256 hex digest stored in job.token_hash (ingest compares against it)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -106,7 +116,11 @@ def claim_next_job(
         job = next(j for j in queued if j.id == placement.job_id)
         transition(session, job=job, to=JobStatus.STARTING)
         token = secrets.token_urlsafe(32)
-        run_dir = settings.runs_dir / f"job-{job.id}"
+        # a resume continues in the directory its first attempt made; a first claim names a new one
+        if job.run_dir and job.attempt:
+            run_dir = Path(job.run_dir)
+        else:
+            run_dir = settings.runs_dir / new_run_name(job.id)
         job.assigned_gpus = placement.assigned
         job.attempt = (job.attempt or 0) + 1
         job.run_dir = str(run_dir)
@@ -144,10 +158,50 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_run_dir(claimed: ClaimedJob, *, app_url: str) -> RunDir:
-    """Create RUN_DIR with config.json and job.json (0600); clear what a previous attempt left to say."""
+def _owner_record(claimed: ClaimedJob) -> dict[str, Any]:
+    return {"job_id": claimed.job_id, "run": claimed.run_dir.name}
+
+
+def _claim_run_dir(claimed: ClaimedJob) -> RunDir:
+    """Make the job's run directory (0700), or prove an existing one is this job's before reusing it."""
     run = RunDir(claimed.run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
+    run.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        run.root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(run.root, 0o700)  # mkdir's mode is narrowed by the umask, never widened; be exact
+        _write_private(run.owner, json.dumps(_owner_record(claimed)) + "\n")
+        return run
+    if claimed.attempt <= 1:
+        # a first attempt starts empty: whatever is there (checkpoints, an adapter) is another job's
+        raise RunDirNotOwned(
+            f"run directory {run.root} already exists and a new job never reuses one; "
+            "move it aside, then resume"
+        )
+    try:
+        owner = json.loads(run.owner.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        # made before run directories had owners: job.run_dir (set only by this job's own earlier claim)
+        # is the proof; record it so the next resume checks the file
+        log.info("job %s: %s has no owner record; writing one", claimed.job_id, run.root)
+        _write_private(run.owner, json.dumps(_owner_record(claimed)) + "\n")
+        owner = _owner_record(claimed)
+    except (OSError, ValueError) as exc:
+        raise RunDirNotOwned(f"run directory {run.root}: its owner record is unreadable ({exc})") from None
+    if owner != _owner_record(claimed):
+        raise RunDirNotOwned(
+            f"run directory {run.root} belongs to job {owner.get('job_id')!r} (run {owner.get('run')!r}), "
+            f"not this job; its checkpoints are not resumed"
+        )
+    os.chmod(run.root, 0o700)  # tighten directories made before run directories were private
+    return run
+
+
+def prepare_run_dir(claimed: ClaimedJob, *, app_url: str) -> RunDir:
+    """Create RUN_DIR (0700, owned) with config.json and job.json (0600); clear an earlier outcome."""
+    run = _claim_run_dir(claimed)
     # a resumed job keeps its checkpoints, but an old outcome or cancel request is not this attempt's
     for stale in (run.outcome, run.control):
         stale.unlink(missing_ok=True)

@@ -108,7 +108,8 @@ class RayLauncher:
     def worker_run_dir(self, spec_run_dir: Path, job_id: int) -> str:
         """RUN_DIR as the Ray node sees it: the app's path (shared storage) or one under the remote dir."""
         if self.remote_runs_dir:
-            return str(Path(self.remote_runs_dir) / f"job-{job_id}")
+            # the app's unique directory name, so a node never resumes another job's leftovers either
+            return str(Path(self.remote_runs_dir) / spec_run_dir.name)
         return str(spec_run_dir)
 
     def entrypoint(self, run_dir: str) -> str:

@@ -10,6 +10,8 @@ tick() from a worker thread so database waits never block the web server's event
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +81,28 @@ def store_unsent_events(session: Session, job: Job, run_dir: Path | str | None) 
     return stored
 
 
+def announce_app_url(run_dir: Path | str, app_url: str) -> None:
+    """Write this app's address to RUN_DIR/app_url (0644, atomically): a worker whose posts fail reads it,
+    so it follows an app that took its job over at another address.
+
+    RUN_DIR is writable by the worker: the temporary file is created with O_EXCL under a random name, so a
+    link planted there cannot redirect the write, and the rename replaces a planted link, never its target.
+    """
+    run = RunDir(Path(run_dir))
+    fd, tmp = tempfile.mkstemp(prefix=".app_url.", dir=run.root)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fd = -1
+            fh.write(app_url.rstrip("/") + "\n")
+        os.replace(tmp, run.app_url)
+    except BaseException:
+        if fd != -1:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def max_runtime_s(config: dict[str, Any]) -> float | None:
     """resources.max_runtime_minutes of a stored config, in seconds (None: no deadline)."""
     resources = config.get("resources")
@@ -109,20 +133,47 @@ class Supervisor:
         self._lock = threading.Lock()  # snapshot() reads from the event loop while tick() runs in a thread
         self.last_tick_at: float | None = None
         self.last_error: str | None = None
+        # when this supervisor last came back from being away itself (SIGSTOP, a suspended machine, an
+        # event loop blocked by one huge request): workers could not reach it meanwhile, so their silence
+        # is measured from here, never from before the gap
+        self.resumed_at: float | None = None
+        self._last_tick_began: float | None = None
 
     # --- the loop body -------------------------------------------------------------------------
 
     def tick(self) -> None:
         """One round: watch what runs (freeing slots of what ended), then start what fits."""
+        # one `now` for the whole round, taken before any judging: if the app is stopped mid-round, the
+        # judgement uses the time before the stop (lenient), and the next round sees the gap
+        now = self.clock()
+        self._notice_own_absence(now)
         error: str | None = None
-        for step in (self.watch_running, self.launch_ready):
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("watch_running", lambda: self.watch_running(now)),
+            ("launch_ready", self.launch_ready),
+        )
+        for name, step in steps:
             try:
                 step()
             except Exception as exc:  # a database hiccup must not end supervision; try again next tick
-                error = f"{step.__name__}: {exc}"
-                log.exception("scheduler %s failed; retrying next tick", step.__name__)
+                error = f"{name}: {exc}"
+                log.exception("scheduler %s failed; retrying next tick", name)
         self.last_error = error  # health shows the current trouble, not one long gone
         self.last_tick_at = self.clock()
+
+    def _notice_own_absence(self, now: float) -> None:
+        """Record a return when the gap since the previous tick shows this app itself was away."""
+        previous, self._last_tick_began = self._last_tick_began, now
+        if previous is None:
+            return
+        gap = now - previous
+        if gap > self.settings.app_pause_threshold_s:
+            self.resumed_at = now
+            log.warning(
+                "scheduler: %.0f s passed since its previous tick (the app was stopped, suspended or "
+                "its event loop blocked); worker heartbeats are measured from now",
+                gap,
+            )
 
     def launch_ready(self) -> list[int]:
         """Claim and launch queued jobs while they fit; return the ids launched."""
@@ -137,14 +188,15 @@ class Supervisor:
                 launched.append(claimed.job_id)
         return launched
 
-    def watch_running(self) -> None:
+    def watch_running(self, now: float | None = None) -> None:
         """Poll every owned process once: exits, cancel requests, deadlines, heartbeats, grace periods."""
         with self._lock:
             tracked = list(self._tracked.values())
         if not tracked:
             return
+        if now is None:
+            now = self.clock()
         views = self._load_views([t.handle.job_id for t in tracked])
-        now = self.clock()
         for item in tracked:
             job_id = item.handle.job_id
             try:
@@ -155,9 +207,17 @@ class Supervisor:
     # --- ownership ----------------------------------------------------------------------------
 
     def adopt(self, handle: WorkerHandle, gpus: tuple[str, ...]) -> None:
-        """Watch a process found alive at start-up (reconciliation)."""
+        """Watch a process found alive at start-up (reconciliation), and tell it where this app is."""
+        self._announce(handle.job_id, handle.run_dir)
         with self._lock:
             self._tracked[handle.job_id] = Tracked(handle=handle, gpus=gpus)
+
+    def _announce(self, job_id: int, run_dir: Path) -> None:
+        # a worker launched by another app process (a leader that died) still posts to that one's address
+        try:
+            announce_app_url(run_dir, self.settings.app_url)
+        except OSError as exc:
+            log.warning("job %s: could not write %s/app_url (%s)", job_id, run_dir, exc)
 
     def owned_job_ids(self) -> list[int]:
         """Ids of the jobs whose processes this supervisor watches."""
@@ -193,6 +253,11 @@ class Supervisor:
                 for t in sorted(tracked, key=lambda t: t.handle.job_id)
             ],
             "last_tick_at": last_tick,
+            "resumed_at": (
+                datetime.fromtimestamp(self.resumed_at, UTC).isoformat(timespec="seconds")
+                if self.resumed_at
+                else None
+            ),
             "last_error": self.last_error,
         }
 
@@ -202,6 +267,8 @@ class Supervisor:
         job_id = claimed.job_id
         try:
             prepare_run_dir(claimed, app_url=self.settings.app_url)
+            # replaces an address a previous attempt's app left, which the new worker would otherwise follow
+            self._announce(job_id, claimed.run_dir)
             handle = self.launcher.launch(
                 LaunchSpec(job_id=job_id, run_dir=claimed.run_dir, gpus=claimed.gpus, attempt=claimed.attempt)
             )
@@ -287,8 +354,9 @@ class Supervisor:
                 detail = f"its deadline of {limit / 60:g} minutes (resources.max_runtime_minutes)"
                 self._request_stop(item, StopCause.DEADLINE, detail, now)
                 return
-        # a process we just launched or re-attached gets a full timeout before its first heartbeat counts
-        last_sign = max(_timestamp(view.heartbeat_at) or 0.0, handle.started_at)
+        # a process we just launched or re-attached gets a full timeout before its first heartbeat counts,
+        # and so does every process after this app itself was away (its silence was ours)
+        last_sign = max(_timestamp(view.heartbeat_at) or 0.0, handle.started_at, self.resumed_at or 0.0)
         quiet = now - last_sign
         if quiet > self.settings.heartbeat_timeout_s:
             if view.heartbeat_at is None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from app.artifacts import ArtifactError, contained_path
+from app.artifacts import ArtifactError, contained_path, plain_relative_path
 from app.deps import JobDep, SessionDep, SettingsDep
 from app.jobs.status import ACTIVE, JobStatus
 from app.metrics.ingest import IngestError, authorize
@@ -31,9 +31,7 @@ ALLOWED_FILES = ("outcome.json", "preflight.json")
 
 def allowed_relative_path(relative: str) -> str:
     """The normalised relative path if a worker may upload it; ArtifactError with the reason otherwise."""
-    parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in relative:
-        raise ArtifactError(f"{relative!r} is not a plain relative path inside the run directory")
+    parts = plain_relative_path(relative).split("/")
     if len(parts) == 1 and parts[0] in ALLOWED_FILES:
         return relative
     if len(parts) >= 2 and parts[0] in ALLOWED_DIRS:

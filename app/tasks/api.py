@@ -21,8 +21,9 @@ from app import artifacts
 from app.deps import JobDep, SettingsDep, get_session_factory
 from app.models import Job
 from app.pages import render_block
-from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status
+from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status, task_config
 from app.tasks.views import can_try, has_adapter, quantization_method, takeaway_context
+from worker.config import ConfigError
 from worker.tasks import merge_refusal
 
 router = APIRouter(tags=["takeaway"])
@@ -44,6 +45,16 @@ def _zip_stream(source: Path, filename: str) -> StreamingResponse:
 def _artifact_http_error(job: Job, exc: artifacts.ArtifactError) -> HTTPException:
     status = 404 if isinstance(exc, artifacts.ArtifactMissing) else 409
     return HTTPException(status, f"job {job.id}: {exc}")
+
+
+def _stored_task_config(job: Job) -> dict[str, Any]:
+    """The job's config from the database, validated: the only thing a task may take its model from (409)."""
+    try:
+        return task_config(job.config)
+    except ConfigError as exc:
+        raise HTTPException(
+            409, f"job {job.id}'s stored config no longer validates ({exc}); clone the job to fix it"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -122,7 +133,11 @@ async def _start_merge(job: Job, manager: TaskManager) -> tuple[int, dict[str, A
     if current["state"] == "succeeded":
         return 200, current
     try:
-        await manager.start_merge(job.id, Path(job.run_dir))
+        config = _stored_task_config(job)
+    except HTTPException as exc:
+        return exc.status_code, {"detail": exc.detail}
+    try:
+        await manager.start_merge(job.id, Path(job.run_dir), config=config)
     except TaskBusy as exc:
         return 409, {"detail": str(exc)}
     return 202, _merge_view(job)
@@ -205,12 +220,13 @@ async def try_adapter(
             409, f"job {job.id} has no finished adapter (status {job.status}); try a job that succeeded"
         )
     assert job.run_dir is not None
+    config = _stored_task_config(job)
     try:
         claim = manager.claim(job.id, "try", settings.try_timeout_s)
     except TaskBusy as exc:
         raise HTTPException(409, str(exc)) from None
     lines = manager.generation_lines(
-        claim, Path(job.run_dir), prompt=prompt, max_new_tokens=max_new_tokens, raw=raw
+        claim, Path(job.run_dir), config=config, prompt=prompt, max_new_tokens=max_new_tokens, raw=raw
     )
     return StreamingResponse(_try_stream(lines), media_type="text/event-stream", headers=_SSE_HEADERS)
 

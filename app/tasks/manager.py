@@ -4,6 +4,11 @@ Tasks are processes (`python -m worker.tasks.<name> ...`, argv lists, no shell),
 their own session so a timeout or a vanished client kills the whole group. The registry lives in memory
 (no table): a restart forgets running tries (their clients are gone too) and finds a running export again
 through RUN_DIR/merge.json and its pid.
+
+What a task loads (model, revision, trust_remote_code, quantization) is the job's config as stored in the
+database, validated again and handed over as a task-input file under DATA_DIR/tmp, never anything the
+worker wrote: RUN_DIR is worker-writable (and uploadable with the job token), so its
+adapter/tuneboard_config.json could otherwise name any local directory's code with trust_remote_code.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from fastapi import Request
 
 from app.scheduler.local import child_env
 from app.settings import Settings
+from worker.config import config_to_dict, parse_config
 from worker.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,11 @@ STARTING_GRACE_S = 30.0  # how long merge.json may say "starting" before the pro
 
 class TaskBusy(Exception):
     """The job already runs a short task; the message names it."""
+
+
+def task_config(stored: Any) -> dict[str, Any]:
+    """The job's stored config validated by JobConfig: what a task may load (else ConfigError)."""
+    return config_to_dict(parse_config(stored))
 
 
 @dataclass
@@ -111,6 +122,15 @@ class TaskManager:
         """The argv of a task process."""
         return [self.settings.worker_python or sys.executable, "-m", module, *args]
 
+    def write_task_input(self, config: dict[str, Any], kind: str) -> Path:
+        """Write `config` (task_config) to DATA_DIR/tmp, where only the app writes; the caller deletes it."""
+        tmp_dir = self.settings.data_dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{kind}-config-", suffix=".json", dir=tmp_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(config, fh)
+        return Path(name)
+
     def env(self) -> dict[str, str]:
         """The task's environment: the app's minus its secrets, GPUs as configured for tasks."""
         env = child_env(os.environ)
@@ -125,6 +145,7 @@ class TaskManager:
         claim: TaskClaim,
         run_dir: Path,
         *,
+        config: dict[str, Any],
         prompt: str,
         max_new_tokens: int,
         raw: bool = False,
@@ -138,7 +159,9 @@ class TaskManager:
         tmp_dir = self.settings.data_dir / "tmp"
         proc: asyncio.subprocess.Process | None = None
         prompt_file: Path | None = None
+        config_file: Path | None = None
         try:
+            config_file = self.write_task_input(config, "try")
             tmp_dir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix="try-", suffix=".txt", dir=tmp_dir)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -147,6 +170,8 @@ class TaskManager:
             argv = self.command(
                 self.try_module,
                 str(run_dir),
+                "--config",
+                str(config_file),
                 "--prompt-file",
                 str(prompt_file),
                 "--max-new-tokens",
@@ -208,17 +233,19 @@ class TaskManager:
                 _kill_group(proc.pid)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await proc.wait()
-            if prompt_file is not None:
-                prompt_file.unlink(missing_ok=True)
+            for path in (prompt_file, config_file):
+                if path is not None:
+                    path.unlink(missing_ok=True)
             self.release(claim)
 
     # ----------------------------------------------------------------------------------- merged export
 
-    async def start_merge(self, job_id: int, run_dir: Path) -> dict[str, Any]:
+    async def start_merge(self, job_id: int, run_dir: Path, *, config: dict[str, Any]) -> dict[str, Any]:
         """Launch the export in the background (TaskBusy if the job runs a task); return its first status."""
         if merge_status(run_dir)["state"] in ("starting", "running"):
             raise TaskBusy(f"job {job_id} is already exporting a merged model; wait for it to finish")
         claim = self.claim(job_id, "merge", self.settings.merge_timeout_s)
+        config_file: Path | None = None
         try:
             write_merge_status(
                 run_dir,
@@ -227,7 +254,8 @@ class TaskManager:
                 progress=0.0,
                 message="starting the export process",
             )
-            argv = self.command(self.merge_module, str(run_dir))
+            config_file = self.write_task_input(config, "merge")
+            argv = self.command(self.merge_module, str(run_dir), "--config", str(config_file))
             with (run_dir / MERGE_LOG).open("ab") as out:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -239,6 +267,8 @@ class TaskManager:
                 )
         except BaseException as exc:
             self.release(claim)
+            if config_file is not None:
+                config_file.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 write_merge_status(
                     run_dir,
@@ -251,13 +281,15 @@ class TaskManager:
                 return merge_status(run_dir)
             raise
         claim.pid = proc.pid
-        task = asyncio.create_task(self._supervise_merge(claim, proc, run_dir), name=f"merge-job-{job_id}")
+        task = asyncio.create_task(
+            self._supervise_merge(claim, proc, run_dir, config_file), name=f"merge-job-{job_id}"
+        )
         self._supervisors.add(task)
         task.add_done_callback(self._supervisors.discard)
         return merge_status(run_dir)
 
     async def _supervise_merge(
-        self, claim: TaskClaim, proc: asyncio.subprocess.Process, run_dir: Path
+        self, claim: TaskClaim, proc: asyncio.subprocess.Process, run_dir: Path, config_file: Path
     ) -> None:
         """Wait for the export; kill it at the timeout; make sure merge.json ends in a final state."""
         try:
@@ -277,6 +309,7 @@ class TaskManager:
             ):
                 write_merge_status(run_dir, state="failed", stage="failed", progress=0.0, message=reason)
         finally:
+            config_file.unlink(missing_ok=True)
             self.release(claim)
 
 

@@ -1,8 +1,10 @@
 """Property-based fuzzing of every REST operation from the OpenAPI schema: no input may cause a 5xx.
 
 Schemathesis generates valid and invalid requests (wrong types, missing fields, odd strings, huge numbers)
-for each operation, and the app must answer each with a 2xx/3xx/4xx. The SSE streams are left out (they
-never end on their own; tests/app/test_stream.py covers them).
+for each operation, and the app must answer each with a 2xx/3xx/4xx: once with auth off (the loopback
+default) and once with auth on (an API token on every request, the job's own token on the worker routes,
+so the requests reach the routes instead of stopping at the 401). The SSE streams are left out (they never
+end on their own; tests/app/test_stream.py covers them).
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from app.auth.middleware import is_worker_route
+from app.auth.store import create_token
 from app.jobs.status import JobStatus
 from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import make_started_job, set_status
 
 EXAMPLES_PER_OPERATION = 12
+
+
+AUTH_MODES = ("auth-off", "auth-on")
 
 
 def _operations() -> list[tuple[str, GenerationMode, bool]]:
@@ -65,12 +72,16 @@ def _case_id(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
-@pytest.fixture(scope="module")
-def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """One app for the whole module (migrating per case would cost more than the fuzzing), with jobs in
-    different states so small ids hit real rows."""
+@pytest.fixture(scope="module", params=AUTH_MODES)
+def fuzz_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """One app per auth mode for the whole module (migrating per case would cost more than the fuzzing),
+    with jobs in different states so small ids hit real rows. With auth on, app.state.fuzz_token holds an
+    API token."""
     root = tmp_path_factory.mktemp("fuzz")
-    app = create_app(Settings(data_dir=root / "data", scheduler_enabled=False))
+    data_dir = root / "data"
+    data_dir.mkdir()
+    app = create_app(Settings(data_dir=data_dir, scheduler_enabled=False))
+    app.state.fuzz_token = create_token(data_dir, "fuzz") if request.param == "auth-on" else None
     with TestClient(app):
         factory = app.state.session_factory
         run_dir = root / "run"
@@ -88,15 +99,23 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
 def test_no_operation_answers_a_server_error(
     fuzz_app: FastAPI, label: str, mode: GenerationMode, on_known_job: bool
 ) -> None:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    api_token = fuzz_app.state.fuzz_token
+    auth = {"headers": {"Authorization": f"Bearer {api_token}"}} if api_token else {}
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app, **auth)
     operation = schema.find_operation_by_label(label)
     assert operation is not None, f"{label} is not in the schema"
     seen: list[int] = []
 
     fixed: dict[str, Any] = {}
+    method, _, path = label.partition(" ")
+    worker_route = is_worker_route(method, path.replace("{job_id}", "1"))
     if on_known_job:
         # job 1 is running, has a run dir with an adapter, and its worker token is tok-1
-        fixed = {"path_parameters": {"job_id": 1}, "headers": {"Authorization": "Bearer tok-1"}}
+        fixed = {"path_parameters": {"job_id": 1}}
+    if on_known_job and (worker_route or api_token is None):
+        fixed["headers"] = {"Authorization": "Bearer tok-1"}
+    elif api_token is not None and not worker_route:
+        fixed["headers"] = {"Authorization": f"Bearer {api_token}"}
 
     @given(case=operation.as_strategy(generation_mode=mode, **fixed))
     @settings(
@@ -118,3 +137,6 @@ def test_no_operation_answers_a_server_error(
         assert mode is GenerationMode.NEGATIVE, f"no request could be generated for {label}"
         return
     assert seen, f"schemathesis generated no request for {label}"
+    if api_token is not None:
+        # the fuzzing must reach the routes, not only the login check in front of them
+        assert set(seen) != {401}, f"every request to {label} was refused as unauthenticated"

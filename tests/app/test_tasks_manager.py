@@ -22,11 +22,12 @@ from app.jobs import service
 from app.jobs.status import JobStatus
 from app.models import Job
 from app.settings import Settings
-from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, merge_status
+from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, merge_status, task_config
 from worker.config import JobConfig
 from worker.tasks import write_merge_status
 
 ENDLESS = "tests.fakes.endless_generate"
+STORED = task_config({})  # the job config a task is handed (the stand-in ignores it)
 
 
 def gone(pid: int, timeout: float = 10.0) -> bool:
@@ -67,7 +68,7 @@ def test_a_consumer_that_stops_reading_kills_the_generation_process(tmp_path: Pa
 
     async def main() -> int:
         claim = manager.claim(1, "try", 30)
-        lines = manager.generation_lines(claim, run_dir, prompt="hi", max_new_tokens=4)
+        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", max_new_tokens=4)
         assert await lines.__anext__() == {"side": "adapter", "token": "x"}
         assert claim.pid is not None and psutil.pid_exists(claim.pid)
         await lines.aclose()  # what a disconnected client's cancelled response does
@@ -86,7 +87,8 @@ def test_a_generation_past_the_timeout_is_killed_and_says_so(tmp_path: Path) -> 
 
     async def main() -> tuple[list[Any], int | None]:
         claim = manager.claim(1, "try", 0.6)
-        seen = [m async for m in manager.generation_lines(claim, run_dir, prompt="hi", max_new_tokens=4)]
+        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", max_new_tokens=4)
+        seen = [m async for m in lines]
         return seen, claim.pid
 
     seen, pid = asyncio.run(main())

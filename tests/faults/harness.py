@@ -222,8 +222,14 @@ class AppProcess:
     # --- files and the database ------------------------------------------------------------------
 
     def run_dir(self, job_id: int) -> RunDir:
-        """RUN_DIR of a job (the scheduler's layout: DATA_DIR/runs/job-ID)."""
-        return RunDir(self.data_dir / "runs" / f"job-{job_id}")
+        """RUN_DIR of a job, as the database records it (DATA_DIR/runs/job-ID-RANDOM once claimed)."""
+
+        def recorded() -> str | None:
+            with self.db() as conn:
+                row = conn.execute("SELECT run_dir FROM job WHERE id = ?", (job_id,)).fetchone()
+            return str(row[0]) if row and row[0] else None
+
+        return RunDir(Path(wait_for(recorded, 30, f"job {job_id}'s run directory to be recorded")))
 
     def worker_pid(self, job_id: int) -> int:
         """The pid of the job's latest training process (from RUN_DIR/launcher.json)."""

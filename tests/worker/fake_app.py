@@ -23,6 +23,7 @@ class FakeApp:
         self.control: str | None = None
         self.max_batch: int | None = None  # answer 413 above this many events
         self.poison_seq: int | None = None  # answer 422 to any batch holding this seq
+        self.job_ended = False  # answer 409, as the app does once a job is terminal
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -38,6 +39,8 @@ class FakeApp:
                     refusal = 413
                 elif app.poison_seq in seqs:
                     refusal = 422
+                elif app.job_ended:
+                    refusal = 409
                 if refusal is not None:
                     with app.lock:
                         app.refused.append(refusal)

@@ -72,7 +72,8 @@ def test_the_merge_task_refuses_a_quantized_run_before_loading_any_model(tmp_pat
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     cfg = config_to_dict(JobConfig.model_validate({"model": {"name": "preset:tiny-llama"}}))
-    (adapter / "tuneboard_config.json").write_text(json.dumps(cfg))
+    task_input = tmp_path / "task-input.json"  # the job's stored config, as the app hands it over
+    task_input.write_text(json.dumps(cfg))
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "tuneboard_quantization.json").write_text(
         json.dumps({"method": "nf4", "llm_int8_skip_modules": ["lm_head"], "dtype": "float32"})
@@ -80,10 +81,10 @@ def test_the_merge_task_refuses_a_quantized_run_before_loading_any_model(tmp_pat
     # the real entry point's main(), in a fresh interpreter that then reports whether torch got loaded
     probe = (
         "import sys; from worker.tasks.merge import main; "
-        "code = main([sys.argv[1]]); print(code, 'torch' in sys.modules)"
+        "code = main([sys.argv[1], '--config', sys.argv[2]]); print(code, 'torch' in sys.modules)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe, str(tmp_path)],
+        [sys.executable, "-c", probe, str(tmp_path), str(task_input)],
         cwd=REPO,
         env=child_env(),
         capture_output=True,
@@ -99,8 +100,10 @@ def test_the_merge_task_refuses_a_quantized_run_before_loading_any_model(tmp_pat
 
 
 def test_the_merge_task_refuses_a_run_without_an_adapter(tmp_path: Path) -> None:
+    task_input = tmp_path / "task-input.json"
+    task_input.write_text(json.dumps(config_to_dict(JobConfig())))
     result = subprocess.run(
-        [sys.executable, "-m", "worker.tasks.merge", str(tmp_path)],
+        [sys.executable, "-m", "worker.tasks.merge", str(tmp_path), "--config", str(task_input)],
         cwd=REPO,
         env=child_env(),
         capture_output=True,
@@ -129,8 +132,11 @@ def test_the_generation_prompt_goes_through_the_chat_template_unless_raw() -> No
 def test_the_generate_task_ends_with_an_error_line_when_the_run_has_no_adapter(tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("hello", encoding="utf-8")
+    task_input = tmp_path / "task-input.json"
+    task_input.write_text(json.dumps(config_to_dict(JobConfig())))
+    argv = [str(tmp_path), "--config", str(task_input), "--prompt-file", str(prompt)]
     result = subprocess.run(
-        [sys.executable, "-m", "worker.tasks.generate", str(tmp_path), "--prompt-file", str(prompt)],
+        [sys.executable, "-m", "worker.tasks.generate", *argv],
         cwd=REPO,
         env=child_env(),
         capture_output=True,

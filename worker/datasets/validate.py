@@ -8,26 +8,98 @@ assistant turns alternating, starting with the user, none of them empty.
 
 Problems carry their line number; the app answers them as 422 {"problems": [{"line", "message"}]} and
 the worker raises `DatasetError`, whose text names the lines too.
+
+Every check is linear in the size of the file and bounded per row (MAX_COLUMNS, MAX_ROW_CHARS): the app
+runs it on untrusted uploads, so one hostile file must cost little and be refused early. A caller may
+pass a `stop` flag (threading.Event) that is checked between rows: the app sets it when the client leaves.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 FORMATS = ("messages", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MAX_PROBLEMS = 100  # kept in detail; the total is still counted
 EXPECTED_COLUMNS = "'messages' (chat), 'prompt' + 'completion', or 'text'"
+# Training uses one to three columns; a thousand leaves room for metadata and refuses the 100k-column
+# files whose checks would otherwise cost minutes of a CPU.
+MAX_COLUMNS = 1000
+# A CSV record (all its physical lines) may hold at most this many characters; a longer one is refused
+# before it is parsed, so a single 200 MB "row" never sits in memory as a million cells.
+MAX_ROW_CHARS = 1 << 20
+# Where a JSON document nests deeper than this, its line is named (the decoder's own limit is ~1000).
+NESTING_SHOWN = 500
 
 
 class DatasetError(ValueError):
     """The dataset cannot be used; the message names the file and rows at fault and what to do."""
+
+
+class CheckStopped(Exception):
+    """The caller's stop flag was set (the client left): the check ended early and answers nothing."""
+
+
+class StopFlag(Protocol):
+    """What a check polls between rows; threading.Event is one."""
+
+    def is_set(self) -> bool: ...
+
+
+def _stop_if_asked(stop: StopFlag | None) -> None:
+    if stop is not None and stop.is_set():
+        raise CheckStopped
+
+
+def _columns_problem(count: int) -> str:
+    return (
+        f"{count} columns; at most {MAX_COLUMNS} columns are allowed. Keep only the columns training uses "
+        f"({EXPECTED_COLUMNS}) and upload again"
+    )
+
+
+def _unreadable_json(exc: RecursionError | ValueError) -> str:
+    """Why the decoder gave up on valid-looking JSON: nesting past its recursion limit, or a huge integer."""
+    if isinstance(exc, RecursionError):
+        return "values nested too deeply to read (hundreds of levels); flatten this row"
+    digits = sys.get_int_max_str_digits()
+    return f"a number with more than {digits} digits; write it as a string or shorten it"
+
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_JSON_NESTING_TOKENS = re.compile(_JSON_STRING + r"|[\[{]|[\]}]")
+
+
+def _line_of_deep_nesting(text: str) -> int:
+    """The line where a JSON document first nests deeper than NESTING_SHOWN (1 when none does)."""
+    depth = 0
+    for match in _JSON_NESTING_TOKENS.finditer(text):  # strings are skipped whole, by the regex engine
+        first = match.group()[0]
+        if first in "[{":
+            depth += 1
+            if depth > NESTING_SHOWN:
+                return text.count("\n", 0, match.start()) + 1
+        elif first in "]}":
+            depth -= 1
+    return 1
+
+
+def _line_of_long_number(text: str) -> int:
+    """The line of the first number longer than Python converts to an int (1 when none is)."""
+    too_long = sys.get_int_max_str_digits() + 1
+    for match in re.finditer(_JSON_STRING + r"|\d{" + str(too_long) + ",}", text):
+        if not match.group().startswith('"'):  # digits inside a string are text, not a number
+            return text.count("\n", 0, match.start()) + 1
+    return 1
 
 
 @dataclass(frozen=True)
@@ -104,12 +176,13 @@ class _Collector:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _read_jsonl(path: Path) -> tuple[LoadedRows, _Collector]:
+def _read_jsonl(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     found = _Collector("line")
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
+            _stop_if_asked(stop)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -123,6 +196,9 @@ def _read_jsonl(path: Path) -> tuple[LoadedRows, _Collector]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 found.add(number, f"not valid JSON ({exc.msg} at column {exc.colno}); fix or remove it")
+                continue
+            except (RecursionError, ValueError) as exc:  # valid JSON the decoder refuses to build
+                found.add(number, _unreadable_json(exc))
                 continue
             if not isinstance(row, dict):
                 found.add(number, f"expected a JSON object with the row's columns, got {_json_kind(row)}")
@@ -142,12 +218,21 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _read_json(path: Path, name: str) -> tuple[LoadedRows, _Collector]:
+def _read_json(path: Path, name: str, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
     text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return _read_jsonl(path)  # JSON Lines saved with a .json name
+        return _read_jsonl(path, stop)  # JSON Lines saved with a .json name
+    except (RecursionError, ValueError) as exc:
+        # the decoder does not say where; find the line ourselves (linear, only on this failure)
+        if isinstance(exc, RecursionError):
+            line = _line_of_deep_nesting(text)
+        else:
+            line = _line_of_long_number(text)
+        found = _Collector("line")
+        found.add(line, _unreadable_json(exc))
+        return LoadedRows([], [], "line"), found
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -156,6 +241,7 @@ def _read_json(path: Path, name: str) -> tuple[LoadedRows, _Collector]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     for i, row in enumerate(data, start=1):
+        _stop_if_asked(stop)
         if isinstance(row, dict):
             rows.append(row)
             lines.append(i)
@@ -164,28 +250,68 @@ def _read_json(path: Path, name: str) -> tuple[LoadedRows, _Collector]:
     return LoadedRows(rows, lines, "item"), found
 
 
-def _read_csv(path: Path) -> tuple[LoadedRows, _Collector]:
+class _RowTooWide(Exception):
+    """A CSV record grew past MAX_ROW_CHARS while csv.reader was still asking for its lines."""
+
+
+class _WidthLimitedLines:
+    """The lines csv.reader asks for, read with a bound: a record longer than MAX_ROW_CHARS (over all its
+    physical lines) raises _RowTooWide before it is ever held whole in memory."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.record_chars = 0  # the caller resets it when a record is complete
+
+    def __iter__(self) -> _WidthLimitedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(MAX_ROW_CHARS + 1 - self.record_chars)
+        if not line:
+            raise StopIteration
+        self.record_chars += len(line)
+        if self.record_chars > MAX_ROW_CHARS:
+            raise _RowTooWide
+        return line
+
+
+def _read_csv(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     found = _Collector("line")
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+        source = _WidthLimitedLines(fh)
+        reader = csv.reader(source)
         header: list[str] | None = None
         header_line = 0
         while True:
+            _stop_if_asked(stop)
             start = reader.line_num + 1  # a quoted cell may span lines: the row starts here
+            source.record_chars = 0
             try:
                 record = next(reader)
             except StopIteration:
                 break
+            except _RowTooWide:
+                found.add(
+                    start,
+                    f"the row is over the limit of {MAX_ROW_CHARS} characters; shorten it or check the "
+                    "quoting (an unclosed quote swallows the lines after it)",
+                )
+                break  # where the next record starts is unknown
             except csv.Error as exc:
                 found.add(start, f"not valid CSV ({exc}); check the quoting")
                 break
             if not record or all(not cell.strip() for cell in record):
                 continue
             if header is None:
+                if len(record) > MAX_COLUMNS:
+                    # refused before any row is read: the rest of the file cannot be used anyway
+                    found.add(start, f"the header names {_columns_problem(len(record))}")
+                    break
                 header, header_line = [c.strip() for c in record], start
-                dupes = sorted({c for c in header if header.count(c) > 1})
+                counts = Counter(header)  # linear: header.count() per column was quadratic
+                dupes = sorted(c for c, n in counts.items() if n > 1)
                 if dupes:
                     found.add(start, f"the header repeats column(s) {', '.join(map(repr, dupes))}")
                 continue
@@ -202,30 +328,51 @@ def _read_csv(path: Path) -> tuple[LoadedRows, _Collector]:
     return LoadedRows(rows, lines, "line"), found
 
 
-def _read_parquet(path: Path, name: str) -> tuple[LoadedRows, _Collector]:
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.+@-]+/)*[\w.+@-]+")
+
+
+def _without_paths(message: str, path: Path) -> str:
+    """A library's error text with server file system paths taken out (it is shown to whoever uploaded)."""
+    for known in (str(path), str(path.parent)):
+        message = message.replace(known, "<file>")
+    return _ABSOLUTE_PATH.sub("<path>", message)
+
+
+def _read_parquet(path: Path, name: str, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    rows: list[dict[str, Any]] = []
     try:
-        rows = pq.read_table(path).to_pylist()
+        with path.open("rb") as fh:  # a file object: pyarrow's messages then carry no path
+            table = pq.ParquetFile(fh)
+            width = len(table.schema_arrow.names)
+            if width > MAX_COLUMNS:  # known from the footer, before any row is decoded
+                raise DatasetError(f"{name} has {_columns_problem(width)}")
+            for batch in table.iter_batches(batch_size=1024):
+                _stop_if_asked(stop)
+                rows.extend(batch.to_pylist())
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"{name}: not a readable Parquet file ({exc}); export it again") from None
+        reason = _without_paths(str(exc), path)
+        raise DatasetError(f"{name}: not a readable Parquet file ({reason}); export it again") from None
     return LoadedRows(rows, list(range(1, len(rows) + 1)), "row"), _Collector("row")
 
 
-def _read_any(path: Path, suffix: str | None, name: str | None) -> tuple[LoadedRows, _Collector]:
+def _read_any(
+    path: Path, suffix: str | None, name: str | None, stop: StopFlag | None = None
+) -> tuple[LoadedRows, _Collector]:
     """Rows that parsed, and the lines that did not."""
     kind = (suffix or path.suffix).lower()
     shown = name or path.name
     try:
         if kind == ".jsonl":
-            return _read_jsonl(path)
+            return _read_jsonl(path, stop)
         if kind == ".json":
-            return _read_json(path, shown)
+            return _read_json(path, shown, stop)
         if kind == ".csv":
-            return _read_csv(path)
+            return _read_csv(path, stop)
         if kind == ".parquet":
-            return _read_parquet(path, shown)
+            return _read_parquet(path, shown, stop)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{shown}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     raise DatasetError(
@@ -286,6 +433,8 @@ def _chat_problem(row: dict[str, Any]) -> str | None:
             msgs = json.loads(msgs)
         except json.JSONDecodeError as exc:
             return f"column 'messages' is not valid JSON ({exc.msg}); write the list of turns as JSON"
+        except (RecursionError, ValueError) as exc:
+            return f"column 'messages': {_unreadable_json(exc)}"
         row["messages"] = msgs
     if not isinstance(msgs, list) or not msgs:
         return "'messages' must be a non-empty list of {role, content} objects"
@@ -371,11 +520,19 @@ def validate_rows(rows: list[dict[str, Any]], fmt: str) -> None:
 
 
 def check_file(
-    path: Path, *, fmt: str = "auto", suffix: str | None = None, name: str | None = None
+    path: Path,
+    *,
+    fmt: str = "auto",
+    suffix: str | None = None,
+    name: str | None = None,
+    stop: StopFlag | None = None,
 ) -> CheckedDataset:
-    """Read and check a whole file: DatasetInvalid lists every bad line (parse errors first)."""
+    """Read and check a whole file: DatasetInvalid lists every bad line (parse errors first).
+
+    CheckStopped when `stop` is set meanwhile (polled between rows).
+    """
     shown = name or path.name
-    loaded, found = _read_any(path, suffix, shown)
+    loaded, found = _read_any(path, suffix, shown, stop)
     if not loaded.rows:
         found.raise_if_any(shown)
         raise DatasetError(f"{shown} has no rows; add some examples (one JSON object per line for JSONL)")
@@ -387,6 +544,10 @@ def check_file(
             found.problems.sort(key=lambda p: p.line)
             found.raise_if_any(shown)
     for i, row in enumerate(loaded.rows):
+        _stop_if_asked(stop)
+        if len(row) > MAX_COLUMNS:
+            found.add(loaded.lines[i], f"the row has {_columns_problem(len(row))}")
+            continue
         message = row_problem(row, fmt)
         if message is not None:
             found.add(loaded.lines[i], message)

@@ -1,4 +1,7 @@
-"""`python -m worker.tasks.generate RUN_DIR --prompt-file F --max-new-tokens N`: try the adapter.
+"""`python -m worker.tasks.generate RUN_DIR --config C --prompt-file F --max-new-tokens N`: try the adapter.
+
+C is the job's config as the app stored it (the task input the app writes outside RUN_DIR): the model,
+revision, trust_remote_code and quantization come from it only, never from the worker-written RUN_DIR.
 
 One process loads the base once (quantized as it was trained), attaches the adapter, and answers the prompt
 twice with greedy decoding: with the adapter, then with it disabled (PEFT's `disable_adapter()`), so the two
@@ -90,16 +93,17 @@ def _stream_one(model: Any, tokenizer: Any, enc: dict[str, Any], side: str, max_
         raise failure[0]
 
 
-def generate(run_dir: Path, prompt: str, max_new_tokens: int, *, raw: bool = False) -> None:
+def generate(run_dir: Path, config: Path, prompt: str, max_new_tokens: int, *, raw: bool = False) -> None:
     """Stream the adapter's answer, then the base's, as JSON lines on stdout."""
     from worker.tasks.inference import adapter_info, attach_adapter, load_base, load_tokenizer, pick_device
 
-    info = adapter_info(run_dir)  # a run without an adapter is refused before torch is even imported
+    # a run without an adapter is refused before torch is even imported
+    info = adapter_info(run_dir, config)
     import torch
 
     device = pick_device()
-    tokenizer = load_tokenizer(info)
     model = attach_adapter(load_base(info, device=device, quantized=True), info)
+    tokenizer = load_tokenizer(info)
     text = prompt_text(tokenizer, prompt, raw=raw)
     # a chat template writes its own BOS; plain text gets the tokenizer's usual special tokens
     bos = tokenizer.bos_token or "\0"
@@ -117,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m worker.tasks.generate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument(
+        "--config", type=Path, required=True, help="the job's stored config (JSON), written by the app"
+    )
     parser.add_argument("--prompt-file", type=Path, required=True, help="UTF-8 file holding the prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.tasks.inference import TaskError
 
     try:
-        generate(args.run_dir, prompt, args.max_new_tokens, raw=args.raw)
+        generate(args.run_dir, args.config, prompt, args.max_new_tokens, raw=args.raw)
     except TaskError as exc:
         _emit({"error": str(exc)})
         return 2

@@ -10,7 +10,6 @@ from typing import Any
 from worker.config import JobConfig, load_config_file
 from worker.protocol import RunDir
 
-CONFIG_FILE = "tuneboard_config.json"
 QUANTIZATION_FILE = "tuneboard_quantization.json"
 
 
@@ -20,35 +19,52 @@ class TaskError(Exception):
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    """What the adapter directory says about how it was trained."""
+    """How the adapter was trained: the job's config as the app stored it, plus the adapter's weights."""
 
     adapter: Path
-    cfg: JobConfig
-    method: str  # quantization method of the frozen base: nf4 | fp4 | int8 | none
+    cfg: JobConfig  # from the app's task input (the job's stored config), never from the run directory
+    method: str  # quantization method of the frozen base: nf4 | fp4 | int8 | none (from cfg)
     dtype: str  # torch dtype name of the non-quantized weights during training
     skip_modules: list[str]  # llm_int8_skip_modules used while training
 
 
-def adapter_info(run_dir: Path) -> AdapterInfo:
-    """Read RUN_DIR/adapter's config and quantization files (TaskError when the adapter is missing)."""
+# the run directory is worker-writable: a dtype read from it is only ever one of these names
+TRAINING_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+
+
+def adapter_info(run_dir: Path, config_path: Path) -> AdapterInfo:
+    """The adapter of RUN_DIR with the job config of `config_path` (the app's task input); TaskError if not.
+
+    Everything that decides which code and which weights get loaded (model name, revision,
+    trust_remote_code, quantization) comes from `config_path`, which the app writes from its database.
+    RUN_DIR/adapter is written by the worker (or uploaded with its token), so its tuneboard_config.json is
+    never read here, and tuneboard_quantization.json only supplies the training dtype (one of
+    TRAINING_DTYPES) and the names of the modules kept in full precision.
+    """
     adapter = RunDir(Path(run_dir)).adapter
-    config_path, quant_path = adapter / CONFIG_FILE, adapter / QUANTIZATION_FILE
+    quant_path = adapter / QUANTIZATION_FILE
     if not (adapter / "adapter_config.json").is_file() or not quant_path.is_file():
         raise TaskError(
             f"{adapter} holds no finished adapter (adapter_config.json or {QUANTIZATION_FILE} is missing); "
             "these tasks need a job that succeeded"
         )
     try:
+        cfg = load_config_file(config_path)
+    except ValueError as exc:  # ConfigError: unreadable or invalid
+        raise TaskError(f"cannot read the task input {config_path}: {exc}") from exc
+    try:
         quant = json.loads(quant_path.read_text(encoding="utf-8"))
-        cfg = load_config_file(config_path if config_path.is_file() else RunDir(Path(run_dir)).config)
     except (OSError, ValueError) as exc:
         raise TaskError(f"cannot read the adapter's settings in {adapter}: {exc}") from exc
+    quant = quant if isinstance(quant, dict) else {}
+    dtype = quant.get("dtype")
+    skip = quant.get("llm_int8_skip_modules")
     return AdapterInfo(
         adapter=adapter,
         cfg=cfg,
-        method=str(quant.get("method", cfg.quantization.method)),
-        dtype=str(quant.get("dtype", "float32")),
-        skip_modules=list(quant.get("llm_int8_skip_modules") or []),
+        method=cfg.quantization.method,
+        dtype=dtype if dtype in TRAINING_DTYPES else "float32",
+        skip_modules=[m for m in skip if isinstance(m, str)] if isinstance(skip, list) else [],
     )
 
 
@@ -100,7 +116,8 @@ def load_tokenizer(info: AdapterInfo) -> Any:
     """The tokenizer saved with the adapter (chat template and padding as during training)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(info.adapter))
+    # saved by the worker: its files may name custom tokenizer code, which is never trusted
+    tok = AutoTokenizer.from_pretrained(str(info.adapter), trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -1,9 +1,11 @@
-"""`python -m worker.tasks.merge RUN_DIR`: fold the LoRA adapter into a full-precision copy of the base.
+"""`python -m worker.tasks.merge RUN_DIR --config C`: fold the LoRA adapter into a full-precision base.
 
 Loads the base un-quantized in the training dtype, attaches RUN_DIR/adapter, `merge_and_unload()`, and saves
 model + tokenizer + a short README to RUN_DIR/merged.partial, renamed to RUN_DIR/merged when complete (so
 `merged/` existing means a whole export). Progress goes to RUN_DIR/merge.json for the dashboard.
 Quantized runs are refused before anything heavy is imported (see worker.tasks.merge_refusal).
+C is the job's config as the app stored it: the base model, revision, trust_remote_code and quantization
+come from it only, never from the worker-written RUN_DIR.
 
 Exit codes: 0 merged, 1 failed, 2 refused (quantized base, no adapter).
 """
@@ -57,14 +59,14 @@ def _readme(base_name: str, dtype: str) -> str:
     )
 
 
-def merge_run(run_dir: Path) -> int:
+def merge_run(run_dir: Path, config: Path) -> int:
     """Export RUN_DIR/merged; always leaves merge.json saying how it ended; returns the exit code."""
     from worker.tasks.inference import TaskError, adapter_info
 
     started = time.time()
     run_dir = Path(run_dir)
     try:
-        info = adapter_info(run_dir)
+        info = adapter_info(run_dir, config)
     except TaskError as exc:
         _say(run_dir, started, "failed", "refused", 0.0, str(exc))
         return EXIT_REFUSED
@@ -109,12 +111,16 @@ def merge_run(run_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse RUN_DIR from argv and export its merged model."""
+    """Parse RUN_DIR and --config from argv and export its merged model."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m worker.tasks.merge RUN_DIR  (RUN_DIR/adapter must exist)", file=sys.stderr)
+    if len(args) != 3 or args[1] != "--config":
+        print(
+            "usage: python -m worker.tasks.merge RUN_DIR --config JOB_CONFIG_JSON "
+            "(RUN_DIR/adapter must exist)",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
-    return merge_run(Path(args[0]))
+    return merge_run(Path(args[0]), Path(args[2]))
 
 
 if __name__ == "__main__":

@@ -622,9 +622,22 @@ def _train(
         },
     )
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    trained_out = _trained_out(ckpt, cfg)
+    if ckpt is not None and trained_out:
+        # The Trainer takes a step before it asks whether max_steps is reached: resumed from the run's
+        # last checkpoint it would train step max_steps + 1. Nothing is left to train; the adapter is.
+        _load_final_checkpoint(trainer, ckpt)
+        reporter.emit(
+            EventKind.STATUS,
+            trainer.state.global_step,
+            {"status": "running", "total_steps": int(trainer.state.max_steps)},
+        )
+        message = f"{ckpt.name} is the run's last step: nothing left to train; saving the adapter from it"
+        reporter.emit(EventKind.LOG, trainer.state.global_step, {"level": "info", "message": message})
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     seconds = time.monotonic() - started
-    if loaded.compiler is not None:
+    if loaded.compiler is not None and not trained_out:
         # Reported apart from the speed: the first steps' time includes compiling (forward calls timed).
         level = "info"
         message = (
@@ -652,6 +665,26 @@ def _train(
     if prepared.eval and callback.last_eval_step != step:
         trainer.evaluate()  # final numbers for the model card (eval_steps 0 means: only here)
     return _finish(cfg, run_dir, reporter, trainer, loaded, prepared, pre, callback, seconds, device)
+
+
+def _trained_out(ckpt: Path | None, cfg: JobConfig) -> bool:
+    """Whether `ckpt` already holds training.max_steps steps (a run stopped after its last checkpoint)."""
+    if ckpt is None or cfg.training.max_steps is None:
+        return False  # an epoch-based run ends on an epoch boundary, where the Trainer's loop is empty
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+    return state.global_step >= cfg.training.max_steps
+
+
+def _load_final_checkpoint(trainer: Any, ckpt: Path) -> None:
+    """Load the checkpoint's adapter weights into the model and its state into the trainer; no training."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(ckpt), device=str(trainer.args.device)))
+    trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
 
 
 def _report_load_memory(device: str, report: Callable[[str, dict[str, Any]], None]) -> None:
@@ -787,8 +820,22 @@ def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = Fal
     reporter.close(timeout=10.0)
     if not rank.is_main:
         return follower_exit_code(outcome.code)
-    write_outcome(rd, outcome)  # last: its presence means the worker finished on its own terms
+    outcome = with_delivery_problem(outcome, reporter.delivery_problem())
+    try:
+        write_outcome(rd, outcome)  # last: its presence means the worker finished on its own terms
+    except OSError as exc:  # RUN_DIR gone for good: the exit code and this line still tell the app
+        print(f"{outcome.status}: {outcome.reason} (outcome.json not written: {exc})", file=sys.stderr)
     return outcome.code
+
+
+def with_delivery_problem(outcome: Outcome, problem: str | None) -> Outcome:
+    """A run whose events did not all reach the app does not succeed in silence: it fails, saying so."""
+    if problem is None:
+        return outcome
+    print(f"tuneboard: {problem}", file=sys.stderr)
+    if outcome.code == ExitCode.SUCCEEDED:
+        return Outcome(ExitCode.FAILED, f"{problem} (training itself finished: {outcome.reason})")
+    return Outcome(outcome.code, f"{outcome.reason}; also {problem}", outcome.extra)
 
 
 def _run_guarded(

@@ -27,7 +27,8 @@ def test_a_claim_moves_the_job_to_starting_with_gpus_attempt_run_dir_and_token(
     assert job.status == JobStatus.STARTING
     assert job.assigned_gpus == "0,1" and claimed.gpus == ("0", "1")
     assert job.attempt == 1
-    assert job.run_dir == str(settings.runs_dir / f"job-{job_id}")
+    assert job.run_dir is not None and Path(job.run_dir).parent == settings.runs_dir
+    assert Path(job.run_dir).name.startswith(f"job-{job_id}-")
     assert job.starting_at is not None
     assert job.token_hash == hashlib.sha256(claimed.token.encode()).hexdigest()
     assert claimed.token not in repr(claimed)

@@ -181,6 +181,12 @@ def wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: flo
         time.sleep(0.1)
 
 
+def app_run_dir(settings: Settings, job_id: int) -> Path:
+    """The app's run directory of a job (job-<id>-<random>, the only one of that job)."""
+    (found,) = settings.runs_dir.glob(f"job-{job_id}-*")
+    return found
+
+
 def submit(client: httpx.Client, name: str, gpus: int = 1) -> int:
     """Queue a fake-trainer job; its name tells the fake what to do."""
     created = client.post("/api/jobs", json={"name": name, "resources": {"gpus": gpus}})
@@ -197,7 +203,7 @@ def test_a_job_runs_as_a_ray_job_reports_over_http_and_its_adapter_downloads(
         assert done["status"] == "succeeded", done["failure_reason"]
         loss = client.get(f"/api/jobs/{job_id}/metrics", params={"keys": "loss"}).json()["series"]["loss"]
         assert len(loss) >= 3 and loss[0] == [1, 2.0]  # ingested over HTTP from the Ray job
-        run_dir = ray_settings.runs_dir / f"job-{job_id}"
+        run_dir = app_run_dir(ray_settings, job_id)
         record = json.loads((run_dir / "launcher.json").read_text())
         assert record["launcher"] == "ray" and record["submission_id"].startswith("tuneboard-")
         fake_env = json.loads((run_dir / "fake-env.json").read_text())
@@ -220,8 +226,8 @@ def test_a_remote_worker_gets_its_files_from_the_env_and_uploads_its_outputs(
         job_id = submit(client, "sleep=0.5 adapter=1", gpus=0)
         done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
         assert done["status"] == "succeeded", done["failure_reason"]
-    node_run = remote / f"job-{job_id}"
-    app_run = ray_settings.runs_dir / f"job-{job_id}"
+    app_run = app_run_dir(ray_settings, job_id)
+    node_run = remote / app_run.name  # the node's directory carries the app's unique name
     # the node built its own RUN_DIR from the runtime env; job.json holds the token, so 0600
     assert json.loads((node_run / "config.json").read_text())["name"] == "sleep=0.5 adapter=1"
     assert (node_run / "job.json").stat().st_mode & 0o777 == 0o600
@@ -242,7 +248,7 @@ def test_cancel_stops_the_ray_job_with_enough_grace_to_checkpoint(serve: Any, ra
         done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
     assert done["status"] == "cancelled", done["failure_reason"]
     assert done["exit_code"] == 3  # from the worker's own outcome.json: it finished its graceful stop
-    outcome = json.loads((ray_settings.runs_dir / f"job-{job_id}" / "outcome.json").read_text())
+    outcome = json.loads((app_run_dir(ray_settings, job_id) / "outcome.json").read_text())
     assert outcome["reason"] == "stopped on request"
 
 
@@ -273,13 +279,13 @@ def test_the_real_worker_trains_on_two_gpus_of_a_remote_ray_node_and_its_adapter
         assert adapter.status_code == 200, adapter.text
         names = set(zipfile.ZipFile(io.BytesIO(adapter.content)).namelist())
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= names
-    app_run = ray_settings.runs_dir / f"job-{job_id}"
+    app_run = app_run_dir(ray_settings, job_id)
     checkpoint = app_run / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "COMPLETE").is_file()  # uploaded, marker included
     assert (checkpoint / "rng_state_0.pth").is_file() and (
         checkpoint / "rng_state_1.pth"
     ).is_file()  # 2 ranks
-    node_events = read_spool(tmp_path / "node-disk" / f"job-{job_id}" / "events.jsonl")
+    node_events = read_spool(tmp_path / "node-disk" / app_run.name / "events.jsonl")
     assert [e["seq"] for e in node_events] == list(range(1, len(node_events) + 1))  # rank 0 alone wrote
     assert [e["payload"]["status"] for e in node_events if e["kind"] == "status"] == ["running"]
     assert json.loads((app_run / "outcome.json").read_text())["status"] == "succeeded"
@@ -305,7 +311,7 @@ def test_remote_mode_sends_config_and_job_in_the_runtime_env_and_asks_for_upload
     settings.ray_address = "http://ray-head:8265"
     settings.ray_remote_runs_dir = "/scratch/runs"
     settings.ray_stop_wait_s = 77
-    run = tmp_path / "job-5"
+    run = tmp_path / "job-5-0a1b2c3d4e5f"
     run.mkdir()
     (run / "config.json").write_text('{"name": "x"}')
     (run / "job.json").write_text('{"job_id": 5, "app_url": "http://app:8000", "token": "t"}')
@@ -320,7 +326,7 @@ def test_remote_mode_sends_config_and_job_in_the_runtime_env_and_asks_for_upload
         "token": "t",
         "upload": True,
     }
-    assert launcher.worker_run_dir(run, 5) == "/scratch/runs/job-5"
+    assert launcher.worker_run_dir(run, 5) == "/scratch/runs/job-5-0a1b2c3d4e5f"
     settings.ray_remote_runs_dir = None  # shared storage: the node uses the app's path, nothing in the env
     shared = RayLauncher(settings)
     assert "TUNEBOARD_JOB_JSON" not in shared.runtime_env(spec)["env_vars"]

@@ -235,6 +235,7 @@ def test_the_child_gets_no_database_url_or_credentials_from_the_app_environment(
     monkeypatch.setenv("TUNEBOARD_DATABASE_URL", "postgresql://user:pw@db/tuneboard")
     monkeypatch.setenv("TUNEBOARD_AUTH_PASSWORD", "hunter2")
     monkeypatch.setenv("TUNEBOARD_CPU_SLOTS", "1")
+    monkeypatch.delenv("TUNEBOARD_ALLOWED_HOSTS", raising=False)  # set for TestClient by tests/conftest.py
     job_id = kit.queue("sleep=0")
     kit.wait_status(job_id, *DONE)
     assert kit.env(job_id)["tuneboard_env"] == ["TUNEBOARD_CPU_SLOTS"]

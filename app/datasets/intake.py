@@ -1,0 +1,108 @@
+"""Check and stage an upload without freezing the app.
+
+Parsing a file is CPU work: it runs in a worker thread (never on the event loop), at most
+settings.dataset_checks_max_concurrent at once (an upload waits settings.dataset_check_queue_s for a
+slot, then gets 503 with Retry-After), and it holds no request session: the database is touched only by
+the short insert afterwards, so /api/health, job lists and the workers' ingest never wait behind uploads.
+A client that leaves stops its check: a watcher sets the stop flag the checker polls between rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import anyio
+from fastapi import Request
+
+from app.datasets import service
+from app.datasets.upload import ReceivedUpload, UploadRefused
+from app.settings import Settings
+from worker.datasets.validate import CheckedDataset
+
+DISCONNECT_POLL_S = 0.2
+RETRY_AFTER_S = 5
+
+
+class ClientGone(UploadRefused):
+    """The client disconnected while its upload was checked; the check was stopped and nothing stored."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection; the upload was not checked or stored")
+
+
+def check_slots(request: Request, settings: Settings) -> anyio.Semaphore:
+    """The app's check slots (one semaphore per app and event loop: tests run several loops)."""
+    state = request.app.state
+    loop = asyncio.get_running_loop()
+    found: tuple[asyncio.AbstractEventLoop, anyio.Semaphore] | None
+    found = getattr(state, "dataset_check_slots", None)
+    if found is None or found[0] is not loop:
+        found = (loop, anyio.Semaphore(settings.dataset_checks_max_concurrent))
+        state.dataset_check_slots = found
+    return found[1]
+
+
+def _busy(settings: Settings) -> UploadRefused:
+    return UploadRefused(
+        503,
+        f"{settings.dataset_checks_max_concurrent} uploads are being checked and this one waited "
+        f"{settings.dataset_check_queue_s:g} s for its turn; send it again in a moment, or raise "
+        "TUNEBOARD_DATASET_CHECKS_MAX_CONCURRENT",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def check_and_stage(
+    request: Request, settings: Settings, upload: ReceivedUpload, staging: Path
+) -> CheckedDataset:
+    """Check `upload` and write its data file into `staging`, in a worker thread, when a slot is free.
+
+    Raises DatasetError (bad rows), UploadRefused 503 (no slot in time), ClientGone (the client left),
+    OSError (the disk).
+    """
+    stop = threading.Event()
+    gone = False
+    waiting = anyio.CancelScope()
+    outcome: CheckedDataset | BaseException | None = None
+
+    async def watch_client() -> None:
+        nonlocal gone
+        try:
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            gone = True
+            waiting.cancel()  # stop waiting for a slot; a running check sees `stop` instead
+        finally:
+            stop.set()  # also when cancelled from outside (shutdown): the thread ends at its next row
+
+    def work() -> CheckedDataset:
+        checked = service.check_upload(upload, stop)
+        service.stage_files(upload, checked, staging, stop)
+        return checked
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_client)
+        slots = check_slots(request, settings)
+        acquired = False
+        with waiting, anyio.move_on_after(settings.dataset_check_queue_s):
+            await slots.acquire()
+            acquired = True
+        if acquired:
+            try:
+                # not cancellable once started (a thread cannot be killed); `stop` ends it early instead
+                outcome = await anyio.to_thread.run_sync(work)
+            except Exception as exc:  # raised below, outside the task group (it would wrap it in a group)
+                outcome = exc
+            finally:
+                slots.release()
+        elif not gone:
+            outcome = _busy(settings)
+        tg.cancel_scope.cancel()  # the watcher
+    if gone:
+        raise ClientGone
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert outcome is not None
+    return outcome
