@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.redact import redact_secrets
 from app.models import MetricPoint
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, RunDir
-from worker.tasks import MERGED_DIR
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, RunDir
+from contract.tasks import MERGED_DIR
 
 
 class ArtifactError(Exception):

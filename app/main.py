@@ -27,7 +27,7 @@ from app.jobs.status import TransitionError
 from app.migrate import secure_sqlite_file, sqlite_file, upgrade
 from app.private import private_dir
 from app.settings import Settings
-from worker.config import ConfigError
+from contract.config import ConfigError
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

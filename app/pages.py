@@ -38,9 +38,9 @@ from app.jobs import service
 from app.jobs.schemas import iso, job_summary
 from app.jobs.status import TERMINAL, JobStatus, TransitionError
 from app.models import Job, JobEvent, MetricPoint
-from worker.catalog import KNOWN_HUB_MODELS, PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
-from worker.config import ConfigError, JobConfig, config_to_dict, demo_config, field_paths, parse_config
-from worker.estimate import MemoryEstimate, estimate_memory
+from contract.catalog import KNOWN_HUB_MODELS, PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
+from contract.config import ConfigError, JobConfig, config_to_dict, demo_config, field_paths, parse_config
+from contract.estimate import MemoryEstimate, estimate_memory
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 

@@ -57,7 +57,7 @@ def load(model: str, work: Path) -> tuple[Any, Any, str]:
     """The worker's training model and optimizer for a preset name or bench.speed's saved dims."""
     import torch
 
-    from worker.config import parse_config
+    from contract.config import parse_config
     from worker.train.loading import load_for_training
     from worker.train.pipeline import build_optimizer
 

@@ -21,7 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.protocol import RunDir, read_spool  # noqa: E402
+from contract.protocol import read_spool
+from contract.rundir import RunDir
 
 
 def write_text_dataset(path: Path, rows: int, chars: int, seed: int = 0) -> None:
@@ -150,7 +151,7 @@ def main() -> None:
     tps = [v for s, v in metrics.get("tokens_per_second", []) if s > 3]
     loss = metrics.get("loss", [])
     print("\n== real-size run summary")
-    from worker.protocol import ExitCode
+    from contract.protocol import ExitCode
 
     name = ExitCode(proc.returncode).name if proc.returncode in {int(c) for c in ExitCode} else "?"
     print(

@@ -70,7 +70,7 @@ def run(mode: str, steps: int, work: Path, loaded: Any, prepared: Any, cfg: Any)
     """Train `steps` steps with (mode "with") or without the reporting; return step-time numbers."""
     from transformers import Trainer
 
-    from worker.protocol import RunDir
+    from contract.rundir import RunDir
     from worker.train.callbacks import StepStats, TuneboardCallback
     from worker.train.data import PadCollator
     from worker.train.pipeline import _trainer_class, build_optimizer, training_arguments
@@ -124,7 +124,7 @@ def main() -> None:
 
     import torch
 
-    from worker.config import demo_config
+    from contract.config import demo_config
     from worker.train.data import prepare_data
     from worker.train.loading import load_for_training
 

@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import psutil
 
+from contract.protocol import read_spool
 from tests.faults.harness import AppProcess, fake_config, spooled_metrics
-from worker.protocol import read_spool
 
 MB = 1024**2
 

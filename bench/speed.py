@@ -269,7 +269,7 @@ def load_tuneboard(
     if compiled is not None:
         os.environ[COMPILE_ENV] = "1" if compiled else "0"
 
-    from worker.config import parse_config
+    from contract.config import parse_config
     from worker.train.fused_loss import FUSED_LOSS_ENV, plan_fused_loss
     from worker.train.loading import load_for_training
     from worker.train.pipeline import build_optimizer

@@ -223,7 +223,7 @@ def train(
     ] = False,
 ) -> None:
     """Train in the foreground without a server (progress bar on the terminal)."""
-    from worker.config import ConfigError, load_config_file
+    from contract.config import ConfigError, load_config_file
 
     try:
         load_config_file(config)

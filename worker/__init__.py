@@ -1,1 +1,1 @@
-"""Tuneboard's training side. `worker.config`, `worker.catalog` and `worker.protocol` are torch-free."""
+"""Tuneboard's training side. `contract.config`, `contract.catalog` and `contract.protocol` are torch-free."""

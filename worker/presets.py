@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker.catalog import PRESET_DATASETS, PRESET_MODELS
+from contract.catalog import PRESET_DATASETS, PRESET_MODELS
 
 # Bump when a builder, an init rule, a tokenizer or a template changes: old cached presets are then ignored.
 PRESET_VERSION = 3

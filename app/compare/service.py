@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.jobs.schemas import job_summary
 from app.metrics.queries import raw_points, series
 from app.models import Job, JobEvent, MetricPoint
-from worker.config import field_paths
+from contract.config import field_paths
 
 MIN_RUNS = 2
 MAX_RUNS = 8

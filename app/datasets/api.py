@@ -19,8 +19,8 @@ from app.datasets.upload import disk_full, is_disk_full, receive_upload
 from app.deps import SessionDep, SettingsDep, get_session, get_session_factory
 from app.models import Dataset
 from app.settings import Settings
-from worker.catalog import PRESET_PREFIX
-from worker.datasets.validate import DatasetError
+from contract.catalog import PRESET_PREFIX
+from contract.datasets import DatasetError
 
 router = APIRouter(prefix="/api", tags=["datasets"])
 

@@ -19,7 +19,7 @@ from fastapi import Request
 from app.datasets import service
 from app.datasets.upload import ReceivedUpload, UploadRefused
 from app.settings import Settings
-from worker.datasets.validate import CheckedDataset
+from contract.datasets import CheckedDataset
 
 DISCONNECT_POLL_S = 0.2
 RETRY_AFTER_S = 5

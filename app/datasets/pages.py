@@ -17,8 +17,8 @@ from app.datasets import service
 from app.datasets.api import accept_upload, preview_request
 from app.deps import SessionDep, SettingsDep, get_session_factory
 from app.pages import render_block, templates
-from worker.catalog import KNOWN_HUB_MODELS, PRESET_MODELS, PRESET_PREFIX
-from worker.datasets.validate import SUFFIXES
+from contract.catalog import KNOWN_HUB_MODELS, PRESET_MODELS, PRESET_PREFIX
+from contract.datasets import SUFFIXES
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from app.scheduler.local import child_env
 from app.settings import Settings
-from worker.catalog import PRESET_PREFIX
-from worker.config import ModelConfig, demo_config
+from contract.catalog import PRESET_PREFIX
+from contract.config import ModelConfig, demo_config
 
 CACHE_VERSION = 2  # bump when the inspect output changes shape
 PRESET_CACHE_DIR = "presets"  # under DATA_DIR/datasets; never a dataset id (those are hex)

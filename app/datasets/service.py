@@ -28,8 +28,8 @@ from app.datasets.upload import PRIVATE_FILE, ReceivedUpload, make_private_dir
 from app.jobs.schemas import iso
 from app.models import Dataset, utcnow
 from app.settings import Settings
-from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
-from worker.datasets.validate import (
+from contract.catalog import PRESET_DATASETS, PRESET_PREFIX
+from contract.datasets import (
     SUFFIXES,
     CheckedDataset,
     CheckStopped,
@@ -87,7 +87,7 @@ def upload_summary(d: Dataset) -> dict[str, Any]:
 
 
 def preset_summaries() -> list[dict[str, Any]]:
-    """The generated datasets the worker builds itself (worker.catalog.PRESET_DATASETS)."""
+    """The generated datasets the worker builds itself (contract.catalog.PRESET_DATASETS)."""
     return [
         {
             "id": PRESET_PREFIX + p.name,
@@ -311,7 +311,7 @@ def store_upload(
 
 def problems_payload(exc: DatasetError, *, filename: str) -> dict[str, Any]:
     """The 422 body: {"detail", "problems": [{"line", "message", "where"}], "total"}."""
-    from worker.datasets.validate import DatasetInvalid
+    from contract.datasets import DatasetInvalid
 
     if isinstance(exc, DatasetInvalid):
         count = f"{exc.total} problem{'s' if exc.total != 1 else ''}"

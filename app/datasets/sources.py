@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.datasets.service import UPLOAD_PREFIX
 from app.settings import Settings
-from worker.catalog import PRESET_PREFIX
-from worker.config import ConfigError, JobConfig
+from contract.catalog import PRESET_PREFIX
+from contract.config import ConfigError, JobConfig
 
 SETTINGS_KEY = "settings"  # Session.info key under which the app's sessions carry its settings
 

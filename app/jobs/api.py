@@ -18,8 +18,8 @@ from app.http import read_body_limited
 from app.jobs import service
 from app.jobs.schemas import Created, JobDetail, JobSummary, config_request_body, job_detail, job_summary
 from app.jobs.status import JobStatus
-from worker.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
-from worker.config import ConfigError, config_to_dict, demo_config, parse_config
+from contract.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
+from contract.config import ConfigError, config_to_dict, demo_config, parse_config
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 

@@ -139,7 +139,7 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
 
 def config_request_body() -> dict[str, Any]:
     """OpenAPI `requestBody` of routes that read a job config from the raw body (for /docs and fuzzing)."""
-    from worker.config import JobConfig
+    from contract.config import JobConfig
 
     schema = JobConfig.model_json_schema()
     inlined = _inline_refs(schema, schema.get("$defs", {}))

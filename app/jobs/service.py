@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.jobs.status import TERMINAL, JobStatus, TransitionError, check_transition
 from app.models import Job, utcnow
-from worker.config import ConfigError, JobConfig, config_to_dict, load_config_text, parse_config
+from contract.config import ConfigError, JobConfig, config_to_dict, load_config_text, parse_config
 
 
 class JobNotFound(LookupError):

@@ -27,7 +27,7 @@ from app.auth.redact import redact_data
 from app.jobs.service import transition
 from app.jobs.status import ACTIVE, JobStatus
 from app.models import Job, JobEvent, MetricPoint, utcnow
-from worker.protocol import EventKind, read_spool
+from contract.protocol import EventKind, read_spool
 
 log = logging.getLogger(__name__)
 

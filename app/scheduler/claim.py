@@ -22,7 +22,7 @@ from app.models import Job
 from app.scheduler.gpus import Slots
 from app.scheduler.placement import QueuedJob, choose_placement, impossible_reason, parse_assigned
 from app.settings import Settings
-from worker.protocol import RunDir
+from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

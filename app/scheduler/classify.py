@@ -17,7 +17,8 @@ from typing import Any
 from app.jobs.status import JobStatus
 from app.scheduler.launcher import ExitInfo, signal_name
 from app.scheduler.tail import last_line
-from worker.protocol import ExitCode, RunDir
+from contract.protocol import ExitCode
+from contract.rundir import RunDir
 
 MAX_DETAIL = 400
 _OOM_PATTERN = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)

@@ -23,7 +23,7 @@ import psutil
 from app.models import Job
 from app.scheduler.launcher import ExitInfo, LaunchError, LaunchSpec, WorkerHandle
 from app.scheduler.tail import ATTEMPT_MARKER, read_tail
-from worker.protocol import RunDir
+from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from app.scheduler.launcher import ExitInfo, LaunchError, LaunchSpec, WorkerHand
 from app.scheduler.local import LAUNCH_RECORD
 from app.scheduler.tail import ATTEMPT_MARKER, read_tail
 from app.settings import Settings
-from worker.protocol import RunDir
+from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from app.scheduler.launcher import ExitInfo, Launcher, WorkerHandle
 from app.scheduler.placement import parse_assigned
 from app.scheduler.supervisor import Supervisor, store_unsent_events
 from app.scheduler.tail import read_tail
-from worker.protocol import RunDir, last_complete_checkpoint
+from contract.rundir import RunDir, last_complete_checkpoint
 
 log = logging.getLogger(__name__)
 

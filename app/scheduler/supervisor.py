@@ -33,7 +33,7 @@ from app.scheduler.classify import StopCause, StopRequest, Verdict, classify_exi
 from app.scheduler.gpus import Slots
 from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
 from app.settings import Settings
-from worker.protocol import RunDir
+from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ templates.env.globals["MAX_SWEEP_JOBS"] = MAX_SWEEP_JOBS
 def parse_values(text: str) -> list[Any]:
     """Comma-separated values as typed; "none" or "null" mean an empty optional field.
 
-    Values stay strings: worker.config's schema turns "1e-4" or "16" into the field's type and names
+    Values stay strings: contract.config's schema turns "1e-4" or "16" into the field's type and names
     the field when it cannot.
     """
     values: list[Any] = []

@@ -1,6 +1,6 @@
 """Plan and queue a sweep: the cartesian product of one or two config fields' values, as one job group.
 
-Every combination is validated with worker.config before anything is created: one bad value and the
+Every combination is validated with contract.config before anything is created: one bad value and the
 whole sweep is refused, naming the field and the value, with no job left behind.
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.jobs.service import apply_overrides, create_job
 from app.models import Job
-from worker.config import ConfigError, JobConfig, config_to_dict, parse_config
+from contract.config import ConfigError, JobConfig, config_to_dict, parse_config
 
 MAX_SWEEP_JOBS = 32
 MAX_SWEEP_FIELDS = 2

@@ -23,8 +23,8 @@ from app.models import Job
 from app.pages import render_block
 from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status, task_config
 from app.tasks.views import can_try, has_adapter, quantization_method, takeaway_context
-from worker.config import ConfigError
-from worker.tasks import merge_refusal
+from contract.config import ConfigError
+from contract.tasks import merge_refusal
 
 router = APIRouter(tags=["takeaway"])
 ManagerDep = Annotated[TaskManager, Depends(get_task_manager)]

@@ -32,8 +32,8 @@ from fastapi import Request
 
 from app.scheduler.local import child_env
 from app.settings import Settings
-from worker.config import config_to_dict, parse_config
-from worker.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
+from contract.config import config_to_dict, parse_config
+from contract.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from app import artifacts
 from app.models import Job
 from app.tasks.manager import merge_status
-from worker.tasks import merge_refusal
+from contract.tasks import merge_refusal
 
 
 def quantization_method(job: Job) -> str:

@@ -27,7 +27,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.models import Job
 from app.settings import Settings
-from worker.config import JobConfig
+from contract.config import JobConfig
 
 # Set to a PostgreSQL URL whose role may CREATE DATABASE to run the app tests on PostgreSQL instead of
 # SQLite (each test gets a database of its own), e.g.

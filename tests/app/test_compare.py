@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.compare.service import map_to_x
 from app.jobs import service
 from app.jobs.status import JobStatus
+from contract.config import parse_config
 from tests.app.test_pages import Elements
 from tests.app.test_stream import collect_until, sse_messages
-from worker.config import parse_config
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

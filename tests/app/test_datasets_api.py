@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from app.scheduler.launcher import LaunchSpec
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
+from contract.config import parse_config
 from tests.app.conftest import LiveServer
-from worker.config import parse_config
 from worker.train.data import detect_format, load_rows, validate_rows
 
 USER = {"role": "user", "content": "Reverse the letters: abc"}

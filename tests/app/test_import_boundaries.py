@@ -71,7 +71,7 @@ def test_building_the_app_loads_no_ml_library() -> None:
 
 
 def test_the_shared_worker_contracts_load_no_ml_library() -> None:
-    found = loaded_ml_modules(["worker.config", "worker.protocol", "worker.catalog"])
+    found = loaded_ml_modules(["contract.config", "contract.protocol", "contract.catalog"])
     assert found == {}, f"{found}: these modules are imported by the app and must stay torch-free"
 
 

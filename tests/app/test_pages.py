@@ -11,7 +11,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from app.pages import FORM_FIELDS, form_values_from_config
-from worker.config import JobConfig, config_to_dict, field_paths
+from contract.config import JobConfig, config_to_dict, field_paths
 
 TOKEN = "test-token"
 VOID_TAGS = frozenset({"input", "meta", "link", "br", "img", "hr", "source", "col", "wbr"})

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.jobs import service
 from app.jobs.status import JobStatus
 from app.models import Job, MetricPoint
+from contract.config import parse_config
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER
 from tests.worker.takeaway_run import TAKEAWAY_STEPS, mergeable_run, preset_cache_dir
 from tests.worker.training_runs import FinishedRun
-from worker.config import parse_config
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER
 from worker.train.pipeline import REFERENCE_LOGITS
 
 pytestmark = pytest.mark.training

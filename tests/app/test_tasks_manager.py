@@ -23,8 +23,8 @@ from app.jobs.status import JobStatus
 from app.models import Job
 from app.settings import Settings
 from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, merge_status, task_config
-from worker.config import JobConfig
-from worker.tasks import write_merge_status
+from contract.config import JobConfig
+from contract.tasks import write_merge_status
 
 ENDLESS = "tests.fakes.endless_generate"
 STORED = task_config({})  # the job config a task is handed (the stand-in ignores it)

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from worker.config import config_to_dict, demo_config
+from contract.config import config_to_dict, demo_config
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

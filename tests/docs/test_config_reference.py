@@ -1,4 +1,4 @@
-"""docs/config-reference.md is generated from worker.config.JobConfig and must match the schema."""
+"""docs/config-reference.md is generated from contract.config.JobConfig and must match the schema."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from worker.config import field_paths
+from contract.config import field_paths
 
 REPO = Path(__file__).resolve().parents[2]
 

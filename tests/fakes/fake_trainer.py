@@ -35,7 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, EventKind, ExitCode, RunDir
+from contract.protocol import EventKind, ExitCode
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, RunDir
 from worker.train.remote import materialize_run_dir, report, upload_outputs, upload_requested
 from worker.train.reporter import Reporter
 

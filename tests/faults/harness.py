@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 import psutil
 
-from worker.config import config_to_dict, demo_config
-from worker.protocol import RunDir, read_spool
+from contract.config import config_to_dict, demo_config
+from contract.protocol import read_spool
+from contract.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_TRAINER = "tests.fakes.fake_trainer"

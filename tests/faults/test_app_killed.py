@@ -8,6 +8,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+from contract.protocol import read_spool
 from tests.faults.harness import (
     INJECT_STEP_SLEEP_ENV,
     REAL_WORKER,
@@ -17,7 +18,6 @@ from tests.faults.harness import (
     real_config,
     wait_for,
 )
-from worker.protocol import read_spool
 
 pytestmark = pytest.mark.training
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import psutil
 
+from contract.protocol import read_spool
 from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_config, wait_for
-from worker.protocol import read_spool
 
 OUTAGE_S = float(os.environ.get("TUNEBOARD_FAULT_OUTAGE_S", "10"))
 AFTER_S = 3.0  # the long job trains this long after its replay, then is cancelled

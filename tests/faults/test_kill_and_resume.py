@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from contract.protocol import read_spool
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints, last_complete_checkpoint
 from tests.faults.harness import (
     INJECT_KILL_BEFORE_MARKER_ENV,
     INJECT_STEP_SLEEP_ENV,
@@ -26,12 +28,6 @@ from tests.faults.harness import (
     loss_steps,
     real_config,
     wait_for,
-)
-from worker.protocol import (
-    CHECKPOINT_COMPLETE_MARKER,
-    complete_checkpoints,
-    last_complete_checkpoint,
-    read_spool,
 )
 
 pytestmark = pytest.mark.training

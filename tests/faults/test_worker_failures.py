@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from contract.protocol import ExitCode
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints
 from tests.faults.harness import INJECT_OOM_ENV, REAL_WORKER, AppProcess, real_config
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints
 
 pytestmark = pytest.mark.training
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from worker.tasks import write_merge_status
+from contract.tasks import write_merge_status
 
 
 def main(argv: list[str]) -> int:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import worker.datasets.validate as validate
+import contract.datasets as validate
 from app.settings import Settings
 from tests.app.conftest import LiveServer, make_started_job, metric_event
 

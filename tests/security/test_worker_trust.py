@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.jobs import service
 from app.jobs.status import JobStatus
 from app.tasks.manager import TaskManager
+from contract.config import JobConfig, config_to_dict, parse_config
 from tests.app.conftest import set_status
-from worker.config import JobConfig, config_to_dict, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "worker-token"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contract.protocol import ExitCode
 from tests.worker.training_runs import FinishedRun, demo_dict, trained_run
-from worker.protocol import ExitCode
 
 TAKEAWAY_STEPS = 4
 

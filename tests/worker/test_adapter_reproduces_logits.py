@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from contract.protocol import ExitCode
 from tests.worker.training_runs import FinishedRun, demo_run
-from worker.protocol import ExitCode
 from worker.train.pipeline import REFERENCE_LOGITS
 
 pytestmark = pytest.mark.training

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train import offload
 from worker.train.compile import (
     BACKEND_ENV,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from worker.config import ConfigError, demo_config, load_config_text, parse_config
+from contract.config import ConfigError, demo_config, load_config_text, parse_config
 
 
 def test_an_empty_config_gets_runnable_defaults() -> None:

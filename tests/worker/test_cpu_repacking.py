@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train.cpu import cpu_has_avx512_bf16
 from worker.train.loading import load_for_training
 

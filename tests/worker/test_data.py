@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import JobConfig, demo_config
+from contract.config import JobConfig, demo_config
 from worker.train.data import (
     IGNORE_INDEX,
     DatasetError,

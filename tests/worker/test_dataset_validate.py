@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.datasets.validate import DatasetError, DatasetInvalid, check_file
+from contract.datasets import DatasetError, DatasetInvalid, check_file
 
 USER = {"role": "user", "content": "Reverse: abc"}
 ASSISTANT = {"role": "assistant", "content": "cba"}
@@ -149,7 +149,7 @@ def test_the_error_text_names_the_file_and_lines(tmp_path: Path) -> None:
 
 
 def test_the_training_loader_names_the_lines_of_the_rows_it_uses(tmp_path: Path) -> None:
-    from worker.config import demo_config
+    from contract.config import demo_config
     from worker.train.data import load_rows
 
     path = _jsonl(

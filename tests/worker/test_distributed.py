@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from contract.protocol import ExitCode, read_spool
+from contract.rundir import RunDir, complete_checkpoints
 from tests.worker.training_runs import demo_dict, new_run_dir, start_child, wait_for
-from worker.protocol import ExitCode, RunDir, complete_checkpoints, read_spool
 from worker.train.distributed import (
     NullReporter,
     follower_exit_code,

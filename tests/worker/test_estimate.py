@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config import JobConfig, demo_config
-from worker.estimate import estimate_memory
+from contract.config import JobConfig, demo_config
+from contract.estimate import estimate_memory
 
 
 def config(**sections: Any) -> JobConfig:

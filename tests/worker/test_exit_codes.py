@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import demo_config
+from contract.protocol import ExitCode
 from tests.worker.training_runs import demo_dict, new_run_dir, run_child
-from worker.config import demo_config
-from worker.protocol import ExitCode
 
 
 def test_an_invalid_config_exits_with_config_error_naming_the_field() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train import fused_loss
 from worker.train.fused_loss import FUSED_LOSS_ENV, FusedLoss, causal_lm_loss, plan_fused_loss
 from worker.train.loading import load_for_training

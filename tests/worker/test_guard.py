@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from contract.protocol import ExitCode
+from contract.rundir import complete_checkpoints
 from tests.worker.training_runs import FinishedRun, demo_dict, trained_run
-from worker.protocol import ExitCode, complete_checkpoints
 from worker.train.guard import DivergenceGuard
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train.compile import COMPILE_ENV
 from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.host_tables import (

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from worker.catalog import PRESET_MODELS
-from worker.config import JobConfig, demo_config
+from contract.catalog import PRESET_MODELS
+from contract.config import JobConfig, demo_config
 from worker.presets import generate_dataset
 from worker.train.loading import LoadedModel, ModelLoadError, load_for_training
 

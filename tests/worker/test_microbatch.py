@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import ConfigError, parse_config
+from contract.protocol import ExitCode
 from tests.worker.training_runs import demo_dict, trained_run
-from worker.config import ConfigError, parse_config
-from worker.protocol import ExitCode
 from worker.train.microbatch import SPLIT_FILE, Split, choose_split, divisors, load_split, save_split
 
 GB = 10**9
@@ -118,7 +118,7 @@ def test_configs_saved_with_a_true_or_false_keep_their_meaning() -> None:
 
 
 def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Path) -> None:
-    from worker.protocol import RunDir
+    from contract.rundir import RunDir
     from worker.train.pipeline import _probe_micro_batch
 
     cfg = demo_dict(batch_size=4, grad_accum=4)
@@ -182,7 +182,7 @@ def test_a_probe_pass_runs_the_training_loss_eagerly_even_with_compiled_layers(
     """The CUDA probe's forward + backward, run on CPU: gradients flow, and nothing is compiled for it."""
     import torch
 
-    from worker.config import demo_config
+    from contract.config import demo_config
     from worker.train.compile import COMPILE_ENV, compile_checkpointed_layers
     from worker.train.fused_loss import FusedLoss
     from worker.train.loading import load_for_training

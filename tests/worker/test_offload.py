@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from contract.config import demo_config
 from tests.worker.lora_helpers import give_every_adapter_a_gradient
-from worker.config import demo_config
 from worker.train import offload
 from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.loading import load_for_training

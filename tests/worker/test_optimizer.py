@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.config import FUSED_ADAMW_MAX_PARAMS, demo_config, resolve_optimizer
+from contract.config import FUSED_ADAMW_MAX_PARAMS, demo_config, resolve_optimizer
 from worker.train.pipeline import build_optimizer
 
 

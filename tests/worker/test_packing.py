@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train.compile import COMPILE_ENV
 from worker.train.data import TOKENS_KEY, PadCollator, batch_tokens, pack_examples
 from worker.train.fused_loss import FUSED_LOSS_ENV, FusedLoss, causal_lm_loss

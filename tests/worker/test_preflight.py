@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
-from worker.protocol import EventKind
+from contract.config import demo_config
+from contract.protocol import EventKind
 from worker.train.preflight import run_preflight, twin_config
 from worker.train.recipes.base import pattern_keeps
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.catalog import PRESET_DATASETS, PRESET_MODELS
+from contract.catalog import PRESET_DATASETS, PRESET_MODELS
 from worker.presets import PRESET_VERSION, READY_MARKER, generate_dataset, preset_model_dir
 
 CHAT = [

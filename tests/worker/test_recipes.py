@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train.recipes import recipe_for
 from worker.train.recipes.base import pattern_keeps
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from contract.protocol import EventKind, read_spool
+from contract.rundir import RunDir
 from tests.worker.fake_app import TOKEN, FakeApp, free_port
-from worker.protocol import EventKind, RunDir, read_spool
 from worker.train.reporter import Reporter
 
 

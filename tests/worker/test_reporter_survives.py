@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from contract.protocol import EventKind, read_spool
+from contract.rundir import RunDir
 from tests.worker.fake_app import TOKEN, FakeApp, free_port
-from worker.protocol import EventKind, RunDir, read_spool
 from worker.train.reporter import Reporter
 
 
@@ -146,7 +147,7 @@ def test_an_app_url_file_others_may_write_is_not_followed(tmp_path: Path, app: F
 
 
 def test_a_run_whose_events_did_not_all_reach_the_app_fails_saying_what_was_lost() -> None:
-    from worker.protocol import ExitCode
+    from contract.protocol import ExitCode
     from worker.train.pipeline import Outcome, with_delivery_problem
 
     problem = "run directory removed while training: 3 events not delivered"

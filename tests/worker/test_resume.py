@@ -8,8 +8,9 @@ from statistics import mean
 
 import pytest
 
+from contract.protocol import ExitCode, read_spool
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints
 from tests.worker.training_runs import demo_dict, new_run_dir, run_child, start_child, wait_for
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints, read_spool
 
 pytestmark = pytest.mark.training
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from contract.protocol import ExitCode
+from contract.rundir import complete_checkpoints
 from tests.worker.training_runs import demo_dict, new_run_dir, run_child
-from worker.protocol import ExitCode, complete_checkpoints
 
 pytestmark = pytest.mark.training
 

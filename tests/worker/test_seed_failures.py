@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from worker.config import demo_config
+from contract.config import demo_config
 from worker.train.loading import (
     load_for_training,
     load_model_config,

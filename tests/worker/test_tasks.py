@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import JobConfig, config_to_dict
+from contract.tasks import MERGE_STATUS, MERGED_DIR, merge_refusal
 from tests.worker.training_runs import REPO, child_env
-from worker.config import JobConfig, config_to_dict
-from worker.tasks import MERGE_STATUS, MERGED_DIR, merge_refusal
 from worker.train.model_card import render_model_card
 
 

@@ -8,10 +8,11 @@ from statistics import mean
 
 import pytest
 
+from contract.catalog import PRESET_MODELS
+from contract.protocol import ExitCode
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints
 from tests.worker.training_runs import DEMO_RUN_STEPS, FinishedRun, demo_dict, demo_run, trained_run
-from worker.catalog import PRESET_MODELS
 from worker.presets import CAPITALS
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, ExitCode, complete_checkpoints
 
 pytestmark = pytest.mark.training
 

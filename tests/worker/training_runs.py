@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.config import config_to_dict, demo_config
-from worker.protocol import RunDir, read_spool
+from contract.config import config_to_dict, demo_config
+from contract.protocol import read_spool
+from contract.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 _ROOT = Path(tempfile.mkdtemp(prefix="tuneboard-train-tests-"))

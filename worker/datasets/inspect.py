@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from worker.catalog import PRESET_DATASETS, PRESET_PREFIX
-from worker.datasets.validate import DatasetError, DatasetInvalid, check_file, detect_format
+from contract.catalog import PRESET_DATASETS, PRESET_PREFIX
+from contract.datasets import DatasetError, DatasetInvalid, check_file, detect_format
 
 PREVIEW_ROWS = 5
 OVER_MAX_SHOWN = 2  # rows past max_seq_len added to the preview when the first rows all fit

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.config import JobConfig, load_config_file
-from worker.protocol import RunDir
+from contract.config import JobConfig, load_config_file
+from contract.rundir import RunDir
 
 QUANTIZATION_FILE = "tuneboard_quantization.json"
 

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from worker.tasks import MERGED_DIR, MERGED_PARTIAL_DIR, merge_refusal, write_merge_status
+from contract.tasks import MERGED_DIR, MERGED_PARTIAL_DIR, merge_refusal, write_merge_status
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 

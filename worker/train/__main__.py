@@ -1,7 +1,7 @@
 """`python -m worker.train RUN_DIR`: the training child the app's launchers start.
 
 Reads RUN_DIR/config.json (and RUN_DIR/job.json when reporting to an app), trains, writes
-RUN_DIR/outcome.json last, and exits with a worker.protocol.ExitCode.
+RUN_DIR/outcome.json last, and exits with a contract.protocol.ExitCode.
 """
 
 from __future__ import annotations

@@ -19,14 +19,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from worker.config import JobConfig
-from worker.protocol import (
-    CHECKPOINT_COMPLETE_MARKER,
-    EventKind,
-    RunDir,
-    complete_checkpoints,
-    encode_number,
-)
+from contract.config import JobConfig
+from contract.protocol import EventKind, encode_number
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, RunDir, complete_checkpoints
 from worker.train.guard import DivergenceGuard, GuardVerdict
 from worker.train.reporter import Reporter
 from worker.train.signals import StopRequest

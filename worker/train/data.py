@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.catalog import PRESET_PREFIX
-from worker.config import JobConfig
+from contract.catalog import PRESET_PREFIX
+from contract.config import JobConfig
 
 # Reading and checking rows is shared with the app (upload checks): one reader, one checker.
-from worker.datasets.validate import (  # noqa: F401  (re-exported: callers import them from here)
+from contract.datasets import (  # noqa: F401  (re-exported: callers import them from here)
     FORMATS,
     ROLES,
     DatasetError,

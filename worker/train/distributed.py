@@ -30,7 +30,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.protocol import ExitCode, RunDir
+from contract.protocol import ExitCode
+from contract.rundir import RunDir
 
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300  # torchrun's SIGTERM → SIGKILL wait: room to finish a checkpoint

@@ -44,7 +44,7 @@ class DivergenceGuard:
 
     @classmethod
     def from_config(cls, guard_cfg: Any) -> DivergenceGuard:
-        """Build from a worker.config.GuardConfig."""
+        """Build from a contract.config.GuardConfig."""
         return cls(
             grad_norm_factor=guard_cfg.grad_norm_factor, patience=guard_cfg.patience, window=guard_cfg.window
         )

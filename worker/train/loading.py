@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.catalog import PRESET_PREFIX
-from worker.config import JobConfig
+from contract.catalog import PRESET_PREFIX
+from contract.config import JobConfig
 from worker.train.altup import altup_sum_wanted, patch_altup_predict
 from worker.train.compile import compile_checkpointed_layers, compile_wanted
 from worker.train.dequant import torch_dequant_wanted, unpack_with_torch

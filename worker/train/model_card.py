@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from worker.config import JobConfig, config_to_dict
+from contract.config import JobConfig, config_to_dict
 
 
 def render_model_card(

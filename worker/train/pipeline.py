@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.config import ConfigError, JobConfig, config_to_dict, load_config_file, resolve_optimizer
-from worker.protocol import EventKind, ExitCode, RunDir, last_complete_checkpoint
+from contract.config import ConfigError, JobConfig, config_to_dict, load_config_file, resolve_optimizer
+from contract.protocol import EventKind, ExitCode
+from contract.rundir import RunDir, last_complete_checkpoint
 from worker.train.data import TOKENS_KEY, batch_tokens
 from worker.train.distributed import (
     NullReporter,
@@ -887,7 +888,7 @@ def _is_disk_full(exc: BaseException, rd: RunDir) -> bool:
 
 
 def _incomplete_checkpoint_on_a_full_disk(rd: RunDir) -> bool:
-    from worker.protocol import CHECKPOINT_COMPLETE_MARKER
+    from contract.rundir import CHECKPOINT_COMPLETE_MARKER
 
     try:
         torn = [

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.config import JobConfig
+from contract.config import JobConfig
 from worker.train.loading import (
     ModelLoadError,
     ModelSource,
@@ -54,7 +54,7 @@ class PreflightResult:
     extra_keep: list[str] = field(default_factory=list)  # patterns to pass to load_for_training(extra_keep=)
 
     def payload(self) -> dict[str, Any]:
-        """The `preflight` event payload (worker/protocol.py)."""
+        """The `preflight` event payload (contract/protocol.py)."""
         return {
             "ok": self.ok,
             "summary": self.summary,

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from worker.protocol import RunDir, complete_checkpoints
+from contract.rundir import RunDir, complete_checkpoints
 
 CONFIG_ENV = "TUNEBOARD_CONFIG_JSON"
 JOB_ENV = "TUNEBOARD_JOB_JSON"

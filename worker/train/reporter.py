@@ -33,7 +33,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from worker.protocol import EventKind, RunDir, make_event, read_spool
+from contract.protocol import EventKind, make_event, read_spool
+from contract.rundir import RunDir
 
 SEND_INTERVAL_S = 1.0  # batch window of the sender
 HEARTBEAT_INTERVAL_S = 5.0  # an idle worker still says it is alive this often

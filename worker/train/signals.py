@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from worker.protocol import ExitCode
+from contract.protocol import ExitCode
 
 
 class StopRequest:

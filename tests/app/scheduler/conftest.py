@@ -22,7 +22,7 @@ from app.scheduler.gpus import discover_slots
 from app.scheduler.local import LocalLauncher
 from app.scheduler.supervisor import Supervisor
 from app.settings import Settings
-from worker.config import JobConfig
+from contract.config import JobConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FAKE_TRAINER = "tests.fakes.fake_trainer"

@@ -33,9 +33,9 @@ from app.scheduler.launcher import LaunchSpec
 from app.scheduler.ray_launcher import RayLauncher
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
+from contract.protocol import read_spool
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
-from worker.protocol import read_spool
 
 RAY_START_TIMEOUT_S = 90
 

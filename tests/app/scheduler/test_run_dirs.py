@@ -18,7 +18,7 @@ from app.models import Job
 from app.scheduler.claim import ClaimedJob, RunDirNotOwned, claim_next_job, prepare_run_dir
 from app.scheduler.gpus import discover_slots
 from app.settings import Settings
-from worker.protocol import CHECKPOINT_COMPLETE_MARKER, RunDir
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, RunDir
 
 
 def _claim(kit, settings: Settings) -> ClaimedJob:  # type: ignore[no-untyped-def]

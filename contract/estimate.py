@@ -1,7 +1,7 @@
 """A torch-free memory estimate for a job config, shown next to the "new job" form.
 
 Deliberately rough (±30%): it tells a user whether a run fits on their GPU before they spend time on
-it, from facts in `worker.catalog` alone. The terms follow how QLoRA memory actually splits:
+it, from facts in `contract.catalog` alone. The terms follow how QLoRA memory actually splits:
 
 - frozen base weights: the quantizable share packed to 4 (or 8) bits, the rest in bf16 (fp32 on CPU);
 - the LoRA adapter: fp32 weights + gradients + optimizer state (8-bit Adam keeps ~2 bytes/param);
@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.catalog import ModelInfo, model_info
-from worker.config import JobConfig, resolve_optimizer
+from contract.catalog import ModelInfo, model_info
+from contract.config import JobConfig, resolve_optimizer
 
 GB = 1024**3
 

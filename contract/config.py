@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX, model_info
+from contract.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX, model_info
 
 MAX_STRING = 4096
 
