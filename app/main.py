@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(metrics_router)
     # --- pages router (ui helper) ---
-    from app.pages import router as pages_router
+    from app.jobs.pages import router as pages_router
 
     app.include_router(pages_router)
     # --- end pages router ---

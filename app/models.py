@@ -135,3 +135,42 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # of the file as uploaded
     sha256: Mapped[str] = mapped_column(String(64))  # of the bytes as uploaded
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """Short work on a finished job (merged export, try-the-adapter) that the scheduler places like a job.
+
+    Statuses are the job's (queued → starting → running → succeeded | failed | cancelled); a task holds
+    `assigned_gpus` while active, so training claims and task claims never share a GPU.
+    """
+
+    __tablename__ = "task"
+    __table_args__ = (
+        CheckConstraint(status_check_sql("status"), name="ck_task_status"),
+        CheckConstraint("gpus_requested >= 0", name="ck_task_gpus_requested"),
+        Index("ix_task_queue", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "merge" | "try"
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    # what runs: `python -m <module> <run_dir> <args...>`, written by the app only (never read from RUN_DIR)
+    module: Mapped[str] = mapped_column(String(256))
+    args: Mapped[list[str]] = mapped_column(JSON, default=list)
+    run_dir: Mapped[str] = mapped_column(String(1024))
+    input_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # task input, DATA_DIR/tmp
+    output_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # stdout file, if kept
+    log_path: Mapped[str] = mapped_column(String(1024))  # stderr (and stdout when not kept apart)
+
+    gpus_requested: Mapped[int] = mapped_column(Integer, default=0)
+    assigned_gpus: Mapped[str | None] = mapped_column(String(128), nullable=True)  # "0"; "" means CPU
+    launcher: Mapped[str] = mapped_column(String(16), default="local")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timeout_s: Mapped[float] = mapped_column(Float)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # plain words

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # short worker-side tasks on finished runs (app/tasks): try-the-adapter generation, merged export
     task_gpus: str = Field(
         "",
-        description="CUDA_VISIBLE_DEVICES for short tasks, e.g. '0'; empty: CPU (not scheduled with jobs).",
+        description="GPUs short tasks may use, e.g. '0' (one is placed, free of jobs); empty: CPU.",
     )
     try_timeout_s: float = Field(
         300.0, gt=0, description="A try-the-adapter generation is killed after this."

@@ -90,8 +90,6 @@ def main() -> None:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )
-    if args.force_torchrun:
-        env["TUNEBOARD_FORCE_TORCHRUN"] = "1"
     app = subprocess.Popen(
         [
             sys.executable,
@@ -129,6 +127,8 @@ def main() -> None:
                 seq=args.seq,
                 gpus=gpus,
             )
+            if args.force_torchrun:  # a config field, so the job's plan records it (env vars change no job)
+                config["speed"] = {**config.get("speed", {}), "force_torchrun": "on"}
             job = _post(f"{base}/api/jobs", config)
             start = time.time()
             while True:

@@ -13,28 +13,31 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   every non-quantized weight), eager attention, HF gradient checkpointing, PagedAdamW8bit, the model's loss;
 - tuneboard: the worker's own loader (`load_for_training`: no upcast, the recipe's attention, non-reentrant
   checkpointing), the worker's optimizer (`build_optimizer`) and its fused linear cross-entropy
-  (`worker.train.fused_loss`); `tb-nofused` is the same with the model's own loss; `tb-offload` and
+  (`worker.train.speed.fused_loss`); `tb-nofused` is the same with the model's own loss; `tb-offload` and
   `tb-nooffload` are the same with CPU offload of the checkpointed layer inputs forced on / off
-  (`worker.train.offload`; `tuneboard` itself takes the worker's default); `tb-offload-lazy` offloads
+  (`worker.train.speed.offload`; `tuneboard` itself takes the worker's default); `tb-offload-lazy` offloads
   without the backward prefetch; `tb-compile` / `tb-nocompile` force the compiled decoder layers
-  (`worker.train.compile`) on / off (`tuneboard` runs eager: the benchmark's config has fewer steps than
+  (`worker.train.speed.compile`) on / off (`tuneboard` runs eager: the benchmark's config has fewer steps than
   "auto" compiles for); `tb-nohost` keeps the big frozen lookup tables on the GPU
-  (`worker.train.host_tables`, on by default on CUDA); `tb-inputgrads` is `tb-compile` with the input
+  (`worker.train.speed.host_tables`, on by default on CUDA); `tb-inputgrads` is `tb-compile` with the input
   embeddings' output requiring a gradient, as the loader did before (autograd then also records the frozen
   work before the first decoder layer); `tb-cudagraphs` and `tb-cppwrapper` are `tb-compile` with inductor's
-  CUDA graphs or its C++ launcher (`TUNEBOARD_COMPILE_OPTIONS`), which cut the host's time per kernel launch;
-  `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.altup` off);
+  CUDA graphs or its C++ launcher (`speed.compile_options`), which cut the host's time per kernel launch;
+  `tb-altup-bmm` is `tb-compile` with transformers' own AltUp prediction (`worker.train.speed.altup` off);
   `tb-torchdequant` / `tb-bnbdequant` are `tb-compile` with the 4-bit weights unpacked by PyTorch ops
-  (`worker.train.dequant`, the default where layers are compiled) / by bitsandbytes' own op; `tb-combo` is
-  `tb-compile` with inductor's horizontal fusion of independent kernels (`combo_kernels`).
+  (`worker.train.speed.dequant`, the default where layers are compiled) / by bitsandbytes' own op; `tb-combo`
+  is `tb-compile` with inductor's horizontal fusion of independent kernels (`combo_kernels`).
+  A recipe forces levers by passing overrides to the run-plan resolver (`worker.train.speed.plan`), never
+  through environment variables; each recipe prints its plan and keeps it in its results.
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
   instead of running it again (the seed's 50 steps take minutes).
 - `--profile` adds, per phase, a torch.profiler summary of one step (GPU-busy fraction, kernels, top kernels)
   and, for eager recipes, what was live at the step's peak allocation (`bench/profile_step.py`).
 
 A phase `MxA:N` runs N optimizer steps of A micro-batches of M rows (tokens per optimizer step M·A·seq);
-`MxA:N+NAME=VALUE` sets an environment variable for that phase only (for levers read at each call, such as
-`TUNEBOARD_FUSED_LOSS_CHUNK_ROWS`), so `16x1:12,16x1:12+NAME=VALUE,16x1:12` is an A/B/A in one process.
+`MxA:N+NAME=VALUE` changes something for that phase only: a lever applied at each call
+(`fused_loss_chunk_rows`) when NAME is one, else an environment variable; so
+`16x1:12,16x1:12+NAME=VALUE,16x1:12` is an A/B/A in one process.
 Every recipe's first phase starts from the same LoRA init and sees the same batches, so their first phases'
 loss curves are compared step by step (the correctness gate).
 
@@ -48,6 +51,7 @@ Peak: H100 SXM dense bf16 989 TFLOP/s (H100 PCIe 756, H200 989).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -62,11 +66,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.train.altup import ALTUP_SUM_ENV  # noqa: E402  (torch-free modules: only switch names)
-from worker.train.compile import OPTIONS_ENV  # noqa: E402
-from worker.train.dequant import TORCH_DEQUANT_ENV  # noqa: E402
-from worker.train.host_tables import HOST_TABLES_ENV  # noqa: E402
-from worker.train.offload import PREFETCH_ENV  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR = 2e-4
@@ -92,17 +91,19 @@ RECIPES = (
     "tb-bnbdequant",
     "tb-combo",
 )
-# The worker's lever switches a recipe sets before loading (see the module docstring for each recipe).
-RECIPE_ENV = {
-    "tb-offload-lazy": {PREFETCH_ENV: "0"},
-    "tb-nohost": {HOST_TABLES_ENV: "0"},
-    "tb-cudagraphs": {OPTIONS_ENV: '{"triton.cudagraphs": true}'},
-    "tb-cppwrapper": {OPTIONS_ENV: '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}'},
-    "tb-torchdequant": {TORCH_DEQUANT_ENV: "1"},
-    "tb-bnbdequant": {TORCH_DEQUANT_ENV: "0"},
-    "tb-combo": {OPTIONS_ENV: '{"combo_kernels": true}'},
-    "tb-altup-bmm": {ALTUP_SUM_ENV: "0"},
+# The levers a recipe forces, by the run plan's names (see the module docstring for each recipe).
+RECIPE_OVERRIDES: dict[str, dict[str, str]] = {
+    "tb-offload-lazy": {"offload_prefetch": "off"},
+    "tb-nohost": {"host_tables": "off"},
+    "tb-cudagraphs": {"compile_options": '{"triton.cudagraphs": true}'},
+    "tb-cppwrapper": {"compile_options": '{"cpp_wrapper": true, "triton.autotune_at_compile_time": true}'},
+    "tb-torchdequant": {"torch_dequant": "on"},
+    "tb-bnbdequant": {"torch_dequant": "off"},
+    "tb-combo": {"compile_options": '{"combo_kernels": true}'},
+    "tb-altup-bmm": {"altup_sum": "off"},
 }
+# Levers a phase may change between steps: they are read at each call, not applied at load.
+PHASE_LEVERS = frozenset({"fused_loss_chunk_rows"})
 # Recipes that force the compiled decoder layers on (tb-nocompile forces them off; the rest keep the default).
 COMPILED_RECIPES = frozenset(
     {
@@ -251,28 +252,35 @@ def load_seed(model_dir: Path) -> Any:
     return model, cls(params, lr=LR), None, None
 
 
-def load_tuneboard(
-    model_dir: Path, fused: bool, offload: bool | None = None, compiled: bool | None = None
-) -> Any:
-    """Tuneboard's path: the worker's loader, optimizer and (unless `fused` is False) fused loss.
+def recipe_overrides(recipe: str) -> dict[str, str]:
+    """The levers `recipe` forces, as overrides for the run-plan resolver (empty: the worker's defaults)."""
+    overrides = dict(RECIPE_OVERRIDES.get(recipe, {}))
+    if recipe in ("tb-offload", "tb-offload-lazy"):
+        overrides["offload_activations"] = "on"
+    elif recipe == "tb-nooffload":
+        overrides["offload_activations"] = "off"
+    if recipe in COMPILED_RECIPES:
+        overrides["compile"] = "on"
+    elif recipe == "tb-nocompile":
+        overrides["compile"] = "off"
+    if recipe == "tb-nofused":
+        overrides["fused_loss"] = "off"
+    return overrides
 
-    `offload` forces CPU offload of checkpointed layer inputs on or off, `compiled` the compilation of the
-    decoder layers; None keeps the worker's default.
+
+def load_tuneboard(model_dir: Path, overrides: dict[str, str] | None = None) -> Any:
+    """Tuneboard's path: the worker's loader, optimizer and fused loss, with the levers its plan says.
+
+    `overrides` force levers by name (`recipe_overrides`); they land in the returned run plan, as a
+    job's config settings would, so the results say what ran.
     """
     import torch
 
-    from worker.train.compile import COMPILE_ENV
-    from worker.train.offload import OFFLOAD_ENV
-
-    if offload is not None:
-        os.environ[OFFLOAD_ENV] = "1" if offload else "0"
-    if compiled is not None:
-        os.environ[COMPILE_ENV] = "1" if compiled else "0"
-
     from contract.config import parse_config
-    from worker.train.fused_loss import FUSED_LOSS_ENV, plan_fused_loss
     from worker.train.loading import load_for_training
     from worker.train.pipeline import build_optimizer
+    from worker.train.speed.fused_loss import plan_fused_loss
+    from worker.train.speed.plan import fused_loss_setting, record_fused_loss, resolve_plan
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = parse_config(
@@ -285,13 +293,19 @@ def load_tuneboard(
         }
     )
     torch.manual_seed(SEED)
-    loaded = load_for_training(cfg, device=device)
+    run_plan = resolve_plan(cfg, device=device, overrides=overrides)
+    loaded = load_for_training(cfg, device=device, plan=run_plan)
+    run_plan = loaded.plan or run_plan
     model = loaded.model
     optimizer, _ = build_optimizer(cfg, model, device)
-    if not fused:
-        os.environ[FUSED_LOSS_ENV] = "0"
-    plan = plan_fused_loss(model, device)
-    return model, optimizer, plan, loaded.compiler
+    fused = plan_fused_loss(
+        model,
+        device,
+        setting=fused_loss_setting(run_plan),
+        chunk_rows=run_plan.value("fused_loss_chunk_rows"),
+    )
+    record_fused_loss(run_plan, fused, None if fused is not None else "the model's own loss")
+    return model, optimizer, fused, loaded.compiler, run_plan
 
 
 def weight_breakdown(model: Any, top: int = 8) -> list[tuple[str, float]]:
@@ -325,24 +339,20 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.profiler import record_function
 
-    from worker.train.fused_loss import causal_lm_loss
     from worker.train.pipeline import trainable_parameters
+    from worker.train.speed.fused_loss import causal_lm_loss
 
     model_dir = Path(args.model_dir)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     t0 = time.perf_counter()
+    run_plan = None
     if args.recipe == "seed":
         model, optimizer, plan, compiler = load_seed(model_dir)
     else:
-        offload = {"tb-offload": True, "tb-offload-lazy": True, "tb-nooffload": False}.get(args.recipe)
-        compiled = (
-            True if args.recipe in COMPILED_RECIPES else (False if args.recipe == "tb-nocompile" else None)
-        )
-        os.environ.update(RECIPE_ENV.get(args.recipe, {}))
-        model, optimizer, plan, compiler = load_tuneboard(
-            model_dir, fused=args.recipe != "tb-nofused", offload=offload, compiled=compiled
-        )
+        model, optimizer, plan, compiler, run_plan = load_tuneboard(model_dir, recipe_overrides(args.recipe))
+        for choice in run_plan.levers.values():  # shown, so an override is never silent
+            print(f"[{args.recipe}] plan {choice.name} = {choice.shown} ({choice.reason})", flush=True)
     if args.recipe == "tb-inputgrads":  # the loader's former way: a gradient on the embeddings' output
         model.get_base_model().enable_input_require_grads()
     load_s = time.perf_counter() - t0
@@ -363,6 +373,7 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
             for m in model.modules()
         ),
         "compiled": compiler is not None,
+        "plan": run_plan.to_dict() if run_plan is not None else None,
         "phases": [],
     }
     if cuda:
@@ -373,8 +384,12 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     vocab = min(2000, int(text_config.vocab_size))
     for phase_index, phase in enumerate(args.phases.split(",")):
         micro, accum, steps, env = parse_phase(phase)
-        saved_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # read at call time, e.g. the loss chunk size; put back after the phase
+        phase_plan = plan
+        levers = {k: v for k, v in env.items() if k in PHASE_LEVERS}
+        if "fused_loss_chunk_rows" in levers and plan is not None:
+            phase_plan = dataclasses.replace(plan, chunk_rows=int(levers["fused_loss_chunk_rows"]))
+        saved_env = {k: os.environ.get(k) for k in env if k not in levers}
+        os.environ.update({k: v for k, v in env.items() if k not in levers})  # put back after the phase
         rows = micro * accum
         # The first phase uses the shared batches (same for every recipe); later ones their own stream.
         batches = make_batches(steps, rows, seq, SEED if phase_index == 0 else SEED + 7 + rows, vocab)
@@ -385,7 +400,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         times: list[float] = []
         error = None
 
-        def run_step(block: Any, micro: int = micro, accum: int = accum, rows: int = rows) -> float:
+        def run_step(
+            block: Any, micro: int = micro, accum: int = accum, rows: int = rows, plan: Any = phase_plan
+        ) -> float:
             # The micro-batch losses stay on the device until the step ends: reading each one would make
             # the host wait for the GPU between micro-batches (one sync per step, as in the worker).
             total = torch.zeros((), device=device)

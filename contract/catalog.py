@@ -23,7 +23,7 @@ class ModelInfo:
     num_layers: int
     vocab_size: int
     notes: tuple[str, ...] = field(default_factory=tuple)
-    # Parameters of frozen lookup tables a GPU run keeps in CPU memory (worker/train/host_tables.py):
+    # Parameters of frozen lookup tables a GPU run keeps in CPU memory (worker/train/speed/host_tables.py):
     # Gemma 3n's per-layer embeddings, layers × 256 × 262,144.
     host_table_params: int = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,6 +260,80 @@ class ResourcesConfig(_Strict):
     )
 
 
+OnOffAuto = Literal["auto", "on", "off"]
+
+
+class SpeedConfig(_Strict):
+    """Speed levers: how a run computes, never what it learns. Each is "auto" by default, which lets the
+    worker decide for the device, the model and the run (the run plan, RUN_DIR/plan.json, records each
+    decision and why); "on" / "off" force it. Environment variables do not change these."""
+
+    torch_dequant: OnOffAuto = Field(
+        "auto",
+        description="Unpack 4-bit weights with PyTorch ops inside compiled layers, so the compiler fuses the "
+        "unpacking. auto: wherever the decoder layers are compiled.",
+    )
+    host_tables: OnOffAuto = Field(
+        "auto",
+        description="Keep large frozen lookup tables (Gemma 3n's per-layer embeddings) in CPU memory and "
+        "copy only each batch's rows to the GPU. auto: on CUDA.",
+    )
+    offload_activations: OnOffAuto = Field(
+        "auto",
+        description="Move the inputs gradient checkpointing keeps for each layer to CPU memory until the "
+        "backward pass (needs gradient_checkpointing). auto: on CUDA.",
+    )
+    offload_prefetch: OnOffAuto = Field(
+        "auto",
+        description="With offloaded activations, copy the next layer's inputs back while this one "
+        "recomputes (double buffering). auto: on.",
+    )
+    altup_sum: OnOffAuto = Field(
+        "auto",
+        description="Compute Gemma 3n's AltUp prediction as multiply-adds instead of a batched 4 × 4 "
+        "product. auto: wherever the decoder layers are compiled.",
+    )
+    compile_backend: Literal["auto", "inductor", "aot_eager", "eager"] = Field(
+        "auto",
+        description="torch.compile backend when training.torch_compile compiles. auto: inductor; aot_eager "
+        "needs no C compiler (tests).",
+    )
+    compile_options: str | None = Field(
+        None,
+        max_length=2000,
+        description='Inductor options as a JSON object, e.g. {"triton.cudagraphs": true}.',
+    )
+    fused_loss: OnOffAuto = Field(
+        "auto",
+        description="Compute the loss without storing the full logits (fused linear + cross-entropy). auto: "
+        "on CUDA when liger-kernel is installed; on: also elsewhere, with a chunked PyTorch version.",
+    )
+    fused_loss_chunk_rows: int | None = Field(
+        None,
+        ge=0,
+        le=1_048_576,
+        description="Rows per chunk of liger-kernel's fused loss (empty: 1024; 0: liger's own sizing).",
+    )
+    force_torchrun: Literal["auto", "on"] = Field(
+        "auto",
+        description="on: run even a one-GPU job through torchrun (a dry run of the multi-GPU path). auto: "
+        "torchrun only for resources.gpus above 1.",
+    )
+
+    @field_validator("compile_options")
+    @classmethod
+    def _json_object(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            options = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f'must be a JSON object such as {{"cpp_wrapper": true}} ({exc})') from None
+        if not isinstance(options, dict):
+            raise ValueError('must be a JSON object of inductor options, such as {"cpp_wrapper": true}')
+        return value
+
+
 class JobConfig(_Strict):
     """One fine-tune, fully described."""
 
@@ -270,6 +345,7 @@ class JobConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
 
     @model_validator(mode="after")
     def _fits_the_model(self) -> JobConfig:
@@ -457,3 +533,37 @@ def field_paths(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[st
         else:
             paths.append(f"{prefix}{name}")
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stored configs: the `job.config` column, read back by every part of the app that needs a setting of a job
+
+# The version of the stored shape. Rows carry no version key until the shape first changes in a way that
+# defaults cannot bridge (a field renamed, removed or given a new meaning): absent means 1. That change
+# bumps this number, writes `config_version` into new rows and adds an upgrade step from the old shape.
+CONFIG_VERSION = 1
+CONFIG_VERSION_KEY = "config_version"
+# version → a function turning that version's dict into the next version's (none yet: see above)
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def stored_config(data: Any, *, schema: type[JobConfig] = JobConfig) -> JobConfig:
+    """A job's stored config dict as a JobConfig; fields added since the row was written get defaults.
+
+    Raises ConfigError when the row no longer validates (a value the schema has since tightened) or was
+    written by a newer app than this one.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError({"": "the stored config is not a mapping of sections"})
+    body = dict(data)
+    version = body.pop(CONFIG_VERSION_KEY, 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CONFIG_VERSION:
+        known = f"this app reads 1 to {CONFIG_VERSION}"
+        raise ConfigError({CONFIG_VERSION_KEY: f"stored with config version {version!r}; {known}"})
+    while version < CONFIG_VERSION:
+        body = _UPGRADES[version](body)
+        version += 1
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation_error(exc)) from None

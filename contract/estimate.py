@@ -11,11 +11,11 @@ it, from facts in `contract.catalog` alone. The terms follow how QLoRA memory ac
   (measured on Gemma 3n: with a 262k vocabulary this is often the largest single term).
 
 On a GPU the worker's defaults change three terms (bench/README.md has the measurements): Gemma 3n's
-per-layer embedding table stays in CPU memory (`worker/train/host_tables.py`); the loss is a fused linear +
-cross-entropy that never holds the logits (`worker/train/fused_loss.py`, when liger-kernel is installed); and
-checkpointed layer inputs wait in CPU memory (`worker/train/offload.py`), so only the layer being recomputed
-and the next one's input stay on the GPU. For Gemma 3n the step's working set is then calibrated on the
-H100: 1.81 GB at 4 × 512 and 7.24 GB at 16 × 512 on E2B dims, i.e. ~216 hidden-state copies.
+per-layer embedding table stays in CPU memory (`worker/train/speed/host_tables.py`); the loss is a fused
+linear + cross-entropy that never holds the logits (`worker/train/speed/fused_loss.py`, when liger-kernel is
+installed); and checkpointed layer inputs wait in CPU memory (`worker/train/speed/offload.py`), so only the
+layer being recomputed and the next one's input stay on the GPU. For Gemma 3n the step's working set is then
+calibrated on the H100: 1.81 GB at 4 × 512 and 7.24 GB at 16 × 512 on E2B dims, i.e. ~216 hidden-state copies.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _ACTIVATIONS_PER_LAYER = 17
 # Gemma 3n on a GPU with the worker's defaults (fused loss, offloaded checkpoint inputs): what one step
 # allocates, in hidden-state copies (batch × seq × hidden × 2 bytes), measured on the H100 (module docstring)
 _GEMMA3N_GPU_STEP_COPIES = 216
-# architectures whose loss the worker fuses on a GPU (worker/train/fused_loss.py SUPPORTED_MODEL_TYPES)
+# architectures whose loss the worker fuses on a GPU (worker/train/speed/fused_loss.py SUPPORTED_MODEL_TYPES)
 _FUSED_LOSS_ARCHITECTURES = (
     "Gemma3n",
     "Gemma3",

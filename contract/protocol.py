@@ -13,6 +13,9 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+# the keys a worker reports; their chart panels, labels and units: the table in contract/metrics.py
+from contract.metrics import METRIC_KEYS as METRIC_KEYS
+
 
 class EventKind(StrEnum):
     """What an event carries. Payload shapes are documented per kind."""
@@ -22,29 +25,12 @@ class EventKind(StrEnum):
     PROGRESS = "progress"  # {"step": int, "total_steps": int, "eta_seconds": float?}
     LOG = "log"  # {"level": "info" | "warning" | "error", "message": str}
     PREFLIGHT = "preflight"  # {"ok": bool, "summary": str, "kept_in_full_precision": [...], "notes": [...]}
+    PLAN = "plan"  # contract.plan.RunPlan.to_dict(): every speed lever's state and why, once before training
     CHECKPOINT = "checkpoint"  # {"path": str (relative to RUN_DIR), "step": int}
     GUARD = "guard"  # {"reason": str, "action": "stop" | "rollback" | "warn", "detail": {...}}
     SAMPLE = "sample"  # {"prompt": str, "completion": str}
     ARTIFACT = "artifact"  # {"name": "adapter", "path": str (relative to RUN_DIR)}
     HEARTBEAT = "heartbeat"  # {}: sent when nothing else happened for a while
-
-
-# Metric keys the dashboard charts (others are stored and listed too).
-METRIC_KEYS = (
-    "loss",
-    "eval_loss",
-    "grad_norm",
-    "learning_rate",
-    "epoch",
-    "tokens_per_second",
-    "tokens_seen",
-    "vram_allocated_gb",
-    "vram_reserved_gb",
-    "vram_peak_gb",
-    "gpu_util",
-    "gpu_power_w",
-    "rss_gb",
-)
 
 
 class ExitCode(IntEnum):

@@ -55,6 +55,11 @@ class RunDir:
         return self.root / "app_url"
 
     @property
+    def plan(self) -> Path:
+        # how the run computes (contract/plan.py): written by the worker before training, read on resume
+        return self.root / "plan.json"
+
+    @property
     def owner(self) -> Path:
         return self.root / "owner.json"  # {"job_id", "run"}: written by the app when it makes the directory
 

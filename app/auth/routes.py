@@ -110,7 +110,7 @@ def _throttle(request: Request) -> LoginThrottle:
 
 
 def _render(request: Request, *, next_url: str, error: str | None, status_code: int = 200) -> HTMLResponse:
-    from app.pages import templates
+    from app.templating import templates
 
     state = _auth_cache(request).current()
     context = {"next_url": next_url, "error": error, "password_set": bool(state.password_hash)}

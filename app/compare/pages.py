@@ -17,7 +17,8 @@ from app.compare import service
 from app.compare.service import CompareError
 from app.deps import SessionDep
 from app.models import Job
-from app.pages import templates
+from app.templating import templates
+from contract.metrics import CHARTED_KEYS, X_AXIS_KEYS, metric_label
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -33,9 +34,9 @@ DASHES: tuple[tuple[int, ...], ...] = (
     (10, 3, 2, 3, 2, 3),
 )
 COLOURS = 8
-X_LABELS = {"step": "step", "tokens_seen": "tokens seen", "epoch": "epoch"}
-# metrics offered first in the picker, in this order, when the runs have them
-PREFERRED_METRICS = ("loss", "eval_loss", "grad_norm", "learning_rate", "tokens_per_second")
+X_LABELS = {"step": "step", **{key: metric_label(key) for key in X_AXIS_KEYS}}
+# metrics offered first in the picker, in the job page's panel order, when the runs have them
+PREFERRED_METRICS = CHARTED_KEYS
 
 
 def config_value(value: Any) -> str:

@@ -18,15 +18,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.jobs.schemas import job_summary
+from app.jobs.status import TERMINAL
 from app.metrics.queries import raw_points, series
 from app.models import Job, JobEvent, MetricPoint
 from contract.config import field_paths
+from contract.metrics import X_AXIS_KEYS
 
 MIN_RUNS = 2
 MAX_RUNS = 8
 # a sweep group page compares all its members; the sweep cap bounds it
 MAX_GROUP_RUNS = 32
-X_AXES = ("step", "tokens_seen", "epoch")
+# the step, or a cumulative count the worker reports next to it (contract/metrics.py marks them)
+X_AXES = ("step", *X_AXIS_KEYS)
 DEFAULT_METRIC = "loss"
 DEFAULT_MAX_POINTS = 1000
 
@@ -155,7 +158,7 @@ def duration_seconds(summary: dict[str, Any], now: datetime | None = None) -> fl
         return None
     end = _parse_iso(summary.get("finished_at"))
     if end is None:
-        if summary.get("status") in ("succeeded", "failed", "cancelled"):
+        if summary.get("status") in TERMINAL:
             return None
         end = now or datetime.now(UTC)
     return max(0.0, (end - start).total_seconds())

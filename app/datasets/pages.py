@@ -16,7 +16,7 @@ from app.datasets import preview as previews
 from app.datasets import service
 from app.datasets.api import accept_upload, preview_request
 from app.deps import SessionDep, SettingsDep, get_session_factory
-from app.pages import render_block, templates
+from app.templating import render_block, templates
 from contract.catalog import KNOWN_HUB_MODELS, PRESET_MODELS, PRESET_PREFIX
 from contract.datasets import SUFFIXES
 

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from app import artifacts
@@ -20,6 +22,7 @@ from app.jobs.schemas import Created, JobDetail, JobSummary, config_request_body
 from app.jobs.status import JobStatus
 from contract.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
 from contract.config import ConfigError, config_to_dict, demo_config, parse_config
+from contract.estimate import estimate_memory
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -70,6 +73,24 @@ def create_demo_job(session: SessionDep) -> dict[str, Any]:
     text_config = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     job = service.create_job(session, config=config, config_text=text_config)
     return {"id": job.id, "status": job.status}
+
+
+# hidden from /docs as it was when the pages module served it: the new-job form's estimate panel uses it
+@router.post("/estimate", include_in_schema=False)
+async def estimate_api(request: Request) -> Response:
+    """Memory estimate for a JSON config: {"total_gb", "breakdown", "notes"} (422 with the problems)."""
+    settings = request.app.state.settings
+    body = await read_body_limited(request, settings.max_config_bytes, "the job config")
+    try:
+        # a config near the cap takes a while to parse: in a thread, so other requests are not held up
+        data = await anyio.to_thread.run_sync(json.loads, body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
+        return JSONResponse(
+            {"detail": "invalid job config", "problems": {"": "the body is not valid JSON; send the config"}},
+            status_code=422,
+        )
+    config = await anyio.to_thread.run_sync(parse_config, data)  # ConfigError → 422 (the app's handler)
+    return JSONResponse(estimate_memory(config).as_dict())
 
 
 @router.get("/jobs", response_model=list[JobSummary])

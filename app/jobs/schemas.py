@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.auth.redact import redact_data, redact_secrets
+from app.jobs.status import JobStatus
 from app.models import Job
 
 
@@ -74,7 +75,7 @@ def iso(value: datetime | None) -> str | None:
 
 def job_progress(job: Job) -> float | None:
     """Fraction of the steps done (0..1), or None while the total is unknown."""
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         return 1.0
     if not job.total_steps:
         return None

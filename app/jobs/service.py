@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.jobs.status import TERMINAL, JobStatus, TransitionError, check_transition
+from app.jobs.status import RESUMABLE, TERMINAL, JobStatus, TransitionError, check_transition
 from app.models import Job, utcnow
 from contract.config import ConfigError, JobConfig, config_to_dict, load_config_text, parse_config
 
@@ -144,7 +144,7 @@ def cancel_job(session: Session, *, job: Job) -> Job:
 def resume_job(session: Session, *, job: Job) -> Job:
     """Put a failed or cancelled job back in the queue; it restarts from its last complete checkpoint."""
     status = JobStatus(job.status)
-    if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+    if status not in RESUMABLE:
         hint = "clone it to train again" if status == JobStatus.SUCCEEDED else "it has not stopped yet"
         raise TransitionError(f"job {job.id} is {status.value} and cannot be resumed; {hint}")
     transition(session, job=job, to=JobStatus.QUEUED)

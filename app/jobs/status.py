@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class JobStatus(StrEnum):
@@ -15,8 +16,21 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"  # stopped on request (a checkpoint was saved when it was running)
 
 
+# The sets, each defined once. The templates read them as globals (app/templating.py) and the browser
+# receives them in every page (status_vocabulary), so no script keeps its own list.
+
+# finished: nothing will change the job any more except a resume
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# a process was started for the job and may still run: it holds its GPUs, reports events, is reconciled
 ACTIVE = frozenset({JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING})
+# not finished: queued or active
+UNFINISHED = frozenset(JobStatus) - TERMINAL
+# the Cancel button is offered (a cancelling job is already stopping)
+CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING})
+# the Resume button is offered
+RESUMABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+# training is under way, so an ETA means something
+PROGRESSING = frozenset({JobStatus.STARTING, JobStatus.RUNNING})
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # queued → failed: the scheduler refuses a job that can never fit this machine (e.g. asks for more GPUs)
@@ -51,3 +65,27 @@ def status_check_sql(column: str = "status") -> str:
     """SQL for the CHECK constraint that keeps unknown statuses out of the table."""
     values = ", ".join(f"'{s.value}'" for s in JobStatus)
     return f"{column} IN ({values})"
+
+
+def badge_class(status: str) -> str:
+    """The CSS classes of a status badge (app.css colours one per status)."""
+    return f"badge badge-{status}"
+
+
+def status_vocabulary() -> dict[str, Any]:
+    """The statuses, their sets and badge classes as JSON-able data, for the page's scripts."""
+    ordered = [s.value for s in JobStatus]
+
+    def names(group: frozenset[JobStatus]) -> list[str]:
+        return [s for s in ordered if s in group]
+
+    return {
+        "all": ordered,
+        "terminal": names(TERMINAL),
+        "active": names(ACTIVE),
+        "unfinished": names(UNFINISHED),
+        "cancellable": names(CANCELLABLE),
+        "resumable": names(RESUMABLE),
+        "progressing": names(PROGRESSING),
+        "badge_class": {s: badge_class(s) for s in ordered},
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -87,3 +88,37 @@ def stream_cursor(session: Session, *, job_id: int) -> str:
     seq = session.scalar(select(func.max(_event.c.seq)).where(_event.c.job_id == job_id))
     step = session.scalar(select(func.max(_metric.c.step)).where(_metric.c.job_id == job_id))
     return f"{seq or 0}.{'' if step is None else step}"
+
+
+def latest_values(session: Session, *, job_id: int) -> dict[str, float | None]:
+    """The newest value of every metric key (for the no-JavaScript table and the header)."""
+    newest = (
+        select(_metric.c.key, func.max(_metric.c.step).label("step"))
+        .where(_metric.c.job_id == job_id)
+        .group_by(_metric.c.key)
+    ).subquery()
+    stmt = (
+        select(_metric.c.key, _metric.c.value, _metric.c.nonfinite)
+        .join(newest, (_metric.c.key == newest.c.key) & (_metric.c.step == newest.c.step))
+        .where(_metric.c.job_id == job_id)
+        .order_by(_metric.c.key)
+    )
+    result: dict[str, float | None] = {}
+    for key, value, nonfinite in session.execute(stmt):
+        result[key] = float(nonfinite) if value is None and nonfinite else value
+    return result
+
+
+def newest_events(
+    session: Session, *, job_id: int, kinds: Sequence[str], after_seq: int = 0, limit: int
+) -> list[dict[str, Any]]:
+    """The newest `limit` events of these kinds after `after_seq`, oldest first (the job page's lists)."""
+    stmt = (
+        select(_event)
+        .where(_event.c.job_id == job_id, _event.c.seq > after_seq, _event.c.kind.in_(list(kinds)))
+        .order_by(_event.c.seq.desc())
+        .limit(limit)
+    )
+    rows = list(session.execute(stmt))
+    rows.reverse()
+    return [event_dict(row) for row in rows]

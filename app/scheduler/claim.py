@@ -18,9 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import immediate_transaction
 from app.jobs.service import transition
 from app.jobs.status import ACTIVE, JobStatus
-from app.models import Job
+from app.models import Job, Task
 from app.scheduler.gpus import Slots
-from app.scheduler.placement import QueuedJob, choose_placement, impossible_reason, parse_assigned
+from app.scheduler.placement import (
+    QueuedJob,
+    choose_placement,
+    choose_task_gpus,
+    impossible_reason,
+    parse_assigned,
+)
 from app.settings import Settings
 from contract.rundir import RunDir
 
@@ -58,11 +64,14 @@ def hash_token(token: str) -> str:
 
 
 def slots_in_use(session: Session) -> tuple[set[str], int]:
-    """GPUs and the number of CPU slots held by active (starting/running/cancelling) jobs."""
+    """GPUs held by active jobs and tasks, and the number of CPU slots held by active jobs.
+
+    CPU tasks hold no training CPU slot: they are few (settings.tasks_max_concurrent) and short, and a
+    try-the-adapter answer should not wait behind a CPU training run.
+    """
+    active = [s.value for s in ACTIVE]
     rows = session.execute(
-        select(Job.assigned_gpus).where(
-            Job.status.in_([s.value for s in ACTIVE]), Job.assigned_gpus.is_not(None)
-        )
+        select(Job.assigned_gpus).where(Job.status.in_(active), Job.assigned_gpus.is_not(None))
     ).scalars()
     gpus: set[str] = set()
     cpu = 0
@@ -72,7 +81,69 @@ def slots_in_use(session: Session) -> tuple[set[str], int]:
             gpus.update(held)
         else:
             cpu += 1
+    for assigned in session.execute(
+        select(Task.assigned_gpus).where(Task.status.in_(active), Task.assigned_gpus.is_not(None))
+    ).scalars():
+        gpus.update(parse_assigned(assigned))
     return gpus, cpu
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task this scheduler now owns (status starting), with what the launcher needs."""
+
+    task_id: int
+    job_id: int
+    kind: str
+    module: str
+    args: tuple[str, ...]
+    run_dir: Path
+    log_path: Path
+    stdout_path: Path | None
+    gpus: tuple[str, ...]
+    timeout_s: float
+
+
+def task_gpu_choices(settings: Settings) -> list[str]:
+    """The GPUs tasks may use (settings.task_gpus, e.g. "0"); empty: tasks run on the CPU."""
+    return list(parse_assigned(settings.task_gpus))
+
+
+def claim_next_task(factory: sessionmaker[Session], *, settings: Settings) -> ClaimedTask | None:
+    """Claim the oldest queued task that fits (status → starting, GPUs assigned), or None.
+
+    The same write-locked transaction and slot accounting as claim_next_job: a task that asks for a GPU
+    waits until one of settings.task_gpus is held by no training job and no other task.
+    """
+    with immediate_transaction(factory) as session:
+        queued = list(
+            session.scalars(select(Task).where(Task.status == JobStatus.QUEUED.value).order_by(Task.id))
+        )
+        if not queued:
+            return None
+        busy_gpus, _ = slots_in_use(session)
+        allowed = task_gpu_choices(settings)
+        for task in queued:
+            gpus = choose_task_gpus(task.gpus_requested, allowed, busy_gpus)
+            if gpus is None:
+                continue
+            task.status = JobStatus.STARTING.value
+            task.assigned_gpus = ",".join(gpus)
+            task.started_at = datetime.now(UTC)
+            session.flush()
+            return ClaimedTask(
+                task_id=task.id,
+                job_id=task.job_id,
+                kind=task.kind,
+                module=task.module,
+                args=tuple(task.args or ()),
+                run_dir=Path(task.run_dir),
+                log_path=Path(task.log_path),
+                stdout_path=Path(task.output_path) if task.output_path else None,
+                gpus=gpus,
+                timeout_s=task.timeout_s,
+            )
+        return None
 
 
 def claim_next_job(

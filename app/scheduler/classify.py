@@ -17,6 +17,8 @@ from typing import Any
 from app.jobs.status import JobStatus
 from app.scheduler.launcher import ExitInfo, signal_name
 from app.scheduler.tail import last_line
+from contract.advice import oom_advice
+from contract.config import ConfigError, JobConfig, stored_config
 from contract.protocol import ExitCode
 from contract.rundir import RunDir
 
@@ -67,13 +69,12 @@ def _clip(text: str) -> str:
 
 
 def _oom_reason(on_gpu: bool, config: dict[str, Any]) -> str:
-    raw = config.get("training")
-    training: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    advice = "lower training.batch_size or training.max_seq_len"
-    if not training.get("gradient_checkpointing", False):
-        advice += ", or enable training.gradient_checkpointing"
-    what = "out of GPU memory" if on_gpu else "out of memory (host RAM)"
-    return f"{what} — {advice}"
+    """The same advice the worker gives (contract.advice), from the job's stored config when it reads."""
+    try:
+        job_config: JobConfig | None = stored_config(config)
+    except ConfigError:
+        job_config = None
+    return oom_advice(job_config, on_gpu=on_gpu)
 
 
 def _signal_reason(sig: int) -> str:

@@ -22,6 +22,12 @@ class LaunchSpec:
     run_dir: Path
     gpus: tuple[str, ...]  # empty: CPU only
     attempt: int
+    # a task (merged export, try-the-adapter) runs another module of the worker with its own files;
+    # None/empty: the training entry point, logging to RUN_DIR/stderr.log
+    module: str | None = None
+    args: tuple[str, ...] = ()
+    log_path: Path | None = None  # stderr, and stdout unless stdout_path is set
+    stdout_path: Path | None = None  # kept apart when the app reads it (try-the-adapter's token lines)
 
 
 @dataclass

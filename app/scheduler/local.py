@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,27 +54,34 @@ class LocalLauncher:
         return [self.python, "-m", self.worker_module, str(run_dir)]
 
     def launch(self, spec: LaunchSpec) -> WorkerHandle:
-        """Start the training process for `spec`; raise LaunchError with the OS's reason when it cannot."""
+        """Start the training process (or task) for `spec`; raise LaunchError saying why when it cannot."""
         run = RunDir(spec.run_dir)
         env = child_env(os.environ)
         env.update(self.extra_env)
         # empty string hides every GPU (CPU job); unset would expose them all
         env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
         env["PYTHONUNBUFFERED"] = "1"
-        argv = self.command(spec.run_dir)
+        is_task = spec.module is not None
+        if spec.module is not None:
+            argv = [self.python, "-m", spec.module, str(spec.run_dir), *spec.args]
+        else:
+            argv = self.command(spec.run_dir)
         started = time.time()
         try:
-            with run.stderr.open("ab") as log_file:
-                stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
-                log_file.write(
-                    f"{ATTEMPT_MARKER}{spec.attempt} of job {spec.job_id} started {stamp} ====\n".encode()
-                )
-                log_file.flush()
+            with ExitStack() as files:
+                log_file = files.enter_context((spec.log_path or run.stderr).open("ab"))
+                out_file = files.enter_context(spec.stdout_path.open("ab")) if spec.stdout_path else None
+                if not is_task:  # a task's log (merge.log, try.log) is the task's own; no attempt marker
+                    stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
+                    log_file.write(
+                        f"{ATTEMPT_MARKER}{spec.attempt} of job {spec.job_id} started {stamp} ====\n".encode()
+                    )
+                    log_file.flush()
                 popen = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
+                    stdout=out_file or log_file,
+                    stderr=log_file if out_file else subprocess.STDOUT,
                     env=env,
                     close_fds=True,
                     start_new_session=True,  # own process group: signals reach its dataloader workers too
@@ -83,12 +91,19 @@ class LocalLauncher:
                 f"could not start {' '.join(argv[:3])}: {exc.strerror or exc}; "
                 "check TUNEBOARD_WORKER_PYTHON and that the run directory is writable"
             ) from exc
-        try:
-            record = {"pid": popen.pid, "attempt": spec.attempt, "started_at": started, "argv": argv}
-            (run.root / LAUNCH_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
-        except OSError as exc:
-            log.warning("job %s: could not write %s (%s)", spec.job_id, LAUNCH_RECORD, exc)
-        log.info("job %s: started pid %s on %s", spec.job_id, popen.pid, ",".join(spec.gpus) or "CPU")
+        if not is_task:  # launcher.json names the training process; a task's pid is in its row
+            try:
+                record = {"pid": popen.pid, "attempt": spec.attempt, "started_at": started, "argv": argv}
+                (run.root / LAUNCH_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
+            except OSError as exc:
+                log.warning("job %s: could not write %s (%s)", spec.job_id, LAUNCH_RECORD, exc)
+        log.info(
+            "job %s: started %s pid %s on %s",
+            spec.job_id,
+            spec.module or "training",
+            popen.pid,
+            ",".join(spec.gpus) or "CPU",
+        )
         return WorkerHandle(
             job_id=spec.job_id, run_dir=spec.run_dir, pid=popen.pid, started_at=started, native=popen
         )

@@ -92,3 +92,17 @@ def choose_placement(
         elif job.waited_s >= reserve_after_s:
             free = []  # reserved for this job: the GPUs it waits for go to nobody behind it
     return None
+
+
+def choose_task_gpus(
+    requested: int, allowed: Sequence[str], busy_gpus: Iterable[str]
+) -> tuple[str, ...] | None:
+    """The lowest `requested` of the `allowed` GPUs (settings.task_gpus) that nothing holds; None: wait.
+
+    A task shares no GPU with a training job or another task: it waits until one is free.
+    """
+    if requested == 0:
+        return ()
+    busy = set(busy_gpus)
+    free = [g for g in allowed if g not in busy]
+    return tuple(free[:requested]) if len(free) >= requested else None

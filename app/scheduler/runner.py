@@ -97,6 +97,7 @@ class Scheduler:
         )
         self.lock = LeaderLock(settings.data_dir / "scheduler.lock")
         self.reconciled: Counter[str] = Counter()
+        self.tasks_reconciled: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
 
@@ -136,6 +137,11 @@ class Scheduler:
             self._task = None
             self.lock.release()
         owned = self.supervisor.owned_job_ids()
+        tasks = self.supervisor.tasks.owned_task_ids()
+        if tasks:
+            log.info(
+                "scheduler stopped; task(s) %s keep running and are re-attached at the next start", tasks
+            )
         if owned:
             log.info(
                 "scheduler stopped; job(s) %s keep training and are re-attached at the next start", owned
@@ -148,6 +154,7 @@ class Scheduler:
             "role": "active" if self.active else "standby",
             "interval_s": self.settings.scheduler_interval_s,
             "reconciled_at_start": dict(self.reconciled),
+            "tasks_reconciled_at_start": dict(self.tasks_reconciled),
             **self.supervisor.snapshot(),
         }
 
@@ -158,6 +165,8 @@ class Scheduler:
         self.reconciled = await asyncio.to_thread(
             reconcile, self.session_factory, launcher=self.launcher, supervisor=self.supervisor
         )
+        # exports and tries the previous owner ran: re-attach live exports, settle the rest
+        self.tasks_reconciled = await asyncio.to_thread(self.supervisor.tasks.reconcile)
 
     async def _loop(self, stop_requested: asyncio.Event) -> None:
         interval = self.settings.scheduler_interval_s

@@ -32,7 +32,9 @@ from app.scheduler.claim import ClaimedJob, claim_next_job, prepare_run_dir
 from app.scheduler.classify import StopCause, StopRequest, Verdict, classify_exit, read_outcome
 from app.scheduler.gpus import Slots
 from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
+from app.scheduler.tasks import TaskSupervisor
 from app.settings import Settings
+from contract.config import ConfigError, stored_config
 from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -105,11 +107,11 @@ def announce_app_url(run_dir: Path | str, app_url: str) -> None:
 
 def max_runtime_s(config: dict[str, Any]) -> float | None:
     """resources.max_runtime_minutes of a stored config, in seconds (None: no deadline)."""
-    resources = config.get("resources")
-    minutes = resources.get("max_runtime_minutes") if isinstance(resources, dict) else None
-    if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0:
-        return float(minutes) * 60.0
-    return None
+    try:
+        minutes = stored_config(config).resources.max_runtime_minutes
+    except ConfigError:
+        return None  # an unreadable row gets no deadline; the heartbeat still judges the process
+    return float(minutes) * 60.0 if minutes else None
 
 
 class Supervisor:
@@ -130,6 +132,8 @@ class Supervisor:
         self.slots = slots
         self.clock = clock
         self._tracked: dict[int, Tracked] = {}
+        # merged exports and try-the-adapter runs: placed on the same slots, ticked with the jobs
+        self.tasks = TaskSupervisor(settings=settings, session_factory=session_factory, clock=clock)
         self._lock = threading.Lock()  # snapshot() reads from the event loop while tick() runs in a thread
         self.last_tick_at: float | None = None
         self.last_error: str | None = None
@@ -149,6 +153,8 @@ class Supervisor:
         self._notice_own_absence(now)
         error: str | None = None
         steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            # tasks first: they are short and someone waits for them, so a freed GPU goes to them first
+            ("tasks", self.tasks.tick),
             ("watch_running", lambda: self.watch_running(now)),
             ("launch_ready", self.launch_ready),
         )
@@ -228,7 +234,7 @@ class Supervisor:
         """Slots, what runs where, and the last tick, for /api/health."""
         with self._lock:
             tracked = list(self._tracked.values())
-        busy_gpus = {g for t in tracked for g in t.gpus}
+        busy_gpus = {g for t in tracked for g in t.gpus} | self.tasks.busy_gpus()
         busy_cpu = sum(1 for t in tracked if not t.gpus)
         last_tick = (
             datetime.fromtimestamp(self.last_tick_at, UTC).isoformat(timespec="seconds")
@@ -252,6 +258,7 @@ class Supervisor:
                 }
                 for t in sorted(tracked, key=lambda t: t.handle.job_id)
             ],
+            "tasks": self.tasks.snapshot(),
             "last_tick_at": last_tick,
             "resumed_at": (
                 datetime.fromtimestamp(self.resumed_at, UTC).isoformat(timespec="seconds")

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api", tags=["workers"])
 
 # what a worker may write: its outputs, never config.json/job.json (the token) or the launcher's files
 ALLOWED_DIRS = ("adapter", "checkpoints")
-ALLOWED_FILES = ("outcome.json", "preflight.json")
+ALLOWED_FILES = ("outcome.json", "preflight.json", "plan.json")  # plan.json: the run plan (contract/plan.py)
 
 
 def allowed_relative_path(relative: str) -> str:

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.deps import JobDep, SessionDep
+from app.jobs.form import FORM_FIELDS
 from app.jobs.schemas import job_summary
 from app.models import Job
-from app.pages import FORM_FIELDS, templates
 from app.sweeps.service import MAX_SWEEP_JOBS, SweepError, create_sweep
+from app.templating import templates
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 

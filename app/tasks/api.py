@@ -16,13 +16,20 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from sqlalchemy.orm import Session
 
 from app import artifacts
-from app.deps import JobDep, SettingsDep, get_session_factory
+from app.deps import JobDep, SessionDep, SettingsDep, get_session_factory
 from app.models import Job
-from app.pages import render_block
-from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, merge_status, task_config
-from app.tasks.views import can_try, has_adapter, quantization_method, takeaway_context
+from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, task_config
+from app.tasks.views import (
+    can_try,
+    has_adapter,
+    job_merge_status,
+    quantization_method,
+    takeaway_context,
+)
+from app.templating import render_block
 from contract.config import ConfigError
 from contract.tasks import merge_refusal
 
@@ -106,8 +113,9 @@ def metrics_json(job: JobDep, request: Request) -> StreamingResponse:
 # ------------------------------------------------------------------------------------------- merged export
 
 
-def _merge_view(job: Job) -> dict[str, Any]:
-    status = merge_status(Path(job.run_dir) if job.run_dir else None)
+def _merge_view(job: Job, *, queued: bool = False) -> dict[str, Any]:
+    # just queued by this request: its session's snapshot may predate the task's row
+    status = job_merge_status(job, active=True if queued else None)
     url = f"/api/jobs/{job.id}/merged.zip" if status["state"] == "succeeded" else None
     return {"job_id": job.id, **status, "download_url": url}
 
@@ -123,7 +131,7 @@ def _merge_refused(job: Job) -> str | None:
     return f"job {job.id}: {refusal}" if refusal else None
 
 
-async def _start_merge(job: Job, manager: TaskManager) -> tuple[int, dict[str, Any]]:
+async def _start_merge(job: Job, manager: TaskManager, session: Session) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body): 202 started, 200 already exported, 409 refused or busy."""
     refused = _merge_refused(job)
     if refused:
@@ -137,16 +145,17 @@ async def _start_merge(job: Job, manager: TaskManager) -> tuple[int, dict[str, A
     except HTTPException as exc:
         return exc.status_code, {"detail": exc.detail}
     try:
-        await manager.start_merge(job.id, Path(job.run_dir), config=config)
+        # the request's session holds the write lock (BEGIN IMMEDIATE): the task's row goes in with it
+        await manager.start_merge(job.id, Path(job.run_dir), config=config, session=session)
     except TaskBusy as exc:
         return 409, {"detail": str(exc)}
-    return 202, _merge_view(job)
+    return 202, _merge_view(job, queued=True)
 
 
 @router.post("/api/jobs/{job_id}/export-merged", status_code=202)
-async def export_merged(job: JobDep, manager: ManagerDep) -> JSONResponse:
+async def export_merged(job: JobDep, manager: ManagerDep, session: SessionDep) -> JSONResponse:
     """Start merging the adapter into the base (non-quantized runs only): 202, then poll GET on this URL."""
-    status, body = await _start_merge(job, manager)
+    status, body = await _start_merge(job, manager, session)
     return JSONResponse(body, status_code=status)
 
 
@@ -249,12 +258,16 @@ def merge_fragment(request: Request, job: JobDep) -> HTMLResponse:
 
 
 @router.post("/jobs/{job_id:int}/export-merged", include_in_schema=False)
-async def export_merged_page(request: Request, job: JobDep, manager: ManagerDep) -> Response:
+async def export_merged_page(
+    request: Request, job: JobDep, manager: ManagerDep, session: SessionDep
+) -> Response:
     """The page's export button: htmx gets the updated box, a plain form post is sent back to the page."""
-    status, body = await _start_merge(job, manager)
+    status, body = await _start_merge(job, manager, session)
     message = body.get("detail") if status == 409 else None
     if request.headers.get("hx-request") == "true":
-        context = {"request": request, "takeaway": takeaway_context(job), "merge_message": message}
+        # a 202 just queued the export: this request's snapshot may not show its row yet
+        takeaway = takeaway_context(job, merge_active=True if status == 202 else None)
+        context = {"request": request, "takeaway": takeaway, "merge_message": message}
         return HTMLResponse(render_block("partials/takeaway.html", "merge", context))
     if message:
         return HTMLResponse(

@@ -1,9 +1,14 @@
-"""Launch and track short worker-side tasks (try-the-adapter, merged export): one at a time per job.
+"""Hand short worker-side tasks (try-the-adapter, merged export) to the scheduler: one at a time per job.
 
-Tasks are processes (`python -m worker.tasks.<name> ...`, argv lists, no shell), started with asyncio in
-their own session so a timeout or a vanished client kills the whole group. The registry lives in memory
-(no table): a restart forgets running tries (their clients are gone too) and finds a running export again
-through RUN_DIR/merge.json and its pid.
+A task is a row in the `task` table; the scheduler (app/scheduler/tasks.py) places it on the machine's
+slots with the training jobs (a task that asks for a GPU waits for one no job holds), launches it with the
+local launcher and watches it, and after an app restart re-attaches a live export. This module only queues
+tasks, reads their rows, streams a try's answer from the file its process writes, and cancels a try whose
+client left. The one thing kept in memory is a request's reservation between its checks and its row.
+
+With no scheduler in this app (TUNEBOARD_SCHEDULER_ENABLED=false) the manager ticks a TaskSupervisor of
+its own while tasks are in flight: the same placement, launcher and watching, just driven from here. In a
+standby app the leader's scheduler places the rows; a try's answer still streams here through its file.
 
 What a task loads (model, revision, trust_remote_code, quantization) is the job's config as stored in the
 database, validated again and handed over as a task-input file under DATA_DIR/tmp, never anything the
@@ -17,20 +22,26 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import psutil
-from fastapi import Request
+from fastapi import FastAPI, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import immediate_transaction
+from app.jobs.status import ACTIVE, TERMINAL, JobStatus
+from app.models import Task
 from app.scheduler.local import child_env
+from app.scheduler.placement import parse_assigned
+from app.scheduler.tasks import KIND_WORDS, TaskSupervisor
 from app.settings import Settings
 from contract.config import config_to_dict, parse_config
 from contract.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
@@ -39,10 +50,16 @@ log = logging.getLogger(__name__)
 
 TRY_MODULE = "worker.tasks.generate"
 MERGE_MODULE = "worker.tasks.merge"
-STALE_GRACE_S = 60.0  # a claim older than its task's timeout plus this is dropped (its cleanup never ran)
+STALE_GRACE_S = 60.0  # a reservation older than its task's timeout plus this is dropped
 MAX_LINE_BYTES = 1024 * 1024
-NEVER_STARTED_S = 15.0  # a claim whose process has not started by then is dropped
+NEVER_STARTED_S = 15.0  # a reservation whose stream never began by then is dropped
 STARTING_GRACE_S = 30.0  # how long merge.json may say "starting" before the process has written its pid
+# the scheduler kills a try this long after the stream's own deadline: only a stream that died needs it
+TRY_BACKSTOP_S = 10.0
+POLL_S = 0.05  # how often a try's output file is read for new tokens
+STATUS_POLL_S = 0.25  # how often its row is read while nothing new arrives
+SETTLE_WAIT_S = 5.0  # how long a finished stream waits for its killed process to be recorded
+WAITING_IDS = (JobStatus.QUEUED.value, *(s.value for s in ACTIVE))  # a task that holds its job
 
 
 class TaskBusy(Exception):
@@ -56,87 +73,197 @@ def task_config(stored: Any) -> dict[str, Any]:
 
 @dataclass
 class TaskClaim:
-    """One running task of one job."""
+    """One task of one job: reserved by a request, then (task_id set) a row the scheduler places."""
 
     job_id: int
     kind: str  # "try" | "merge"
     started: float
     timeout_s: float
     pid: int | None = None
+    task_id: int | None = None
+    streaming: bool = False  # a try whose response body began (its client is there)
 
 
-_KIND_WORDS = {"try": "a try-the-adapter generation", "merge": "a merged-model export"}
+def active_task(session: Session, job_id: int, kind: str | None = None) -> Task | None:
+    """The job's queued or active task (of `kind`), if any."""
+    query = select(Task).where(Task.job_id == job_id, Task.status.in_(WAITING_IDS))
+    if kind is not None:
+        query = query.where(Task.kind == kind)
+    return session.scalars(query.order_by(Task.id.desc()).limit(1)).first()
 
 
 class TaskManager:
-    """The short tasks of this app process, at most one per job."""
+    """Queues this app's short tasks with the scheduler, at most one per job."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> None:
         self.settings = settings
+        self.session_factory = session_factory
         self.try_module = TRY_MODULE  # tests point these at stand-ins (tests/fakes)
         self.merge_module = MERGE_MODULE
-        self._claims: dict[int, TaskClaim] = {}
-        self._supervisors: set[asyncio.Task[None]] = set()  # strong references until they finish
+        self._scheduler: Callable[[], Any] = lambda: None
+        self._reserved: dict[int, TaskClaim] = {}
+        self._own: TaskSupervisor | None = None
+        self._ticker: asyncio.Task[None] | None = None  # strong reference while it runs
+
+    def bind(self, app: FastAPI) -> None:
+        """Use the app's database and scheduler (idempotent; get_task_manager calls it)."""
+        if self.session_factory is None:
+            self.session_factory = app.state.session_factory
+        self._scheduler = lambda: getattr(app.state, "scheduler", None)
+
+    def _factory(self) -> sessionmaker[Session]:
+        if self.session_factory is None:
+            raise RuntimeError("TaskManager has no database: pass session_factory or call bind(app)")
+        return self.session_factory
+
+    def supervisor(self) -> TaskSupervisor | None:
+        """Who places this app's tasks now: the scheduler's, this manager's own (no scheduler), or None
+        (this app stands by; the leader places them)."""
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            return scheduler.supervisor.tasks if scheduler.active else None
+        if self._own is None:
+            self._own = TaskSupervisor(settings=self.settings, session_factory=self._factory())
+        return self._own
+
+    async def nudge(self) -> None:
+        """Tick the task supervisor now (a task should not wait for the next scheduler round)."""
+        supervisor = self.supervisor()
+        if supervisor is not None:
+            await anyio.to_thread.run_sync(supervisor.tick)
 
     # ----------------------------------------------------------------------------------- bookkeeping
 
     def running(self, job_id: int) -> TaskClaim | None:
-        """The task this job runs now, if any (stale claims are dropped on the way)."""
-        claim = self._claims.get(job_id)
-        if claim is None:
-            return None
-        age = time.monotonic() - claim.started
-        # a response whose client left before its body started never runs the generator that would
-        # start the process and release the claim: a claim without a process soon counts as stale
-        if age > claim.timeout_s + STALE_GRACE_S or (claim.pid is None and age > NEVER_STARTED_S):
-            log.warning("job %s: dropping a stale %s claim", job_id, claim.kind)
-            self._claims.pop(job_id, None)
-            return None
-        return claim
+        """The task this job has now (reserved, queued or running), if any; stale reservations are dropped."""
+        claim = self._reserved.get(job_id)
+        if claim is not None and claim.task_id is None:
+            age = time.monotonic() - claim.started
+            # a response whose client left before its body started never runs the generator that would
+            # queue the task and release the reservation: one that never streamed soon counts as stale
+            if age > claim.timeout_s + STALE_GRACE_S or (not claim.streaming and age > NEVER_STARTED_S):
+                log.warning("job %s: dropping a stale %s reservation", job_id, claim.kind)
+                self._reserved.pop(job_id, None)
+                return None
+            return claim
+        with self._factory()() as session:
+            task = active_task(session, job_id)
+            if task is None:
+                return None
+            if claim is not None and claim.task_id == task.id:
+                claim.pid = task.pid
+                return claim
+            return TaskClaim(
+                job_id=job_id,
+                kind=task.kind,
+                started=time.monotonic(),
+                timeout_s=task.timeout_s,
+                pid=task.pid,
+                task_id=task.id,
+            )
 
     def claim(self, job_id: int, kind: str, timeout_s: float) -> TaskClaim:
         """Reserve the job for one task (no await in here: check and set are atomic on the event loop)."""
         current = self.running(job_id)
         if current is not None:
             raise TaskBusy(
-                f"job {job_id} is already running {_KIND_WORDS.get(current.kind, current.kind)}; "
+                f"job {job_id} is already running {KIND_WORDS.get(current.kind, current.kind)}; "
                 "wait for it to finish, then try again"
             )
         # each task loads a whole model: a cap keeps a few curious clicks from exhausting memory
-        others = [j for j in list(self._claims) if self.running(j) is not None]
-        if len(others) >= self.settings.tasks_max_concurrent:
+        with self._factory()() as session:
+            queued_or_running = session.scalar(
+                select(func.count()).select_from(Task).where(Task.status.in_(WAITING_IDS))
+            )
+        reserved = [j for j, c in list(self._reserved.items()) if c.task_id is None and self.running(j)]
+        others = int(queued_or_running or 0) + len(reserved)
+        if others >= self.settings.tasks_max_concurrent:
             raise TaskBusy(
-                f"{len(others)} short tasks (tries, exports) are running already, the most at once "
+                f"{others} short tasks (tries, exports) are running already, the most at once "
                 "(TUNEBOARD_TASKS_MAX_CONCURRENT); try again when one has finished"
             )
         claim = TaskClaim(job_id=job_id, kind=kind, started=time.monotonic(), timeout_s=timeout_s)
-        self._claims[job_id] = claim
+        self._reserved[job_id] = claim
         return claim
 
     def release(self, claim: TaskClaim) -> None:
-        """Free the job for its next task (only if `claim` is still the job's current one)."""
-        if self._claims.get(claim.job_id) is claim:
-            del self._claims[claim.job_id]
+        """Free the job for its next task (only if `claim` is still the job's current reservation)."""
+        if self._reserved.get(claim.job_id) is claim:
+            del self._reserved[claim.job_id]
 
     def command(self, module: str, *args: str) -> list[str]:
-        """The argv of a task process."""
+        """The argv of a task process (what the local launcher runs for its row)."""
         return [self.settings.worker_python or sys.executable, "-m", module, *args]
 
     def write_task_input(self, config: dict[str, Any], kind: str) -> Path:
         """Write `config` (task_config) to DATA_DIR/tmp, where only the app writes; the caller deletes it."""
-        tmp_dir = self.settings.data_dir / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{kind}-config-", suffix=".json", dir=tmp_dir)
+        fd, name = tempfile.mkstemp(prefix=f"{kind}-config-", suffix=".json", dir=self._tmp_dir())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(config, fh)
         return Path(name)
 
     def env(self) -> dict[str, str]:
-        """The task's environment: the app's minus its secrets, GPUs as configured for tasks."""
+        """A task's environment: the app's minus its secrets (the launcher sets the placed GPUs)."""
         env = child_env(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = self.settings.task_gpus
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    def _tmp_dir(self) -> Path:
+        tmp_dir = self.settings.data_dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        return tmp_dir
+
+    def _queue_task(
+        self, claim: TaskClaim, run_dir: Path, session: Session | None = None, **fields: Any
+    ) -> int:
+        """Queue the task's row in `session` (the request's: committed with it) or in its own transaction."""
+        task = Task(
+            job_id=claim.job_id,
+            kind=claim.kind,
+            status=JobStatus.QUEUED.value,
+            run_dir=str(run_dir),
+            gpus_requested=1 if parse_assigned(self.settings.task_gpus) else 0,
+            launcher="local",
+            **fields,
+        )
+        if session is not None:
+            session.add(task)
+            session.flush()
+        else:
+            with immediate_transaction(self._factory()) as own:
+                own.add(task)
+                own.flush()
+        claim.task_id = task.id
+        return task.id
+
+    def _task_row(self, task_id: int) -> tuple[str, int | None, int | None] | None:
+        """(status, pid, exit_code) of a task, or None when its row is gone."""
+        with self._factory()() as session:
+            task = session.get(Task, task_id)
+            return None if task is None else (task.status, task.pid, task.exit_code)
+
+    def _cancel_task(self, task_id: int) -> None:
+        """Ask the scheduler to stop a task (it kills the process group on its next tick)."""
+        with immediate_transaction(self._factory()) as session:
+            task = session.get(Task, task_id)
+            if task is None or JobStatus(task.status) in TERMINAL:
+                return
+            if task.status == JobStatus.QUEUED.value:  # never started: nothing to kill
+                task.status = JobStatus.CANCELLED.value
+                task.failure_reason = "its client left before it started"
+            else:
+                task.status = JobStatus.CANCELLING.value
+
+    async def _settled(self, task_id: int) -> None:
+        """Wait (bounded) until the task's row is final, ticking our supervisor meanwhile."""
+        deadline = time.monotonic() + SETTLE_WAIT_S
+        while time.monotonic() < deadline:
+            await self.nudge()
+            row = await anyio.to_thread.run_sync(self._task_row, task_id)
+            if row is None or JobStatus(row[0]) in TERMINAL:
+                return
+            await asyncio.sleep(POLL_S)
+        log.warning("task %s: its process was not recorded as ended within %g s", task_id, SETTLE_WAIT_S)
 
     # ----------------------------------------------------------------------------------- try the adapter
 
@@ -151,98 +278,133 @@ class TaskManager:
         raw: bool = False,
         idle_every_s: float = 15.0,
     ) -> AsyncGenerator[dict[str, Any] | None, None]:
-        """Run the generation task and yield its JSON lines; None every `idle_every_s` of silence.
+        """Queue the generation task and yield its JSON lines; None every `idle_every_s` of silence.
 
-        The claim is released and the process group killed however this ends: done, error, timeout, or the
-        consumer stopping early (a client that disconnected cancels the response and lands in `finally`).
+        However this ends (done, error, timeout, or the consumer stopping early: a client that disconnected
+        cancels the response and lands in `finally`), the task is cancelled, its process group killed by
+        the scheduler, its files removed and the job freed.
         """
-        tmp_dir = self.settings.data_dir / "tmp"
-        proc: asyncio.subprocess.Process | None = None
-        prompt_file: Path | None = None
-        config_file: Path | None = None
+        claim.streaming = True
+        files: list[Path] = []
         try:
-            config_file = self.write_task_input(config, "try")
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="try-", suffix=".txt", dir=tmp_dir)
+            files.append(self.write_task_input(config, "try"))
+            fd, name = tempfile.mkstemp(prefix="try-", suffix=".txt", dir=self._tmp_dir())
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(prompt)
-            prompt_file = Path(name)
-            argv = self.command(
-                self.try_module,
-                str(run_dir),
-                "--config",
-                str(config_file),
-                "--prompt-file",
-                str(prompt_file),
-                "--max-new-tokens",
-                str(max_new_tokens),
-            )
+            files.append(Path(name))
+            fd, out_name = tempfile.mkstemp(prefix="try-out-", suffix=".jsonl", dir=self._tmp_dir())
+            os.close(fd)
+            files.append(Path(out_name))
+            args = ["--config", str(files[0]), "--prompt-file", name, "--max-new-tokens", str(max_new_tokens)]
             if raw:
-                argv.append("--raw")
-            with (run_dir / "try.log").open("ab") as stderr_log:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr_log,  # a file: an undrained stderr pipe would block the child
-                    env=self.env(),
-                    start_new_session=True,
-                    limit=MAX_LINE_BYTES,
+                args.append("--raw")
+            await anyio.to_thread.run_sync(
+                lambda: self._queue_task(
+                    claim,
+                    run_dir,
+                    module=self.try_module,
+                    args=args,
+                    input_path=str(files[0]),
+                    output_path=out_name,
+                    log_path=str(run_dir / "try.log"),
+                    timeout_s=claim.timeout_s + TRY_BACKSTOP_S,
                 )
-            claim.pid = proc.pid
-            assert proc.stdout is not None
-            deadline = time.monotonic() + claim.timeout_s
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    yield {
-                        "error": f"no complete answer within {claim.timeout_s:g} s "
-                        "(TUNEBOARD_TRY_TIMEOUT_S); "
-                        "ask for fewer new tokens or raise the timeout"
-                    }
+            )
+            async for message in self._stream(claim, Path(out_name), idle_every_s):
+                yield message
+                if message is not None and (message.get("done") or "error" in message):
                     return
-                try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), min(remaining, idle_every_s))
-                except TimeoutError:
-                    yield None  # still loading or thinking: the caller sends a keep-alive
-                    continue
-                except ValueError:  # a line beyond the stream limit
-                    yield {
-                        "error": "the generation process wrote an overlong line; "
-                        "see try.log in the run directory"
-                    }
+        finally:
+            with anyio.CancelScope(shield=True):
+                if claim.task_id is not None:
+                    await anyio.to_thread.run_sync(self._cancel_task, claim.task_id)
+                    await self._settled(claim.task_id)
+            for path in files:
+                path.unlink(missing_ok=True)
+            self.release(claim)
+
+    async def _stream(
+        self, claim: TaskClaim, out: Path, idle_every_s: float
+    ) -> AsyncGenerator[dict[str, Any] | None, None]:
+        """The JSON lines the placed task writes to `out`, ending with an error when it ends without one."""
+        assert claim.task_id is not None
+        task_id = claim.task_id
+        deadline: float | None = None  # from the launch: time spent waiting for a GPU does not count
+        last_yield = last_check = time.monotonic()
+        status: str = JobStatus.QUEUED.value
+        exit_code: int | None = None
+        pending = b""
+        offset = 0
+        await self.nudge()
+        while True:
+            now = time.monotonic()
+            if deadline is None or now - last_check >= STATUS_POLL_S:
+                last_check = now
+                row = await anyio.to_thread.run_sync(self._task_row, task_id)
+                if row is None:
+                    yield {"error": "the generation task was removed (its job was deleted)"}
                     return
-                if not line:
-                    code = await proc.wait()
-                    yield {
-                        "error": f"the generation process ended (exit code {code}) without finishing; "
-                        "see try.log in the run directory"
-                    }
-                    return
-                try:
-                    message = json.loads(line)
-                except ValueError:
+                status, pid, exit_code = row
+                if pid is not None and deadline is None:
+                    claim.pid = pid
+                    deadline = now + claim.timeout_s
+            if deadline is None and JobStatus(status) not in TERMINAL:
+                if now - last_yield >= idle_every_s:  # waiting for a slot: keep the client's connection
+                    last_yield = now
+                    yield None
+                await asyncio.sleep(POLL_S)
+                await self.nudge()
+                continue
+            chunk = await anyio.to_thread.run_sync(_read_from, out, offset)
+            offset += len(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:
+                yield {
+                    "error": "the generation process wrote an overlong line; see try.log in the run directory"
+                }
+                return
+            for line in lines:
+                message = _json_object(line)
+                if message is None:
                     continue  # a library printed to stdout: not ours
-                if not isinstance(message, dict):
-                    continue
+                last_yield = time.monotonic()
                 yield message
                 if message.get("done") or "error" in message:
                     return
-        finally:
-            if proc is not None and proc.returncode is None:
-                _kill_group(proc.pid)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await proc.wait()
-            for path in (prompt_file, config_file):
-                if path is not None:
-                    path.unlink(missing_ok=True)
-            self.release(claim)
+            if chunk:
+                continue
+            if JobStatus(status) in TERMINAL:
+                yield {
+                    "error": f"the generation process ended (exit code {exit_code}) without finishing; "
+                    "see try.log in the run directory"
+                }
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                yield {
+                    "error": f"no complete answer within {claim.timeout_s:g} s (TUNEBOARD_TRY_TIMEOUT_S); "
+                    "ask for fewer new tokens or raise the timeout"
+                }
+                return
+            if time.monotonic() - last_yield >= idle_every_s:
+                last_yield = time.monotonic()
+                yield None  # still loading or thinking: the caller sends a keep-alive
+            if self._scheduler() is None and time.monotonic() - last_check >= STATUS_POLL_S:
+                await self.nudge()  # no scheduler loop here: notice the process's end ourselves
+            await asyncio.sleep(POLL_S)
 
     # ----------------------------------------------------------------------------------- merged export
 
-    async def start_merge(self, job_id: int, run_dir: Path, *, config: dict[str, Any]) -> dict[str, Any]:
-        """Launch the export in the background (TaskBusy if the job runs a task); return its first status."""
-        if merge_status(run_dir)["state"] in ("starting", "running"):
+    async def start_merge(
+        self, job_id: int, run_dir: Path, *, config: dict[str, Any], session: Session | None = None
+    ) -> dict[str, Any]:
+        """Queue the export with the scheduler (TaskBusy if the job has a task); return its first status.
+
+        A write request already holds SQLite's write lock: pass its session, and the row is committed with
+        the request (the scheduler sees it then).
+        """
+        active = await anyio.to_thread.run_sync(self.has_active, job_id, "merge")
+        if merge_status(run_dir, active=active)["state"] in ("starting", "running"):
             raise TaskBusy(f"job {job_id} is already exporting a merged model; wait for it to finish")
         claim = self.claim(job_id, "merge", self.settings.merge_timeout_s)
         config_file: Path | None = None
@@ -252,72 +414,85 @@ class TaskManager:
                 state="starting",
                 stage="starting",
                 progress=0.0,
-                message="starting the export process",
+                message="waiting for the scheduler to start the export process",
             )
             config_file = self.write_task_input(config, "merge")
-            argv = self.command(self.merge_module, str(run_dir), "--config", str(config_file))
-            with (run_dir / MERGE_LOG).open("ab") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=self.env(),
-                    start_new_session=True,  # outlives an app restart; merge.json carries its pid
+            path = str(config_file)
+            await anyio.to_thread.run_sync(
+                lambda: self._queue_task(
+                    claim,
+                    run_dir,
+                    module=self.merge_module,
+                    args=["--config", path],
+                    input_path=path,
+                    log_path=str(run_dir / MERGE_LOG),
+                    timeout_s=self.settings.merge_timeout_s,
+                    session=session,
                 )
-        except BaseException as exc:
-            self.release(claim)
+            )
+        except BaseException:
             if config_file is not None:
                 config_file.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                write_merge_status(
-                    run_dir,
-                    state="failed",
-                    stage="failed",
-                    progress=0.0,
-                    message=f"could not start the export process: {exc.strerror or exc}; "
-                    "check TUNEBOARD_WORKER_PYTHON",
-                )
-                return merge_status(run_dir)
             raise
-        claim.pid = proc.pid
-        task = asyncio.create_task(
-            self._supervise_merge(claim, proc, run_dir, config_file), name=f"merge-job-{job_id}"
-        )
-        self._supervisors.add(task)
-        task.add_done_callback(self._supervisors.discard)
-        return merge_status(run_dir)
-
-    async def _supervise_merge(
-        self, claim: TaskClaim, proc: asyncio.subprocess.Process, run_dir: Path, config_file: Path
-    ) -> None:
-        """Wait for the export; kill it at the timeout; make sure merge.json ends in a final state."""
-        try:
-            try:
-                code = await asyncio.wait_for(proc.wait(), claim.timeout_s)
-                reason = f"the export process ended with exit code {code} before finishing; see {MERGE_LOG}"
-            except TimeoutError:
-                _kill_group(proc.pid)
-                await proc.wait()
-                reason = (
-                    f"the export was stopped after {claim.timeout_s:g} s (TUNEBOARD_MERGE_TIMEOUT_S); "
-                    "raise the limit for large models"
-                )
-            status = read_merge_status(run_dir) or {}
-            if status.get("state") not in ("succeeded", "failed") or (
-                status.get("state") == "succeeded" and proc.returncode != 0
-            ):
-                write_merge_status(run_dir, state="failed", stage="failed", progress=0.0, message=reason)
         finally:
-            config_file.unlink(missing_ok=True)
-            self.release(claim)
+            self.release(claim)  # the row holds the job from here on
+        if session is None:
+            await self.nudge()
+        self._keep_ticking()
+        return merge_status(run_dir, active=True)
+
+    def has_active(self, job_id: int, kind: str) -> bool:
+        """Whether the job has a queued or running task of `kind`."""
+        with self._factory()() as session:
+            return active_task(session, job_id, kind) is not None
+
+    def _keep_ticking(self) -> None:
+        """With no scheduler loop in this app, tick our own supervisor until it has nothing left to do."""
+        if self._scheduler() is not None or (self._ticker is not None and not self._ticker.done()):
+            return
+        self._ticker = asyncio.create_task(self._tick_while_busy(), name="tuneboard-task-ticker")
+
+    async def _tick_while_busy(self) -> None:
+        supervisor = self.supervisor()
+        while supervisor is not None:
+            await anyio.to_thread.run_sync(supervisor.tick)
+            if not supervisor.owned_task_ids() and not await anyio.to_thread.run_sync(self._any_queued):
+                return
+            await asyncio.sleep(self.settings.scheduler_interval_s)
+
+    def _any_queued(self) -> bool:
+        with self._factory()() as session:
+            return (
+                session.scalar(select(Task.id).where(Task.status == JobStatus.QUEUED.value).limit(1))
+                is not None
+            )
 
 
-def merge_status(run_dir: Path | None) -> dict[str, Any]:
+def _read_from(path: Path, offset: int) -> bytes:
+    """The bytes of `path` after `offset` (at most a few MB a call)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(4 * MAX_LINE_BYTES)
+    except FileNotFoundError:
+        return b""
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def merge_status(run_dir: Path | None, *, active: bool | None = None) -> dict[str, Any]:
     """{"state": none|starting|running|succeeded|failed, "stage", "progress", "message"} of a run's export.
 
-    Read from RUN_DIR/merge.json; an export that claims to run but whose process is gone (app restart,
-    SIGKILL) is marked failed here, so the page never shows a spinner forever.
+    Read from RUN_DIR/merge.json. `active` says whether the scheduler holds a queued or running export task
+    for the job; an export that claims to run without one (app restart, SIGKILL, a lost database) is
+    marked failed here, so the page never shows a spinner forever. Without `active` (no database at hand)
+    the pid in merge.json decides.
     """
     if run_dir is None:
         return {"state": "none", "stage": "", "progress": 0.0, "message": ""}
@@ -329,9 +504,15 @@ def merge_status(run_dir: Path | None) -> dict[str, Any]:
         return {"state": "none", "stage": "", "progress": 0.0, "message": ""}
     state = status.get("state")
     if state in ("starting", "running"):
-        # "starting" is written by the app before the process exists (no pid yet): give it time to start
-        young = state == "starting" and time.time() - float(status.get("updated_at") or 0) < STARTING_GRACE_S
-        if not young and not _is_merge_process(status.get("pid"), run_dir):
+        if active is None:
+            # "starting" is written by the app before the process exists (no pid yet): give it time
+            young = (
+                state == "starting" and time.time() - float(status.get("updated_at") or 0) < STARTING_GRACE_S
+            )
+            alive = young or _is_merge_process(status.get("pid"), run_dir)
+        else:
+            alive = active
+        if not alive:
             gone: dict[str, Any] = {
                 "state": "failed",
                 "stage": "failed",
@@ -352,14 +533,6 @@ def merge_status(run_dir: Path | None) -> dict[str, Any]:
     }
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL a task's process group (its own session, so nothing else is in it)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _is_merge_process(pid: Any, run_dir: Path) -> bool:
     """Whether `pid` is alive and is a merge task for `run_dir` (guards against pid reuse)."""
     if not isinstance(pid, int):
@@ -374,9 +547,10 @@ def _is_merge_process(pid: Any, run_dir: Path) -> bool:
 
 
 def get_task_manager(request: Request) -> TaskManager:
-    """The app's TaskManager, created on first use (app.state.tasks)."""
+    """The app's TaskManager, created on first use (app.state.tasks) and bound to its database."""
     manager = getattr(request.app.state, "tasks", None)
     if manager is None:
         manager = TaskManager(request.app.state.settings)
         request.app.state.tasks = manager
+    manager.bind(request.app)
     return manager

@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import object_session
+
 from app import artifacts
 from app.models import Job
-from app.tasks.manager import merge_status
+from app.tasks.manager import active_task, merge_status
+from contract.config import ConfigError, stored_config
 from contract.tasks import merge_refusal
 
 
 def quantization_method(job: Job) -> str:
     """The job's quantization.method ("nf4" when the stored config predates the field)."""
-    config = job.config if isinstance(job.config, dict) else {}
-    quant = config.get("quantization")
-    method = quant.get("method") if isinstance(quant, dict) else None
-    return str(method or "nf4")
+    try:
+        return stored_config(job.config).quantization.method
+    except ConfigError:
+        return "nf4"  # unreadable: refuse the merge as for a quantized run rather than guess "none"
 
 
 def has_adapter(job: Job) -> bool:
@@ -33,10 +36,18 @@ def can_try(job: Job) -> bool:
     return job.status == "succeeded" and has_adapter(job)
 
 
-def takeaway_context(job: Job) -> dict[str, Any]:
-    """Template context for partials/takeaway.html."""
-    checkpoints = artifacts.list_checkpoints(job.run_dir)
+def job_merge_status(job: Job, *, active: bool | None = None) -> dict[str, Any]:
+    """merge_status of the job's run, judged by whether the scheduler holds an export task for it."""
     run_dir = Path(job.run_dir) if job.run_dir else None
+    session = object_session(job)
+    if active is None and session is not None:
+        active = active_task(session, job.id, "merge") is not None
+    return merge_status(run_dir, active=active)
+
+
+def takeaway_context(job: Job, *, merge_active: bool | None = None) -> dict[str, Any]:
+    """Template context for partials/takeaway.html (`merge_active`: known to hold an export task)."""
+    checkpoints = artifacts.list_checkpoints(job.run_dir)
     return {
         "job_id": job.id,
         "status": job.status,
@@ -44,6 +55,6 @@ def takeaway_context(job: Job) -> dict[str, Any]:
         "can_try": can_try(job),
         "checkpoints": [c for c in checkpoints if c["complete"]],
         "incomplete_checkpoints": [c for c in checkpoints if not c["complete"]],
-        "merge": merge_status(run_dir),
+        "merge": job_merge_status(job, active=merge_active),
         "merge_refusal": merge_refusal(quantization_method(job)),
     }

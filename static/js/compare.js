@@ -76,6 +76,7 @@
   // ------------------------------------------------------------------ compare page
   function initCompare(main) {
     const L = window.TuneboardLive;
+    const F = window.TuneboardFormat;
     const data = JSON.parse(document.getElementById("compare-data").textContent);
     const runs = data.runs;
     const stores = new Map(runs.map((r) => [r.id, L.makeStore()]));
@@ -91,6 +92,8 @@
     let plot = null;
     let plotKey = "";
     let drawQueued = false;
+    const labels = new Map(window.TuneboardFormat.vocabulary.metrics.map((m) => [m.key, m.label]));
+    const metricLabel = (key) => labels.get(key) || key;
 
     window.tuneboardCompare = { stores, mapToX };
 
@@ -123,7 +126,7 @@
         const li = legendItem(run.id);
         if (!li) return;
         const v = values ? values[i] : null;
-        li.querySelector("[data-legend-value]").textContent = v === null || v === undefined ? "" : L.fmtNum(v);
+        li.querySelector("[data-legend-value]").textContent = v === null || v === undefined ? "" : F.fmtNum(v);
       });
     }
 
@@ -131,7 +134,7 @@
       const axis = L.cssVar("--chart-axis", "#666");
       const grid = L.cssVar("--chart-grid", "rgba(0,0,0,.07)");
       const dpr = window.devicePixelRatio || 1;
-      const xLabel = x === "tokens_seen" ? "tokens seen" : x;
+      const xLabel = metricLabel(x);
       const opts = {
         width: Math.max(240, chartEl.clientWidth),
         height: Math.max(160, chartEl.clientHeight),
@@ -142,9 +145,9 @@
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: xLabel, labelSize: 22,
             // steps are whole numbers: no 2.5 ticks
             incrs: x === "step" ? STEP_INCRS : undefined,
-            values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
+            values: (u, vals) => vals.map((v) => F.fmtNum(v, 3)) },
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 60,
-            values: (u, vals) => vals.map((v) => L.fmtNum(v, 3)) },
+            values: (u, vals) => vals.map((v) => F.fmtNum(v, 3)) },
         ],
         series: [{ label: xLabel }].concat(runs.map((run, i) => ({
           label: "#" + run.id,
@@ -160,7 +163,7 @@
             const idx = u.cursor.idx;
             const none = idx === null || idx === undefined;
             setLegendValues(none ? null : runs.map((r, i) => u.data[i + 1][idx]));
-            document.getElementById("cursor-x").textContent = none ? "" : "at " + xLabel + " " + L.fmtNum(u.data[0][idx]);
+            document.getElementById("cursor-x").textContent = none ? "" : "at " + xLabel + " " + F.fmtNum(u.data[0][idx]);
           }],
         },
       };
@@ -243,7 +246,7 @@
         if (tr) {
           L.applySummary(tr, msg.row);
           const d = tr.querySelector("[data-duration]");
-          if (d) d.textContent = L.fmtDuration(msg.row.duration_seconds);
+          if (d) d.textContent = F.fmtDuration(msg.row.duration_seconds);
         }
       }
       received.add(msg.job_id);

@@ -14,30 +14,14 @@
 (function () {
   "use strict";
 
-  // ------------------------------------------------------------------ formatting (mirrors app/pages.py)
-  function fmtNum(v, digits) {
-    if (digits === undefined) digits = 4;
-    if (v === null || v === undefined) return "—";
-    if (typeof v === "string") {
-      if (v === "nan") return "NaN";
-      if (v === "inf") return "∞";
-      if (v === "-inf") return "−∞";
-      return v;
-    }
-    if (!Number.isFinite(v)) return Number.isNaN(v) ? "NaN" : (v > 0 ? "∞" : "−∞");
-    if (Number.isInteger(v) && Math.abs(v) < 1e6) return v.toLocaleString("en-US");
-    if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) return v.toExponential(Math.max(1, digits - 1));
-    return String(Number(v.toPrecision(digits)));
+  // numbers and durations: static/js/format.js (the same rules as the server's filters, app/templating.py);
+  // statuses and chart panels: the vocabulary the server rendered into the page
+  if (!window.TuneboardFormat) {
+    console.warn("tuneboard: format.js did not load; the page stays as the server rendered it");
+    return;
   }
-
-  function fmtDuration(s) {
-    if (s === null || s === undefined || !Number.isFinite(s)) return "—";
-    s = Math.max(0, Math.round(s));
-    const pad = (n) => String(n).padStart(2, "0");
-    if (s >= 3600) return Math.floor(s / 3600) + " h " + pad(Math.floor((s % 3600) / 60)) + " min";
-    if (s >= 60) return Math.floor(s / 60) + " min " + pad(s % 60) + " s";
-    return s + " s";
-  }
+  const { fmtNum, fmtDuration, vocabulary } = window.TuneboardFormat;
+  const STATUS = vocabulary.statuses;
 
   const timeFormat = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
@@ -75,7 +59,7 @@
       const field = el.dataset.field;
       const fmt = el.dataset.format;
       if (field === "status") {
-        el.className = "badge badge-" + s.status;
+        el.className = STATUS.badgeClass(s.status);
         el.textContent = s.status;
       } else if (field === "progress") {
         const pct = Math.round((s.progress || 0) * 1000) / 10;
@@ -102,8 +86,7 @@
         el.href = "/jobs/" + s.id;
         el.textContent = s.name || "(unnamed)";
       } else if (field === "eta_seconds") {
-        const live = s.status === "running" || s.status === "starting";
-        el.textContent = live ? fmtDuration(s.eta_seconds) : "—";
+        el.textContent = STATUS.progressing.has(s.status) ? fmtDuration(s.eta_seconds) : "—";
       } else if (fmt === "time") {
         const iso = s[field];
         const current = el.querySelector("time");
@@ -172,7 +155,7 @@
   }
 
   // ------------------------------------------------------------------ job detail: series store
-  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const TERMINAL = STATUS.terminal;
 
   function cssVar(name, fallback) {
     const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -234,22 +217,15 @@
   }
 
   // ------------------------------------------------------------------ job detail: charts
-  const CHARTS = [
-    { id: "loss", series: [
-      { key: "loss", label: "loss", color: "--c1" },
-      { key: "eval_loss", label: "eval_loss", color: "--c2", points: true },
-    ] },
-    { id: "grad_norm", logToggle: true, series: [{ key: "grad_norm", label: "grad_norm", color: "--c1" }] },
-    { id: "learning_rate", series: [{ key: "learning_rate", label: "learning_rate", color: "--c3" }] },
-    { id: "tokens_per_second", zeroBased: true, series: [{ key: "tokens_per_second", label: "tokens/s", color: "--c4" }] },
-    { id: "memory", zeroBased: true, series: [
-      { key: "vram_allocated_gb", label: "allocated GB", color: "--c1" },
-      { key: "vram_reserved_gb", label: "reserved GB", color: "--c3" },
-      { key: "vram_peak_gb", label: "peak GB", color: "--c2" },
-      { key: "rss_gb", label: "RSS GB", color: "--c4" },
-      { key: "gpu_util", label: "GPU util %", color: "--c5", scale: "pct" },
-    ] },
-  ];
+  /** The job page's charts from the server's metric table (contract/metrics.py): one per panel. */
+  const CHARTS = vocabulary.panels.map((panel) => ({
+    id: panel.id,
+    logToggle: panel.log_toggle,
+    zeroBased: panel.zero_based,
+    series: vocabulary.metrics
+      .filter((m) => m.panel === panel.id)
+      .map((m) => ({ key: m.key, label: m.label, color: "--c" + m.colour, points: m.points, scale: m.scale === "y" ? undefined : m.scale })),
+  }));
   const MARKER_COLORS = { checkpoint: "--mk-checkpoint", guard: "--mk-guard", preflight: "--mk-preflight" };
   const LEGEND_HEIGHT = 28;
 
@@ -407,8 +383,8 @@
       const cancel = actions.querySelector('[data-action="cancel"]');
       const resume = actions.querySelector('[data-action="resume"]');
       const download = actions.querySelector('[data-action="download"]');
-      if (cancel) cancel.hidden = !["queued", "starting", "running"].includes(s.status);
-      if (resume) resume.hidden = !["failed", "cancelled"].includes(s.status);
+      if (cancel) cancel.hidden = !STATUS.cancellable.has(s.status);
+      if (resume) resume.hidden = !STATUS.resumable.has(s.status);
       if (download) download.hidden = !s.has_adapter;
       const failure = document.getElementById("failure-reason");
       if (failure) failure.hidden = !s.failure_reason;

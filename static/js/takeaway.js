@@ -10,7 +10,8 @@
 (function () {
   "use strict";
 
-  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  // the finished statuses, as the server names them (static/js/format.js reads the page's vocabulary)
+  const FINAL = window.TuneboardFormat ? window.TuneboardFormat.vocabulary.statuses.terminal : new Set();
   let controller = null;
 
   function el(id) {

@@ -6,7 +6,6 @@ import hashlib
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from app.migrate import upgrade
 from app.models import Job
 from app.settings import Settings
 from contract.config import JobConfig
+from tests.waiting import wait_until
 
 # Set to a PostgreSQL URL whose role may CREATE DATABASE to run the app tests on PostgreSQL instead of
 # SQLite (each test gets a database of its own), e.g.
@@ -121,11 +121,13 @@ def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test uvicorn server did not start")
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("the test uvicorn server stopped before it started")
+        return bool(server.started)
+
+    wait_until(started, 30, "the test uvicorn server to start", interval=0.02)
     try:
         yield LiveServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
     finally:

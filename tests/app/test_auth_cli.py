@@ -7,13 +7,13 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from app.auth.store import auth_path, create_token, load_auth
 from tests.app.test_cli import REPO, assert_one_line_error
+from tests.waiting import wait_until
 
 
 def run_cli(
@@ -98,16 +98,17 @@ def test_serve_on_all_interfaces_with_auth_starts_and_the_cli_sends_the_token(tm
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answering() -> bool:
             try:
                 if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
+                    return True
             except httpx.HTTPError:
                 pass
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.2)
+            return False
+
+        wait_until(answering, 60, "`tuneboard serve` to answer /api/health", interval=0.2)
         assert httpx.get(f"{url}/api/jobs").status_code == 401
         login = httpx.post(f"{url}/login", data={"password": "from the environment", "next": "/"})
         assert login.status_code == 303 and "tuneboard_session" in login.headers["set-cookie"]

@@ -18,6 +18,7 @@ from app.jobs import service
 from app.jobs.status import JobStatus
 from app.migrate import current_revision
 from app.models import Job
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,18 +88,19 @@ def _drive_job(
     factory: sessionmaker[Session], url: str, job_id: int, outcome: JobStatus, run_dir: Path
 ) -> None:
     """Play the scheduler and the worker: start the job, report a few steps, finish it."""
-    deadline = time.monotonic() + 30
-    while True:
+
+    def submitted() -> bool:
         with factory() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                service.transition(s, job=job, to=JobStatus.STARTING)
-                job.token_hash = hashlib.sha256(b"cli-token").hexdigest()
-                job.run_dir = str(run_dir)
-                s.commit()
-                break
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+            return s.get(Job, job_id) is not None
+
+    wait_until(submitted, 30, f"the CLI to submit job {job_id}")
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        service.transition(s, job=job, to=JobStatus.STARTING)
+        job.token_hash = hashlib.sha256(b"cli-token").hexdigest()
+        job.run_dir = str(run_dir)
+        s.commit()
     events: list[dict[str, Any]] = [
         {"seq": 1, "kind": "status", "step": 0, "ts": 1.0, "payload": {"status": "running", "total_steps": 3}}
     ]
@@ -112,7 +114,7 @@ def _drive_job(
         headers={"Authorization": "Bearer cli-token"},
     )
     assert r.status_code == 200
-    time.sleep(0.3)
+    time.sleep(0.3)  # the job runs a moment, as a real one does, so the CLI follows it while it is running
     (run_dir / "adapter").mkdir(parents=True, exist_ok=True)
     (run_dir / "adapter" / "adapter_config.json").write_text('{"r": 8}')
     with factory() as s:

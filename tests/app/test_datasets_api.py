@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from app.scheduler.runner import make_launcher
 from app.settings import Settings
 from contract.config import parse_config
 from tests.app.conftest import LiveServer
+from tests.waiting import wait_until
 from worker.train.data import detect_format, load_rows, validate_rows
 
 USER = {"role": "user", "content": "Reverse the letters: abc"}
@@ -223,10 +223,12 @@ def test_launched_workers_are_told_where_uploads_live(settings: Settings, tmp_pa
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"name": "sleep=0"}), encoding="utf-8")
     handle = launcher.launch(LaunchSpec(job_id=1, run_dir=run_dir, gpus=(), attempt=1))
-    deadline = time.monotonic() + 60
-    while launcher.poll(handle) is None:
-        assert time.monotonic() < deadline, (run_dir / "stderr.log").read_text()
-        time.sleep(0.05)
+    try:
+        wait_until(
+            lambda: launcher.poll(handle), 60, "the fake trainer to exit", until=lambda rc: rc is not None
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{(run_dir / 'stderr.log').read_text()}") from None
     seen = json.loads((run_dir / "fake-env.json").read_text(encoding="utf-8"))
     assert "TUNEBOARD_DATASETS_DIR" in seen["tuneboard_env"]
 

@@ -4,7 +4,6 @@ abandoned upload stays on disk."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.app.conftest import LiveServer
+from tests.waiting import wait_until
 
 CAP = 4096
 LINE = (json.dumps({"text": "x" * 1000}) + "\n").encode()
@@ -87,12 +87,11 @@ def test_an_upload_abandoned_half_way_leaves_no_temp_file(
     def body() -> Iterator[bytes]:
         yield HEAD
         yield LINE[:2000]  # under the cap: the server is still receiving when the client goes away
-        time.sleep(0.3)
+        wait_until(
+            lambda: _left_on_disk(settings), 10, "the server to start writing the upload to a temp file"
+        )
         raise Abandoned
 
     with pytest.raises(Abandoned):
         httpx.post(f"{live_server.url}/api/datasets", content=body(), headers=MULTIPART, timeout=30)
-    deadline = time.monotonic() + 10
-    while _left_on_disk(settings) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _left_on_disk(settings) == []
+    wait_until(lambda: _left_on_disk(settings), 10, "the temp file to go", until=lambda left: left == [])

@@ -6,7 +6,6 @@ No fakes: the real app on a live uvicorn, its scheduler, the real training child
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from typing import Any
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.training
 
@@ -31,14 +31,12 @@ def settings(tmp_path, database_url: str | None) -> Settings:  # type: ignore[no
     )
 
 
-def _wait(client: httpx.Client, job_id: int, done: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
-        if done(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id}: {what} not reached; now {job['status']}: {job}"
-        time.sleep(0.5)
+def _wait_job(client: httpx.Client, job_id: int, done: Any, timeout: float, what: str) -> dict[str, Any]:
+    """GET the job every half second until `done(job)`; the job then."""
+    job: dict[str, Any] = wait_until(
+        lambda: client.get(f"/api/jobs/{job_id}").json(), timeout, f"job {job_id}: {what}", 0.5, until=done
+    )
+    return job
 
 
 def test_the_demo_job_trains_to_success_and_its_adapter_downloads(live_server) -> None:  # type: ignore[no-untyped-def]
@@ -46,7 +44,7 @@ def test_the_demo_job_trains_to_success_and_its_adapter_downloads(live_server) -
         created = client.post("/api/jobs/demo")
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]
-        job = _wait(
+        job = _wait_job(
             client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 240, "the end"
         )
         assert job["status"] == "succeeded", (job["failure_reason"], job.get("stderr_tail"))
@@ -73,12 +71,12 @@ def test_cancelling_a_training_job_leaves_it_cancelled_with_a_checkpoint(live_se
         demo = client.get("/api/presets").json()["demo"]
         demo["training"].update({"max_steps": 2000, "save_steps": 1000, "eval_steps": 0})
         job_id = client.post("/api/jobs", json=demo).json()["id"]
-        _wait(
+        _wait_job(
             client, job_id, lambda j: j["status"] == "running" and (j["last_step"] or 0) >= 3, 180, "step 3"
         )
 
         assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
-        job = _wait(
+        job = _wait_job(
             client, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 90, "the end"
         )
         assert job["status"] == "cancelled", (job["failure_reason"], job.get("stderr_tail"))

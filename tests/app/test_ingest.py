@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs.status import JobStatus
 from app.models import Job, JobEvent, MetricPoint
+from tests.waiting import wait_until
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -169,7 +171,11 @@ def test_an_empty_batch_is_a_heartbeat_and_a_cancelling_job_is_told_to_stop(
         assert job is not None and job.heartbeat_at is not None
         first_beat = job.heartbeat_at
     move_job(job_id, JobStatus.CANCELLING)
-    time.sleep(0.01)
+    # the next heartbeat must be able to be later: SQLite hands the stored time back without its zone
+    first_beat_ts = first_beat.replace(tzinfo=first_beat.tzinfo or UTC).timestamp()
+    wait_until(
+        time.time, 1, "the clock to pass the first heartbeat", 0.001, until=lambda t: t > first_beat_ts
+    )
     r = post(client, job_id, [])
     assert r.json()["control"] == "cancel"
     with session_factory() as s:

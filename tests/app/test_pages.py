@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from fastapi.testclient import TestClient
 
-from app.pages import FORM_FIELDS, form_values_from_config
+from app.jobs.form import FORM_FIELDS, form_values_from_config
 from contract.config import JobConfig, config_to_dict, field_paths
 
 TOKEN = "test-token"
@@ -150,7 +150,7 @@ def test_new_job_form_has_a_labelled_input_for_every_config_field(client: TestCl
     options = re.findall(r'<option value="([^"]+)"', page.text.split('name="quantization.method"')[1])
     assert options[:4] == ["nf4", "fp4", "int8", "none"]
     assert doc.find(name_="training.gradient_checkpointing", type="checkbox")
-    assert page.text.count("<fieldset") == 8
+    assert page.text.count("<fieldset") == 9  # eight sections and the advanced speed levers
     assert "Peak learning rate" in page.text  # descriptions are the help texts
 
 

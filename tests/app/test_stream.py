@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from app.jobs.status import JobStatus
+from tests.waiting import stopped_changing, wait_until
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -201,11 +202,11 @@ def test_the_stream_stops_polling_when_the_client_goes_away(live_server, started
     with httpx.stream("GET", f"{live_server.url}/api/jobs/{job_id}/stream", timeout=10) as r:
         messages = sse_messages(r)
         assert next(messages).event == "job"
-        time.sleep(0.3)
+        wait_until(lambda: len(polls), 5, "three polls while connected", until=lambda n: n >= 3)
     assert len(polls) >= 3  # it was polling every ~50 ms while connected
-    time.sleep(0.3)  # let the server notice
-    settled = len(polls)
-    time.sleep(0.5)
+    # the server notices the disconnect: the count stops moving (sampled slower than the ~50 ms polls)
+    settled = wait_until(stopped_changing(lambda: len(polls)), 5, "the polls to stop", interval=0.2).value
+    time.sleep(0.5)  # a window in which no poll may come: that it stays quiet is what is under test
     assert len(polls) == settled, "the stream kept polling the database after the client disconnected"
     # the engine's pool has nothing checked out once the stream is gone: no session outlived its poll
     assert live_server.app.state.engine.pool.checkedout() == 0

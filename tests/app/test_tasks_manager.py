@@ -43,14 +43,25 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def manager_for(tmp_path: Path, **overrides: Any) -> TaskManager:
-    manager = TaskManager(Settings(data_dir=tmp_path / "data", scheduler_enabled=False, **overrides))
+@pytest.fixture
+def manager(settings: Settings, session_factory: sessionmaker[Session]) -> TaskManager:
+    """A task manager on the migrated test database, no scheduler (it ticks its own task supervisor)."""
+    manager = TaskManager(settings, session_factory)
     manager.try_module = ENDLESS
     return manager
 
 
-def test_a_job_runs_one_task_at_a_time_and_is_free_again_after_it(tmp_path: Path) -> None:
-    manager = manager_for(tmp_path)
+def a_job(factory: sessionmaker[Session]) -> int:
+    """A job row for tasks to belong to (the first one in a fresh database has id 1)."""
+    with factory() as session:
+        job = service.create_job(
+            session, config=JobConfig.model_validate({"name": "t"}), config_text="name: t\n"
+        )
+        session.commit()
+        return job.id
+
+
+def test_a_job_runs_one_task_at_a_time_and_is_free_again_after_it(manager: TaskManager) -> None:
     claim = manager.claim(7, "try", 30)
     with pytest.raises(TaskBusy, match="job 7 is already running a try-the-adapter generation"):
         manager.claim(7, "merge", 30)
@@ -61,8 +72,10 @@ def test_a_job_runs_one_task_at_a_time_and_is_free_again_after_it(tmp_path: Path
     manager.claim(7, "merge", 30)
 
 
-def test_a_consumer_that_stops_reading_kills_the_generation_process(tmp_path: Path) -> None:
-    manager = manager_for(tmp_path)
+def test_a_consumer_that_stops_reading_kills_the_generation_process(
+    manager: TaskManager, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    assert a_job(session_factory) == 1
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
@@ -80,8 +93,10 @@ def test_a_consumer_that_stops_reading_kills_the_generation_process(tmp_path: Pa
     assert list((tmp_path / "data" / "tmp").iterdir()) == []  # the prompt file is removed too
 
 
-def test_a_generation_past_the_timeout_is_killed_and_says_so(tmp_path: Path) -> None:
-    manager = manager_for(tmp_path)
+def test_a_generation_past_the_timeout_is_killed_and_says_so(
+    manager: TaskManager, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    assert a_job(session_factory) == 1
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
@@ -156,8 +171,7 @@ def test_closing_the_try_stream_over_http_kills_the_process_and_frees_the_job(
         assert session.get(Job, job_id) is not None
 
 
-def test_a_claim_whose_process_never_started_is_dropped_after_a_while(tmp_path: Path) -> None:
-    manager = manager_for(tmp_path)
+def test_a_claim_whose_process_never_started_is_dropped_after_a_while(manager: TaskManager) -> None:
     claim = manager.claim(3, "try", 300)  # as when a client leaves before the response body starts
     assert manager.running(3) is claim
     claim.started -= NEVER_STARTED_S + 1

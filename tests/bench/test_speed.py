@@ -67,6 +67,7 @@ def test_tuneboard_bench_runs_the_speed_benchmark() -> None:
     assert "--phases" in proc.stdout and "--tb-phases" in proc.stdout
 
 
+@pytest.mark.slow  # trains every recipe on the tiny preset, in subprocesses
 def test_the_benchmark_runs_end_to_end_on_cpu_and_reuses_the_seed_when_asked(tmp_path: Path) -> None:
     """Every recipe trains on the tiny preset; a second invocation with --reuse reads their results."""
     from worker.presets import preset_model_dir

@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from contract.config import config_to_dict, demo_config
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -117,18 +118,16 @@ def live_app(tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answering() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log_path.read_text()}")
             try:
-                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                    break
+                return httpx.get(url + "/api/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the app did not answer /api/health within 60 s")
-            time.sleep(0.2)
+                return False
+
+        wait_until(answering, 60, "the app to answer /api/health", interval=0.2)
         yield url
     finally:
         proc.terminate()
@@ -304,17 +303,19 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             # 3. the loss chart gains points while the demo runs
             counts: list[int] = []
             statuses: list[str] = []
-            deadline = time.monotonic() + DEADLINE_S
-            while time.monotonic() < deadline:
-                state = page.evaluate(
+
+            def sample() -> list[str]:
+                # every poll is also a sample: the chart's point count beside the job's status
+                state: list[str] = page.evaluate(
                     "() => [document.getElementById('chart-loss').dataset.points,"
                     " document.getElementById('main').dataset.status]"
                 )
                 counts.append(int(state[0] or 0))
                 statuses.append(state[1])
-                if state[1] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.5)
+                return state
+
+            ended = ("succeeded", "failed", "cancelled")
+            wait_until(sample, DEADLINE_S, "the demo job to end", 0.5, until=lambda state: state[1] in ended)
             logs = page.locator("#logs").inner_text()
             assert statuses[-1] == "succeeded", f"the demo ended {statuses[-1]}; logs:\n{logs}"
             running = [c for c, s in zip(counts, statuses, strict=True) if s == "running"]

@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import psutil
 from contract.config import config_to_dict, demo_config
 from contract.protocol import read_spool
 from contract.rundir import RunDir
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_TRAINER = "tests.fakes.fake_trainer"
@@ -51,18 +51,6 @@ def real_config(**training: Any) -> dict[str, Any]:
 def fake_config(behaviour: str) -> dict[str, Any]:
     """A CPU job whose name tells the fake trainer what to do (see tests/fakes/fake_trainer.py)."""
     return {"name": behaviour, "resources": {"gpus": 0}}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll until `predicate()` is truthy and return it; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -137,18 +125,20 @@ class AppProcess:
                 argv, cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the app exited with {self.proc.returncode}:\n{self.log_tail()}")
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the app exited with {proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the app did not answer within {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.1)
+                return False
+
+        try:
+            wait_until(answering, timeout, "/api/health to answer 200", interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     def kill9(self) -> None:
         """SIGKILL the app (no lifespan shutdown, no goodbye to anyone)."""
@@ -203,16 +193,18 @@ class AppProcess:
         """Poll the job until `predicate(job)` holds; the job then."""
         last: dict[str, Any] = {}
 
-        def check() -> dict[str, Any] | None:
+        def check() -> dict[str, Any]:
             nonlocal last
             last = self.job(job_id)
-            return last if predicate(last) else None
+            return last
 
         try:
-            return wait_for(check, timeout, f"job {job_id}: {what}", interval=0.05)  # type: ignore[no-any-return]
-        except AssertionError as exc:
+            return wait_until(check, timeout, f"job {job_id}: {what}", until=predicate)
+        except AssertionError:
+            # the job's own words say more than its whole record: status, reason, stderr, the app's log
             raise AssertionError(
-                f"{exc}; last seen: status={last.get('status')} reason={last.get('failure_reason')}\n"
+                f"timed out after {timeout:g} s waiting for job {job_id}: {what}; last seen: "
+                f"status={last.get('status')} reason={last.get('failure_reason')}\n"
                 f"stderr tail: {(last.get('stderr_tail') or '')[-1500:]}\napp log:\n{self.log_tail()}"
             ) from None
 
@@ -230,12 +222,12 @@ class AppProcess:
                 row = conn.execute("SELECT run_dir FROM job WHERE id = ?", (job_id,)).fetchone()
             return str(row[0]) if row and row[0] else None
 
-        return RunDir(Path(wait_for(recorded, 30, f"job {job_id}'s run directory to be recorded")))
+        return RunDir(Path(wait_until(recorded, 30, f"job {job_id}'s run directory to be recorded")))
 
     def worker_pid(self, job_id: int) -> int:
         """The pid of the job's latest training process (from RUN_DIR/launcher.json)."""
         path = self.run_dir(job_id).root / "launcher.json"
-        record = wait_for(lambda: _read_json(path), 30, f"{path} to be written")
+        record = wait_until(lambda: _read_json(path), 30, f"{path} to be written")
         return int(record["pid"])
 
     def db(self) -> sqlite3.Connection:

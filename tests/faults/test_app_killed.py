@@ -16,8 +16,8 @@ from tests.faults.harness import (
     assert_stored_exactly_once,
     loss_steps,
     real_config,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.training
 
@@ -42,7 +42,7 @@ def test_training_survives_an_app_sigkill_and_the_restarted_app_stores_every_poi
 
     app.kill9()
     spooled_at_kill = max(loss_steps(read_spool(rd.events)))
-    time.sleep(DOWN_S)
+    time.sleep(DOWN_S)  # the fault under test: the app stays dead this long while the worker trains on
     worker = psutil.Process(pid)
     assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE, "the worker died with the app"
     # it kept training while nobody listened: it never waits on the app
@@ -61,4 +61,4 @@ def test_training_survives_an_app_sigkill_and_the_restarted_app_stores_every_poi
     spooled = read_spool(rd.events)
     assert loss_steps(spooled) == list(range(1, STEPS + 1))  # one run, never relaunched
     assert assert_stored_exactly_once(app, job_id) == STEPS  # no gap, no duplicate
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10, "exit")
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10, "exit")

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import psutil
 
 from contract.protocol import read_spool
-from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_config, wait_for
+from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_config
+from tests.waiting import wait_until
 
 OUTAGE_S = float(os.environ.get("TUNEBOARD_FAULT_OUTAGE_S", "10"))
 AFTER_S = 3.0  # the long job trains this long after its replay, then is cancelled
@@ -38,7 +39,7 @@ def test_workers_spool_through_an_app_outage_and_every_event_is_stored_once(
 
     app.stop()
     down_at = time.time()
-    time.sleep(OUTAGE_S)
+    time.sleep(OUTAGE_S)  # the outage itself is what is under test: its length is the fault
     up_at = time.time()
     # both kept working: the long one spooled steps nobody received, the short one ended undelivered
     during = [e for e in read_spool(app.run_dir(through).events) if down_at < e["ts"] < up_at]
@@ -51,9 +52,9 @@ def test_workers_spool_through_an_app_outage_and_every_event_is_stored_once(
     pid = app.worker_pid(through)
     assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     # the worker that outlived the outage replays its backlog itself (the app confirms it)
-    wait_for(lambda: _acked(app, through) >= during[-1]["seq"], 30, "the backlog's replay")
+    wait_until(lambda: _acked(app, through) >= during[-1]["seq"], 30, "the backlog's replay")
     assert app.job(through)["status"] == "running"
-    time.sleep(AFTER_S)  # and it goes on reporting live
+    time.sleep(AFTER_S)  # and it goes on reporting live: a stretch of time the point count below counts on
     app.post(f"/api/jobs/{through}/cancel")
     for job_id, status in ((through, "cancelled"), (ends_inside, "succeeded")):
         done = app.wait_terminal(job_id, timeout=30)

@@ -29,7 +29,7 @@ def test_a_healthy_worker_survives_the_app_being_stopped_longer_than_the_heartbe
 
     app.proc.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(FROZEN_S)
+        time.sleep(FROZEN_S)  # the fault under test: the app frozen this long, not a wait for anything
     finally:
         app.proc.send_signal(signal.SIGCONT)
 

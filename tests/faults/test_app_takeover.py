@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_config, wait_for
+from tests.faults.harness import AppProcess, assert_stored_exactly_once, fake_config
+from tests.waiting import wait_until
 
 ENV = {"TUNEBOARD_HEARTBEAT_TIMEOUT_S": "3"}
 
@@ -22,7 +23,7 @@ def test_a_standby_that_takes_over_tells_the_running_worker_its_address_and_noth
     leader.wait_job(job_id, lambda j: (j["last_step"] or 0) >= 3, 30, "three steps stored")
 
     leader.kill9()
-    wait_for(
+    wait_until(
         lambda: standby.get("/api/health")["scheduler"]["role"] == "active", 10, "the standby to take over"
     )
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.faults.harness import AppProcess, fake_config, wait_for
+from tests.faults.harness import AppProcess, fake_config
+from tests.waiting import wait_until
 
 SUBMISSIONS = 50
 CPU_SLOTS = 3
@@ -43,7 +44,7 @@ def test_fifty_concurrent_submissions_make_fifty_jobs_each_run_once_within_the_c
         finished = all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs)
         return jobs if finished else None
 
-    jobs = wait_for(all_done, timeout=120, what="every job to finish", interval=0.5)
+    jobs = wait_until(all_done, timeout=120, what="every job to finish", interval=0.5)
     assert sorted(int(j["id"]) for j in jobs) == ids  # exactly these 50, no more
     assert {j["status"] for j in jobs} == {"succeeded"}, [j["failure_reason"] for j in jobs][:5]
     assert {j["attempt"] for j in jobs} == {1}

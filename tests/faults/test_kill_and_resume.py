@@ -27,8 +27,8 @@ from tests.faults.harness import (
     assert_stored_exactly_once,
     loss_steps,
     real_config,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.training
 
@@ -52,7 +52,7 @@ def test_kills_mid_step_and_mid_checkpoint_fail_fast_and_resume_from_the_last_co
     k_rd, t_rd = app.run_dir(killed), app.run_dir(torn)
 
     # --- fault 1: kill -9 from outside, mid-run, between checkpoints
-    wait_for(
+    wait_until(
         lambda: (
             (k_rd.checkpoints / "checkpoint-10" / CHECKPOINT_COMPLETE_MARKER).is_file()
             and max(loss_steps(read_spool(k_rd.events)), default=0) >= 12

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import AppProcess, fake_config, wait_for
+from tests.faults.harness import AppProcess, fake_config
+from tests.waiting import wait_until
 
 CHURNS = 200
 AT_ONCE = 20
@@ -44,8 +45,14 @@ def test_two_hundred_stream_connects_and_disconnects_leave_no_tasks_sessions_or_
     paths = [f"/api/jobs/{jobs[0]}/stream", f"/api/jobs/{jobs[1]}/stream", "/api/stream"]
 
     asyncio.run(_churn(app.url, paths, AT_ONCE))  # warm-up: first-use allocations are not leaks
-    time.sleep(1.0)
-    before = app.get("/api/_debug/runtime")
+
+    def warm_up_over() -> dict[str, Any] | None:
+        # the baseline is taken once the warm-up's streams have let go of their sessions and threads
+        now: dict[str, Any] = app.get("/api/_debug/runtime")
+        idle = now["db_pool"]["checked_out"] == 0 and now["thread_pool"]["borrowed"] == 0
+        return now if idle else None
+
+    before = wait_until(warm_up_over, 10, "the warm-up streams to end", interval=0.2)
     started = time.monotonic()
     seen = asyncio.run(_churn(app.url, paths, CHURNS))
     took = time.monotonic() - started
@@ -65,7 +72,7 @@ def test_two_hundred_stream_connects_and_disconnects_leave_no_tasks_sessions_or_
         return now if calm else None
 
     try:
-        after = wait_for(settled, timeout=10, what="the streams' tasks and sessions to end", interval=0.2)
+        after = wait_until(settled, timeout=10, what="the streams' tasks and sessions to end", interval=0.2)
     except AssertionError:
         raise AssertionError(f"before: {before}\nnow: {app.get('/api/_debug/runtime')}") from None
     grew_mb = (after["rss_bytes"] - before["rss_bytes"]) / 1024**2

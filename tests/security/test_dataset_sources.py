@@ -109,7 +109,7 @@ def test_deeply_nested_and_huge_number_configs_are_422_naming_the_problem(
 
 
 def test_the_new_job_form_shows_the_refusal_next_to_the_field(client: TestClient) -> None:
-    from app.pages import FORM_FIELDS, form_values_from_config
+    from app.jobs.form import FORM_FIELDS, form_values_from_config
     from contract.config import JobConfig, config_to_dict
 
     values = form_values_from_config(config_to_dict(JobConfig.model_validate({})))

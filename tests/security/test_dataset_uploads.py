@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 import contract.datasets as validate
 from app.settings import Settings
 from tests.app.conftest import LiveServer, make_started_job, metric_event
+from tests.waiting import stopped_changing, wait_until
 
 CHAT_ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -42,6 +43,12 @@ def _left_on_disk(settings: Settings) -> list[str]:
         if root.exists():
             found += [str(p.relative_to(settings.data_dir)) for p in root.rglob("*")]
     return found
+
+
+def _parts_received(settings: Settings) -> int:
+    """Uploads the app is holding: each streams into DATA_DIR/tmp/upload-*.part until it is stored."""
+    tmp = settings.data_dir / "tmp"
+    return len(list(tmp.glob("upload-*.part"))) if tmp.exists() else 0
 
 
 def _uploads(client: TestClient) -> list[dict[str, Any]]:
@@ -264,10 +271,9 @@ class _GatedChecks:
                 self.running.discard(me)
 
     def wait_for_running(self, n: int, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.running) < n:
-            assert time.monotonic() < deadline, f"only {len(self.running)} checks started"
-            time.sleep(0.02)
+        wait_until(
+            lambda: len(self.running), timeout, f"{n} checks running", 0.02, until=lambda now: now >= n
+        )
 
 
 @pytest.fixture
@@ -295,7 +301,13 @@ def test_sixteen_slow_uploads_leave_health_job_lists_and_ingest_answering(
     with ThreadPoolExecutor(16) as pool:
         answers = [pool.submit(upload, i) for i in range(16)]
         gated.wait_for_running(2)
-        time.sleep(0.5)  # give every upload time to arrive and take whatever it takes
+        # every upload has arrived (each streams into its own temp file) and waits for a check slot or has one
+        wait_until(
+            lambda: _parts_received(live_server.settings),
+            10,
+            "all 16 uploads received",
+            until=lambda n: n >= 16,
+        )
         # generous bounds: before the fix these waited for the uploads (every request session was theirs)
         with httpx.Client(base_url=url, timeout=5) as http:
             for _ in range(3):
@@ -348,9 +360,12 @@ def test_a_client_that_leaves_stops_the_check_it_started(
             files={"file": ("slow.jsonl", body)},
             timeout=httpx.Timeout(10, read=0.5),
         )
-    time.sleep(1.5)  # the app notices the disconnect within a fraction of a second
-    seen = slow.rows_checked
-    time.sleep(1.0)
+    # the app notices the disconnect within a fraction of a second: the count of checked rows stops moving
+    # (sampled every 0.2 s, while a running check adds a row every 5 ms)
+    seen = wait_until(
+        stopped_changing(lambda: slow.rows_checked), 10, "the check to stop", interval=0.2
+    ).value
+    time.sleep(1.0)  # a window in which no row may be checked: that it stays still is what is under test
     assert slow.rows_checked == seen, "the check went on after the client left"
     assert seen < 4000
     assert _left_on_disk(settings) == []

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -70,18 +71,16 @@ def live_app(tmp_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answering() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log_path.read_text()}")
             try:
-                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                    break
+                return httpx.get(url + "/api/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the app did not answer /api/health within 60 s")
-            time.sleep(0.2)
+                return False
+
+        wait_until(answering, 60, "the app to answer /api/health", interval=0.2)
         yield url
     finally:
         proc.terminate()

@@ -11,7 +11,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from app.jobs.status import JobStatus
 from app.tasks.manager import TaskManager
 from contract.config import JobConfig, config_to_dict, parse_config
 from tests.app.conftest import set_status
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "worker-token"
@@ -137,10 +137,13 @@ def test_the_merged_export_hands_the_task_the_stored_config_not_the_uploaded_one
     )
     echoing_manager(app)
     assert client.post(f"/api/jobs/{job_id}/export-merged").status_code == 202
-    deadline = time.monotonic() + 30
-    while (status := client.get(f"/api/jobs/{job_id}/export-merged").json())["state"] != "failed":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.1)
+    status = wait_until(
+        lambda: client.get(f"/api/jobs/{job_id}/export-merged").json(),
+        30,
+        "the echo task to end (it reports as failed)",
+        interval=0.1,
+        until=lambda export: export["state"] == "failed",
+    )
     seen = json.loads(status["message"])
     assert seen["config"] is not None, f"the task was given no config of the app's: {seen['argv']}"
     model = seen["config"]["model"]

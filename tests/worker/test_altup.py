@@ -1,4 +1,4 @@
-"""Gemma 3n's AltUp prediction as multiply-adds (`worker.train.altup`) gives transformers' own results."""
+"""AltUp prediction as multiply-adds (`worker.train.speed.altup`) gives transformers' own results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from worker.train.altup import ALTUP_SUM_ENV, altup_sum_wanted, patch_altup_predict
+from worker.train.speed.altup import altup_sum_wanted, patch_altup_predict
 
 
 def altup_module(dtype: torch.dtype, hidden: int = 64) -> Any:
@@ -68,10 +68,7 @@ def test_compiled_multiply_adds_trace_into_one_graph_and_match() -> None:
     torch._dynamo.reset()
 
 
-def test_the_rewrite_follows_compilation_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ALTUP_SUM_ENV, raising=False)
+def test_the_rewrite_follows_compilation_unless_the_config_says() -> None:
     assert altup_sum_wanted(compiled=True) and not altup_sum_wanted(compiled=False)
-    monkeypatch.setenv(ALTUP_SUM_ENV, "0")
-    assert not altup_sum_wanted(compiled=True)
-    monkeypatch.setenv(ALTUP_SUM_ENV, "1")
-    assert altup_sum_wanted(compiled=False)
+    assert not altup_sum_wanted(compiled=True, setting="off")
+    assert altup_sum_wanted(compiled=False, setting="on")

@@ -15,17 +15,9 @@ from typing import Any
 import pytest
 
 from contract.config import demo_config
-from worker.train import offload
-from worker.train.compile import (
-    BACKEND_ENV,
-    COMPILE_ENV,
-    LayerCompiler,
-    compile_checkpointed_layers,
-)
-from worker.train.fused_loss import FUSED_LOSS_ENV
-from worker.train.host_tables import HOST_TABLES_ENV
 from worker.train.loading import load_for_training
-from worker.train.offload import OFFLOAD_ENV
+from worker.train.speed import offload
+from worker.train.speed.compile import LayerCompiler, compile_checkpointed_layers
 
 RTOL, ATOL = 1e-5, 1e-7  # aot_eager runs the eager ops: measured bit-identical, kept tight
 
@@ -53,14 +45,14 @@ def _load(monkeypatch: pytest.MonkeyPatch, preset: str, *, checkpointing: bool =
     """The preset, 4-bit nf4 with LoRA on CPU, offload forced on, nothing compiled or moved by the loader."""
     import torch
 
-    monkeypatch.setenv(OFFLOAD_ENV, "1")
     monkeypatch.setattr(offload, "MIN_OFFLOAD_BYTES", 0)  # the tiny model's layer inputs are below the floor
-    monkeypatch.setenv(COMPILE_ENV, "0")  # the test compiles itself
-    monkeypatch.setenv(HOST_TABLES_ENV, "0")
-    monkeypatch.setenv(FUSED_LOSS_ENV, "0")
     cfg = demo_config().model_copy(deep=True)
     cfg.model.name = preset
     cfg.training.gradient_checkpointing = checkpointing
+    cfg.training.torch_compile = "off"  # the test compiles itself
+    cfg.speed.offload_activations = "on"
+    cfg.speed.host_tables = "off"
+    cfg.speed.fused_loss = "off"
     assert cfg.quantization.method == "nf4"
     torch.manual_seed(0)
     model = load_for_training(cfg, device="cpu").model
@@ -265,9 +257,13 @@ def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_rep
 
     # 230 training rows in the demo dataset: batches of 7 leave 6 over, which would be a new shape
     config = demo_dict(max_steps=36, batch_size=7, torch_compile="on", eval_steps=0, save_steps=36)
-    assert BACKEND_ENV == "TUNEBOARD_COMPILE_BACKEND"
-    run = run_child(new_run_dir("compiled", config), TUNEBOARD_COMPILE_BACKEND="aot_eager")
+    config["speed"]["compile_backend"] = "aot_eager"  # no C compiler needed
+    run = run_child(new_run_dir("compiled", config))
     assert run.returncode == 0, run.stderr[-2000:]
+    (plan,) = run.of_kind("plan")
+    levers = {lever["name"]: lever for lever in plan["payload"]["levers"]}
+    assert levers["compile"]["value"] is True and levers["compile"]["source"] == "config"
+    assert levers["compile_backend"]["value"] == "aot_eager"
     messages = [e["payload"]["message"] for e in run.of_kind("log")]
     assert any("Decoder layers are compiled" in m for m in messages)
     skipped = [m for m in messages if "training row(s) of each shuffled epoch are skipped" in m]
@@ -306,20 +302,19 @@ def test_a_layer_that_cannot_be_compiled_runs_eagerly_instead_of_failing(
     assert all(torch.equal(grads_before[k], grads_after[k]) for k in grads_before)
 
 
-def test_inductor_options_come_from_the_environment_and_bad_ones_are_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from worker.train.compile import OPTIONS_ENV, compile_options
+def test_inductor_options_come_from_the_config_and_bad_ones_are_refused() -> None:
+    from contract.config import ConfigError, parse_config
+    from worker.train.speed.compile import compile_options
 
-    monkeypatch.delenv(OPTIONS_ENV, raising=False)
-    assert compile_options() is None
-    monkeypatch.setenv(OPTIONS_ENV, '{"cpp_wrapper": true}')
-    assert compile_options() == {"cpp_wrapper": True}
-    assert LayerCompiler(backend="inductor").options == {"cpp_wrapper": True}
-    assert LayerCompiler(backend="aot_eager").options is None  # only inductor takes options
-    monkeypatch.setenv(OPTIONS_ENV, "cpp_wrapper=1")
+    assert compile_options(None) is None and compile_options("") is None
+    assert compile_options('{"cpp_wrapper": true}') == {"cpp_wrapper": True}
+    assert LayerCompiler(backend="inductor", options={"cpp_wrapper": True}).options == {"cpp_wrapper": True}
+    # only inductor takes options
+    assert LayerCompiler(backend="aot_eager", options={"cpp_wrapper": True}).options is None
     with pytest.raises(ValueError, match="not valid JSON"):
-        compile_options()
-    monkeypatch.setenv(OPTIONS_ENV, "[1]")
+        compile_options("cpp_wrapper=1")
     with pytest.raises(ValueError, match="must be a JSON object"):
-        compile_options()
+        compile_options("[1]")
+    with pytest.raises(ConfigError) as err:  # the config refuses them before a job exists
+        parse_config({"speed": {"compile_options": "[1]"}})
+    assert "speed.compile_options" in err.value.problems

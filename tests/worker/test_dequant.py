@@ -1,4 +1,4 @@
-"""Packed 4-bit weights unpacked with PyTorch ops (`worker.train.dequant`) equal bitsandbytes' own results."""
+"""4-bit weights unpacked with PyTorch ops (`worker.train.speed.dequant`) equal bitsandbytes' results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from worker.train.dequant import TORCH_DEQUANT_ENV, dequantize_4bit, torch_dequant_wanted, unpack_with_torch
+from worker.train.speed.dequant import (
+    dequantize_4bit,
+    torch_dequant_wanted,
+    unpack_with_torch,
+)
 
 
 def packed_linear(quant_type: str, double_quant: bool, dtype: torch.dtype, shape: tuple[int, int]) -> Any:
@@ -81,7 +85,7 @@ def test_a_rebound_layer_gives_the_stock_output_and_input_gradient(
 
 
 def test_only_traced_calls_unpack_with_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.train.dequant as dequant
+    import worker.train.speed.dequant as dequant
 
     layer = packed_linear("nf4", True, torch.float32, (48, 64))
     expected = layer(torch.ones(3, 64))
@@ -111,10 +115,7 @@ def test_the_rebound_forward_compiles_into_one_graph() -> None:
     torch._dynamo.reset()
 
 
-def test_it_is_on_where_layers_are_compiled_and_the_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TORCH_DEQUANT_ENV, raising=False)
+def test_it_is_on_where_layers_are_compiled_and_the_config_overrides() -> None:
     assert torch_dequant_wanted(compiled=True) and not torch_dequant_wanted(compiled=False)
-    monkeypatch.setenv(TORCH_DEQUANT_ENV, "1")
-    assert torch_dequant_wanted(compiled=False)
-    monkeypatch.setenv(TORCH_DEQUANT_ENV, "0")
-    assert not torch_dequant_wanted(compiled=True)
+    assert torch_dequant_wanted(compiled=False, setting="on")
+    assert not torch_dequant_wanted(compiled=True, setting="off")

@@ -18,7 +18,8 @@ import pytest
 
 from contract.protocol import ExitCode, read_spool
 from contract.rundir import RunDir, complete_checkpoints
-from tests.worker.training_runs import demo_dict, new_run_dir, start_child, wait_for
+from tests.waiting import wait_until
+from tests.worker.training_runs import demo_dict, new_run_dir, start_child
 from worker.train.distributed import (
     NullReporter,
     follower_exit_code,
@@ -42,7 +43,7 @@ def test_a_cancel_seen_by_one_rank_stops_both_at_the_same_step_with_a_checkpoint
     rd = new_run_dir("ddp-cancel", two_process_config(max_steps=200, eval_steps=0, save_steps=100))
     proc = start_child(rd)
     try:
-        wait_for(lambda: any(e["kind"] == "metric" for e in read_spool(rd.events)), 200, "the first step")
+        wait_until(lambda: any(e["kind"] == "metric" for e in read_spool(rd.events)), 200, "the first step")
         # only rank 0 is told (as with a cancel from the dashboard, which only rank 0 hears): rank 1 must
         # learn it through the per-step all-reduce, or DDP would hang in its next collective
         rank0 = next(

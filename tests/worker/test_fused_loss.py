@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from contract.config import demo_config
-from worker.train import fused_loss
-from worker.train.fused_loss import FUSED_LOSS_ENV, FusedLoss, causal_lm_loss, plan_fused_loss
 from worker.train.loading import load_for_training
+from worker.train.speed import fused_loss
+from worker.train.speed.fused_loss import FusedLoss, causal_lm_loss, plan_fused_loss
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,12 +102,10 @@ def test_leaving_out_the_softcap_would_change_the_loss(model: Any) -> None:
     assert abs(uncapped - ref) / ref > 0.01
 
 
-def test_the_fused_loss_is_off_on_cpu_unless_asked(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(FUSED_LOSS_ENV, raising=False)
+def test_the_fused_loss_is_off_on_cpu_unless_asked(model: Any) -> None:
     assert plan_fused_loss(model, "cpu") is None
-    monkeypatch.setenv(FUSED_LOSS_ENV, "1")
-    plan = plan_fused_loss(model, "cpu")
+    plan = plan_fused_loss(model, "cpu", setting="on")
     assert plan is not None and plan.impl == "chunked" and plan.softcap == _softcap(model)
-    assert plan_fused_loss(model, "cpu", distributed=True) is None  # DDP's gradient sync needs its forward
-    monkeypatch.setenv(FUSED_LOSS_ENV, "0")
-    assert plan_fused_loss(model, "cuda") is None
+    # DDP's gradient sync needs its forward
+    assert plan_fused_loss(model, "cpu", distributed=True, setting="on") is None
+    assert plan_fused_loss(model, "cuda", setting="off") is None

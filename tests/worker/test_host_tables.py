@@ -13,15 +13,12 @@ from typing import Any
 import pytest
 
 from contract.config import demo_config
-from worker.train.compile import COMPILE_ENV
-from worker.train.fused_loss import FUSED_LOSS_ENV
-from worker.train.host_tables import (
-    HOST_TABLES_ENV,
+from worker.train.loading import load_for_training
+from worker.train.speed.host_tables import (
     MIN_TABLE_BYTES,
     host_table_candidates,
     keep_tables_on_host,
 )
-from worker.train.loading import load_for_training
 
 PER_LAYER = "base_model.model.model.embed_tokens_per_layer"
 
@@ -37,10 +34,10 @@ def _load(monkeypatch: pytest.MonkeyPatch) -> Any:
     """tiny-gemma3n, 4-bit nf4 with LoRA on CPU; the loader itself moves nothing to the host."""
     import torch
 
-    monkeypatch.setenv(HOST_TABLES_ENV, "0")
-    monkeypatch.setenv(COMPILE_ENV, "0")
-    monkeypatch.setenv(FUSED_LOSS_ENV, "0")
     cfg = demo_config()
+    cfg.speed.host_tables = "off"
+    cfg.training.torch_compile = "off"
+    cfg.speed.fused_loss = "off"
     assert cfg.model.name == "preset:tiny-gemma3n" and cfg.quantization.method == "nf4"
     torch.manual_seed(0)
     model = load_for_training(cfg, device="cpu").model
@@ -134,7 +131,7 @@ def test_a_table_on_the_host_computes_what_it_did(monkeypatch: pytest.MonkeyPatc
     import torch
     import torch.nn.functional as F
 
-    from worker.train.host_tables import _host_forward
+    from worker.train.speed.host_tables import _host_forward
 
     model = _load(monkeypatch)
     table = dict(model.named_modules())[PER_LAYER]

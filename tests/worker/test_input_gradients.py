@@ -15,7 +15,6 @@ import pytest
 
 from contract.config import demo_config
 from tests.worker.lora_helpers import give_every_adapter_a_gradient
-from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.loading import load_for_training
 
 
@@ -23,7 +22,6 @@ from worker.train.loading import load_for_training
 def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNEBOARD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv(FUSED_LOSS_ENV, "0")
         yield
 
 

@@ -12,9 +12,18 @@ from pathlib import Path
 import pytest
 
 from contract.config import ConfigError, parse_config
+from contract.plan import RunPlan, read_plan, write_plan
 from contract.protocol import ExitCode
 from tests.worker.training_runs import demo_dict, trained_run
-from worker.train.microbatch import SPLIT_FILE, Split, choose_split, divisors, load_split, save_split
+from worker.train.speed.microbatch import (
+    LEGACY_SPLIT_FILE,
+    Split,
+    choose_split,
+    divisors,
+    load_legacy_split,
+    split_from_dict,
+)
+from worker.train.speed.plan import record_micro_batch
 
 GB = 10**9
 
@@ -72,12 +81,26 @@ def test_when_nothing_fits_the_configured_split_is_kept_and_says_so() -> None:
     assert "not even a micro-batch of 1 fits" in split.describe()
 
 
-def test_the_choice_is_saved_for_a_resumed_run(tmp_path: Path) -> None:
-    assert load_split(tmp_path) is None
+def test_the_choice_is_saved_in_the_run_plan_for_a_resumed_run(tmp_path: Path) -> None:
     split = Split(16, 1, 70 * GB, {8: 5 * GB, 16: 9 * GB, 32: None})
-    save_split(tmp_path, split)
-    assert json.loads((tmp_path / SPLIT_FILE).read_text())["micro_batch"] == 16
-    assert load_split(tmp_path) == split
+    plan = RunPlan(device="cuda")
+    record_micro_batch(plan, split, "probe", "the micro-batch probe chose 16")
+    write_plan(tmp_path / "plan.json", plan)
+    assert json.loads((tmp_path / "plan.json").read_text())["micro_batch"]["micro_batch"] == 16
+    again = read_plan(tmp_path / "plan.json")
+    assert again is not None and again.micro_batch is not None
+    assert split_from_dict(again.micro_batch) == split
+    assert again.levers["micro_batch"].value == "16 × 1" and again.levers["micro_batch"].source == "probe"
+
+
+def test_a_run_started_before_the_plan_still_keeps_its_saved_split(tmp_path: Path) -> None:
+    assert load_legacy_split(tmp_path) is None
+    split = Split(16, 1, 70 * GB, {8: 5 * GB, 16: 9 * GB, 32: None})
+    (tmp_path / LEGACY_SPLIT_FILE).write_text(
+        json.dumps({"micro_batch": 16, "grad_accum": 1, "budget_bytes": 70 * GB, "tried": {"8": 5 * GB,
+                    "16": 9 * GB, "32": None}, "note": ""}), encoding="utf-8"
+    )  # fmt: skip
+    assert load_legacy_split(tmp_path) == split
 
 
 def test_the_config_asks_for_exactly_one_gpu() -> None:
@@ -124,6 +147,7 @@ def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Pa
     cfg = demo_dict(batch_size=4, grad_accum=4)
     cfg["resources"]["gpus"] = 1
     logs: list[str] = []
+    plan = RunPlan(device="cuda")
     split = _probe_micro_batch(
         parse_config(cfg),
         RunDir(tmp_path),
@@ -133,12 +157,14 @@ def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Pa
         dtype="bfloat16",
         report=lambda kind, payload: logs.append(payload["message"]),
         resuming=True,
+        plan=plan,
     )
     assert (split.micro_batch, split.grad_accum) == (4, 4)
     assert logs == [
         "Auto micro-batch: this run started without a probe; keeping micro-batch 4 × 4 accumulation"
     ]
-    assert not (tmp_path / SPLIT_FILE).exists()
+    assert plan.micro_batch is None  # nothing measured to keep
+    assert plan.levers["micro_batch"].value == "4 × 4" and plan.levers["micro_batch"].source == "resumed"
 
 
 def test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split_and_says_why() -> None:
@@ -158,7 +184,9 @@ def test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split_and_sa
         in w
         for w in warnings
     ), warnings
-    assert not (finished.run_dir.root / SPLIT_FILE).exists()
+    plan = read_plan(finished.run_dir.plan)
+    assert plan is not None and plan.micro_batch is None  # no probe ran, so none is kept for a resume
+    assert plan.levers["micro_batch"].value == "8 × 2" and plan.levers["micro_batch"].source == "config"
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
@@ -169,8 +197,11 @@ def test_on_a_gpu_the_probe_merges_micro_batches_that_fit() -> None:
     cfg["resources"]["gpus"] = 1
     finished = trained_run("auto-micro-batch-gpu", cfg)
     assert finished.returncode == ExitCode.SUCCEEDED, finished.stderr[-3000:]
-    split = load_split(finished.run_dir.root)
-    assert split is not None and (split.micro_batch, split.grad_accum) == (8, 1), split
+    plan = read_plan(finished.run_dir.plan)
+    assert plan is not None and plan.micro_batch is not None
+    split = split_from_dict(plan.micro_batch)
+    assert plan.levers["micro_batch"].source == "probe"
+    assert (split.micro_batch, split.grad_accum) == (8, 1), split
     assert split.tried[2] is not None and split.tried[8] is not None and split.tried[2] < split.tried[8]
     logs = [e["payload"]["message"] for e in finished.of_kind("log")]
     assert any(m.startswith("Auto micro-batch (") and "micro-batch 8 × 1" in m for m in logs), logs
@@ -183,15 +214,16 @@ def test_a_probe_pass_runs_the_training_loss_eagerly_even_with_compiled_layers(
     import torch
 
     from contract.config import demo_config
-    from worker.train.compile import COMPILE_ENV, compile_checkpointed_layers
-    from worker.train.fused_loss import FusedLoss
     from worker.train.loading import load_for_training
-    from worker.train.microbatch import probe_pass, training_loss
+    from worker.train.speed.compile import compile_checkpointed_layers
+    from worker.train.speed.fused_loss import FusedLoss
+    from worker.train.speed.microbatch import probe_pass, training_loss
 
     monkeypatch.setenv("TUNEBOARD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv(COMPILE_ENV, "0")  # compiled below, with the CPU backend
     torch._dynamo.reset()
-    model = load_for_training(demo_config(), device="cpu").model
+    cfg = demo_config()
+    cfg.training.torch_compile = "off"  # compiled below, with the CPU backend
+    model = load_for_training(cfg, device="cpu").model
     model.train()
     compiler = compile_checkpointed_layers(model, backend="aot_eager")
     assert compiler is not None

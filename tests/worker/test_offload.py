@@ -13,10 +13,9 @@ import pytest
 
 from contract.config import demo_config
 from tests.worker.lora_helpers import give_every_adapter_a_gradient
-from worker.train import offload
-from worker.train.fused_loss import FUSED_LOSS_ENV
 from worker.train.loading import load_for_training
-from worker.train.offload import OFFLOAD_ENV, OffloadHooks, offload_wanted, offloading_checkpoint
+from worker.train.speed import offload
+from worker.train.speed.offload import OffloadHooks, offload_wanted, offloading_checkpoint
 
 
 def _grads_of_two_checkpointed_layers(hooks: OffloadHooks | None) -> tuple[list[Any], Any]:
@@ -56,17 +55,13 @@ def test_inputs_below_the_size_floor_stay_where_they_are() -> None:
     assert hooks.packed == 0
 
 
-def test_the_env_knob_decides_and_auto_stays_off_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(OFFLOAD_ENV, "auto")
-    assert offload_wanted("cpu") is False
-    assert offload_wanted("cuda") is offload.OFFLOAD_ON_CUDA_BY_DEFAULT
-    monkeypatch.setenv(OFFLOAD_ENV, "1")
-    assert offload_wanted("cpu") is True
-    monkeypatch.setenv(OFFLOAD_ENV, "0")
-    assert offload_wanted("cuda") is False
-    monkeypatch.setenv(OFFLOAD_ENV, "sometimes")
-    with pytest.raises(ValueError, match="0, 1 or auto"):
-        offload_wanted("cuda")
+def test_the_config_setting_decides_and_auto_stays_off_on_cpu() -> None:
+    assert offload_wanted("cpu", "auto") is False
+    assert offload_wanted("cuda", "auto") is offload.OFFLOAD_ON_CUDA_BY_DEFAULT
+    assert offload_wanted("cpu", "on") is True
+    assert offload_wanted("cuda", "off") is False
+    with pytest.raises(ValueError, match="on, off or auto"):
+        offload_wanted("cuda", "sometimes")
 
 
 @pytest.fixture
@@ -79,10 +74,11 @@ def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def _preset_grads(monkeypatch: pytest.MonkeyPatch, on: bool) -> tuple[dict[str, Any], int]:
     import torch
 
-    monkeypatch.setenv(OFFLOAD_ENV, "1" if on else "0")
-    monkeypatch.setenv(FUSED_LOSS_ENV, "0")
+    cfg = demo_config()
+    cfg.speed.offload_activations = "on" if on else "off"
+    cfg.speed.fused_loss = "off"
     torch.manual_seed(0)  # the same LoRA init for both loads
-    model = load_for_training(demo_config(), device="cpu").model
+    model = load_for_training(cfg, device="cpu").model
     wrapped = [
         m
         for m in model.modules()

@@ -45,19 +45,28 @@ def test_on_a_gpu_plain_adamw_is_the_fused_kernel() -> None:
 
 
 def test_a_run_keeps_its_optimizer_when_resumed(tmp_path: Path) -> None:
-    from worker.train.pipeline import LEGACY_GPU_OPTIMIZER, OPTIMIZER_FILE, optimizer_for_run
+    from contract.plan import RunPlan
+    from worker.train.pipeline import LEGACY_GPU_OPTIMIZER, LEGACY_OPTIMIZER_FILE, optimizer_for_run
+    from worker.train.speed.plan import record_optimizer
+
+    def chosen(root: Path, device: str, resuming: bool, earlier: RunPlan | None = None) -> str:
+        return optimizer_for_run(config, root, small, device, resuming=resuming, earlier_plan=earlier)[0]
 
     small = torch.nn.Linear(8, 2)  # a few trainable parameters: fused AdamW on a GPU
     config = demo_config()
     first = tmp_path / "first"
     first.mkdir()
-    assert optimizer_for_run(config, first, small, "cuda", resuming=False) == "adamw_torch"
-    assert (first / OPTIMIZER_FILE).is_file()
-    # a later attempt reads the saved choice, whatever "auto" would say now
-    (first / OPTIMIZER_FILE).write_text('{"optimizer": "paged_adamw_8bit"}', encoding="utf-8")
-    assert optimizer_for_run(config, first, small, "cuda", resuming=True) == "paged_adamw_8bit"
+    name, source, reason = optimizer_for_run(config, first, small, "cuda", resuming=False)
+    assert (name, source) == ("adamw_torch", "default") and "18 trainable parameters" in reason
+    # a later attempt reads the choice its first attempt's plan holds, whatever "auto" would say now
+    earlier = RunPlan(device="cuda")
+    record_optimizer(earlier, "paged_adamw_8bit", "default", "default on GPU")
+    assert chosen(first, "cuda", True, earlier) == "paged_adamw_8bit"
+    # a run started before the plan kept its choice in optimizer-choice.json
+    (first / LEGACY_OPTIMIZER_FILE).write_text('{"optimizer": "paged_adamw_8bit"}', encoding="utf-8")
+    assert chosen(first, "cuda", True) == "paged_adamw_8bit"
     # resumed from a checkpoint written before the choice was saved: the old "auto" rule
     older = tmp_path / "older"
     older.mkdir()
-    assert optimizer_for_run(config, older, small, "cuda", resuming=True) == LEGACY_GPU_OPTIMIZER
-    assert optimizer_for_run(config, tmp_path, small, "cpu", resuming=False) == "adamw_8bit"
+    assert chosen(older, "cuda", True) == LEGACY_GPU_OPTIMIZER
+    assert chosen(tmp_path, "cpu", False) == "adamw_8bit"

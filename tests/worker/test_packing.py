@@ -15,12 +15,9 @@ from typing import Any
 import pytest
 
 from contract.config import demo_config
-from worker.train.compile import COMPILE_ENV
 from worker.train.data import TOKENS_KEY, PadCollator, batch_tokens, pack_examples
-from worker.train.fused_loss import FUSED_LOSS_ENV, FusedLoss, causal_lm_loss
-from worker.train.host_tables import HOST_TABLES_ENV
 from worker.train.loading import load_for_training
-from worker.train.offload import OFFLOAD_ENV
+from worker.train.speed.fused_loss import FusedLoss, causal_lm_loss
 
 # fp32 on CPU; the block mask and the single-example run take different sdpa/eager paths, so the sums
 # are ordered differently: measured at most 1.7e-5 on the logits, against 6 to 17 when the second
@@ -40,9 +37,9 @@ def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def _load(monkeypatch: pytest.MonkeyPatch, preset: str, attn: str = "auto") -> Any:
     import torch
 
-    for env in (OFFLOAD_ENV, COMPILE_ENV, HOST_TABLES_ENV, FUSED_LOSS_ENV):
-        monkeypatch.setenv(env, "0")
     cfg = demo_config().model_copy(deep=True)
+    cfg.training.torch_compile = "off"
+    cfg.speed.offload_activations = cfg.speed.host_tables = cfg.speed.fused_loss = "off"
     cfg.model.name = f"preset:{preset}"
     cfg.model.attn_implementation = attn
     cfg.lora.dropout = 0.0  # the packed and the separate passes must see the same adapter function

@@ -60,6 +60,7 @@ def test_concurrent_builders_all_get_the_same_complete_preset(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # losers cleaned up their temp dirs
 
 
+@pytest.mark.slow  # several Python processes each building a model: ~7 s on 2 cores
 def test_concurrent_builder_processes_race_safely_to_one_complete_preset(tmp_path: Path) -> None:
     import subprocess
     import sys

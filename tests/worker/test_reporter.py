@@ -13,6 +13,7 @@ import pytest
 
 from contract.protocol import EventKind, read_spool
 from contract.rundir import RunDir
+from tests.waiting import wait_until
 from tests.worker.fake_app import TOKEN, FakeApp, free_port
 from worker.train.reporter import Reporter
 
@@ -26,15 +27,6 @@ def app() -> Iterator[FakeApp]:
 
 def _job(app: FakeApp) -> dict[str, Any]:
     return {"job_id": 7, "app_url": f"http://127.0.0.1:{app.port}", "token": TOKEN}
-
-
-def _wait(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def _fast(rd: RunDir, job: dict[str, Any] | None, **kw: Any) -> Reporter:
@@ -86,16 +78,16 @@ def test_nothing_is_lost_duplicated_or_reordered_while_the_app_is_down(tmp_path:
         rep.emit(EventKind.METRIC, step, {"loss": 1.0})
     # The app is down: emitting still takes no network time.
     assert time.perf_counter() - started < 0.5
-    time.sleep(0.8)  # several failed attempts with backoff
+    time.sleep(0.8)  # the app stays down this long (the behaviour under test): several failed attempts
     assert rep.acked_seq == 0 and rep.last_error is not None
     app.start()
     for step in range(31, 41):
         rep.emit(EventKind.METRIC, step, {"loss": 1.0})
-    _wait(lambda: app.seqs()[-1:] == [40])
+    wait_until(app.seqs, 10, "seq 40 stored", until=lambda seqs: seqs[-1:] == [40])
     app.stop()  # down again mid-run
     for step in range(41, 61):
         rep.emit(EventKind.METRIC, step, {"loss": 1.0})
-    time.sleep(0.5)
+    time.sleep(0.5)  # down for a while again, with events waiting: the outage is the behaviour under test
     app.start()
     assert rep.close(timeout=10)
     assert app.seqs() == list(range(1, 61))
@@ -149,7 +141,7 @@ def test_a_cancel_control_in_the_response_sets_the_cancel_flag(tmp_path: Path, a
     rep = _fast(RunDir(tmp_path), _job(app))
     assert not rep.cancel_requested.is_set()
     rep.emit(EventKind.METRIC, 1, {"loss": 1.0})
-    _wait(rep.cancel_requested.is_set)
+    wait_until(rep.cancel_requested.is_set, 10, "the app's cancel passed to the run")
     rep.close()
 
 
@@ -157,7 +149,12 @@ def test_an_idle_reporter_sends_heartbeats(tmp_path: Path, app: FakeApp) -> None
     app.start()
     rep = _fast(RunDir(tmp_path), _job(app), heartbeat_interval=0.2)
     rep.emit(EventKind.METRIC, 3, {"loss": 1.0})
-    _wait(lambda: sum(1 for e in app.stored if e["kind"] == "heartbeat") >= 2)
+    wait_until(
+        lambda: sum(1 for e in app.stored if e["kind"] == "heartbeat"),
+        10,
+        "two heartbeats",
+        until=lambda n: n >= 2,
+    )
     rep.close()
     beats = [e for e in app.stored if e["kind"] == "heartbeat"]
     assert all(e["step"] == 3 for e in beats)

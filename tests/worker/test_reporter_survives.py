@@ -18,6 +18,7 @@ import pytest
 
 from contract.protocol import EventKind, read_spool
 from contract.rundir import RunDir
+from tests.waiting import wait_until
 from tests.worker.fake_app import TOKEN, FakeApp, free_port
 from worker.train.reporter import Reporter
 
@@ -31,15 +32,6 @@ def app() -> Iterator[FakeApp]:
 
 def _job(app: FakeApp) -> dict[str, Any]:
     return {"job_id": 7, "app_url": f"http://127.0.0.1:{app.port}", "token": TOKEN}
-
-
-def _wait(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not met in {timeout} s")
 
 
 def _fast(rd: RunDir, job: dict[str, Any] | None) -> Reporter:
@@ -66,14 +58,14 @@ def test_removing_the_run_directory_mid_stream_loses_no_event_and_the_sender_kee
     rep = _fast(rd, _job(app))
     for step in range(1, 21):
         rep.emit(EventKind.METRIC, step, {"loss": 1.0})
-    _wait(lambda: rep.acked_seq >= 20, what="the first 20 events acknowledged")
+    wait_until(lambda: rep.acked_seq, 10, "the first 20 events acknowledged", until=lambda seq: seq >= 20)
 
     shutil.rmtree(rd.root)  # a cleanup script, or a person, removes the run directory mid-training
     for step in range(21, 41):
         rep.emit(EventKind.METRIC, step, {"loss": 1.0})
-        time.sleep(0.01)
+        time.sleep(0.01)  # paced like training steps, so the sender runs between emits and meets the removal
 
-    _wait(lambda: _metric_steps(app)[-1:] == [40], what="step 40 delivered")
+    wait_until(lambda: _metric_steps(app)[-1:], 10, "step 40 delivered", until=lambda last: last == [40])
     assert rep.close(timeout=5)
     assert _metric_steps(app) == list(range(1, 41))
     assert rep.delivery_problem() is None
@@ -111,7 +103,7 @@ def test_the_reporter_follows_the_app_to_the_address_announced_in_the_run_direct
     _write_job_json(rd, _job(app))
     rep = _fast(rd, _job(app))
     rep.emit(EventKind.METRIC, 1, {"loss": 1.0})
-    _wait(lambda: rep.acked_seq >= 1, what="the first event acknowledged")
+    wait_until(lambda: rep.acked_seq, 10, "the first event acknowledged", until=lambda seq: seq >= 1)
 
     app.stop()  # the leader dies; a standby on another port takes the job over and says where it is
     standby = FakeApp(free_port())
@@ -139,7 +131,8 @@ def test_an_app_url_file_others_may_write_is_not_followed(tmp_path: Path, app: F
         rd.app_url.chmod(0o666)  # anyone could have put it there: the job token must not go to it
         rep = _fast(rd, job)
         rep.emit(EventKind.METRIC, 1, {"loss": 1.0})
-        time.sleep(1.0)  # several failed posts, each a chance to read app_url
+        # a window in which nothing may reach the decoy: several failed posts, each a chance to read app_url
+        time.sleep(1.0)
         rep.close(timeout=0.2)
         assert decoy.seqs() == [] and decoy.auth == []
     finally:
@@ -164,13 +157,13 @@ def test_a_worker_whose_job_the_app_has_ended_stops_its_run_instead_of_retrying_
     rd = RunDir(tmp_path / "job-7")
     rep = _fast(rd, _job(app))
     rep.emit(EventKind.METRIC, 1, {"loss": 1.0})
-    _wait(lambda: rep.acked_seq >= 1, what="the first event acknowledged")
+    wait_until(lambda: rep.acked_seq, 10, "the first event acknowledged", until=lambda seq: seq >= 1)
     app.job_ended = True  # e.g. the app failed the job as lost while this worker was cut off
     rep.emit(EventKind.METRIC, 2, {"loss": 1.0})
 
-    _wait(rep.cancel_requested.is_set, what="the run asked to stop")
+    wait_until(rep.cancel_requested.is_set, 10, "the run asked to stop")
     refused = len(app.refused)
-    time.sleep(0.5)
+    time.sleep(0.5)  # a window in which no further post may come: absence is only seen over time
     assert len(app.refused) == refused, "the reporter kept posting to an app that had ended the job"
     rep.close(timeout=1)
     problem = rep.delivery_problem()

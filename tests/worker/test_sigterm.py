@@ -13,7 +13,8 @@ import pytest
 
 from contract.protocol import ExitCode, read_spool
 from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints
-from tests.worker.training_runs import demo_dict, new_run_dir, start_child, wait_for
+from tests.waiting import wait_until
+from tests.worker.training_runs import demo_dict, new_run_dir, start_child
 
 pytestmark = pytest.mark.training
 
@@ -29,7 +30,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cancelled_within_a_bound() -> None
     rd = new_run_dir("stop-sigterm", demo_dict(max_steps=500, save_steps=1000, eval_steps=0))
     child = start_child(rd)
     try:
-        wait_for(lambda: _steps_trained(rd.events) >= 3, timeout=120, what="three training steps")
+        wait_until(lambda: _steps_trained(rd.events) >= 3, timeout=120, what="three training steps")
         sent = time.monotonic()
         os.kill(child.pid, signal.SIGTERM)
         child.wait(timeout=STOP_BOUND_S + 30)
@@ -62,7 +63,7 @@ def test_a_cancel_from_the_dashboard_stops_the_run_and_every_event_reaches_the_a
     rd.job.write_text(json.dumps({"job_id": 3, "app_url": f"http://127.0.0.1:{app.port}", "token": TOKEN}))
     child = start_child(rd)
     try:
-        wait_for(
+        wait_until(
             lambda: any(e["kind"] == "metric" and e["step"] >= 3 for e in list(app.stored)),
             120,
             "three steps reported to the app",

@@ -20,6 +20,7 @@ from typing import Any
 from contract.config import config_to_dict, demo_config
 from contract.protocol import read_spool
 from contract.rundir import RunDir
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 _ROOT = Path(tempfile.mkdtemp(prefix="tuneboard-train-tests-"))
@@ -120,14 +121,8 @@ def trained_run(name: str, config: dict[str, Any], **env: str) -> FinishedRun:
     return _FINISHED[name]
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    """Poll `predicate` every 50 ms until true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+# Kept only until tests/worker/test_resume.py imports tests.waiting.wait_until itself (same arguments).
+wait_for = wait_until
 
 
 DEMO_RUN_STEPS = 40  # the dashboard's demo exactly as it ships: 40 steps, eval every 10, checkpoints every 20

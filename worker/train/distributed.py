@@ -35,7 +35,6 @@ from contract.rundir import RunDir
 
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300  # torchrun's SIGTERM → SIGKILL wait: room to finish a checkpoint
-FORCE_TORCHRUN_ENV = "TUNEBOARD_FORCE_TORCHRUN"
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,15 @@ def requested_processes(run_dir: Path) -> int:
     return max(1, gpus)
 
 
+def torchrun_forced(run_dir: Path) -> bool:
+    """speed.force_torchrun of RUN_DIR/config.json is "on" (False when absent or unreadable)."""
+    try:
+        config = json.loads(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))
+        return (config.get("speed") or {}).get("force_torchrun") == "on"
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
 def torchrun_command(run_dir: Path, nproc: int, module: str = "worker.train") -> list[str]:
     """`python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE RUN_DIR`."""
     return [
@@ -106,9 +114,9 @@ def torchrun_command(run_dir: Path, nproc: int, module: str = "worker.train") ->
 def maybe_run_distributed(run_dir: Path, module: str = "worker.train") -> int | None:
     """Run the job under torchrun when it asks for more than one GPU; None when it trains in this process."""
     nproc = requested_processes(run_dir)
-    # TUNEBOARD_FORCE_TORCHRUN=1 runs even a one-GPU job through torchrun: a world-size-1 dry run of the
-    # multi-GPU path on a machine with a single GPU.
-    forced = os.environ.get(FORCE_TORCHRUN_ENV) == "1"
+    # speed.force_torchrun "on" runs even a one-GPU job through torchrun: a world-size-1 dry run of the
+    # multi-GPU path on a machine with a single GPU (read from the config, like every lever).
+    forced = torchrun_forced(run_dir)
     if (nproc <= 1 and not forced) or is_rank_process():
         return None
     run = RunDir(Path(run_dir))

@@ -3,7 +3,7 @@
 No `prepare_model_for_kbit_training`: it upcasts every frozen non-quantized weight to fp32, which doubles
 Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing is enabled by hand instead,
 non-reentrant, so the embeddings' output needs no gradient (on CUDA the checkpointed layers' inputs wait in
-CPU memory: `worker.train.offload`). After loading, the model is checked: nothing meant to stay
+CPU memory: `worker.train.speed.offload`). After loading, the model is checked: nothing meant to stay
 un-quantized got packed, and every trainable parameter is floating point.
 """
 
@@ -18,13 +18,15 @@ from typing import Any
 
 from contract.catalog import PRESET_PREFIX
 from contract.config import JobConfig
-from worker.train.altup import altup_sum_wanted, patch_altup_predict
-from worker.train.compile import compile_checkpointed_layers, compile_wanted
-from worker.train.dequant import torch_dequant_wanted, unpack_with_torch
-from worker.train.host_tables import host_tables_wanted, keep_tables_on_host
-from worker.train.offload import enable_activation_offload, offload_wanted
+from contract.plan import RunPlan
 from worker.train.recipes import Recipe, recipe_for
 from worker.train.recipes.base import generalize_names, linear_names, pattern_keeps
+from worker.train.speed.altup import patch_altup_predict
+from worker.train.speed.compile import compile_checkpointed_layers
+from worker.train.speed.dequant import unpack_with_torch
+from worker.train.speed.host_tables import keep_tables_on_host
+from worker.train.speed.offload import enable_activation_offload
+from worker.train.speed.plan import resolve_plan
 
 Report = Callable[[str, dict[str, Any]], None]
 
@@ -56,7 +58,8 @@ class LoadedModel:
     device: str = "cpu"
     dtype: str = "float32"
     kept_module_names: list[str] = field(default_factory=list)  # Linear layers left un-quantized
-    compiler: Any = None  # worker.train.compile.LayerCompiler when the layers are compiled
+    compiler: Any = None  # worker.train.speed.compile.LayerCompiler when the layers are compiled
+    plan: RunPlan | None = None  # the speed levers as applied (amended when compiling fell back)
 
 
 @dataclass(frozen=True)
@@ -289,8 +292,12 @@ def load_for_training(
     device: str,
     report: Report | None = None,
     extra_keep: Sequence[str] = (),
+    plan: RunPlan | None = None,
 ) -> LoadedModel:
-    """Load cfg.model quantized per cfg.quantization with the recipe's skip list, then wrap it with LoRA."""
+    """Load cfg.model quantized per cfg.quantization with the recipe's skip list, then wrap it with LoRA.
+
+    `plan` says which speed levers to apply (default: resolved from `cfg` for `device`, one process).
+    """
     source = resolve_model_source(cfg.model.name, cfg.model.revision)
     config = load_model_config(source, cfg.model.trust_remote_code)
     _check_seq_len(cfg, config)
@@ -301,7 +308,9 @@ def load_for_training(
         # threads spin-wait each other. Measured, the demo on 2 cores with other work running: 33 s with
         # one thread, 215 s with two (16 s either way when the machine was nearly idle).
         torch.set_num_threads(1)
-    return load_source_for_training(cfg, source, config, device=device, report=report, extra_keep=extra_keep)
+    return load_source_for_training(
+        cfg, source, config, device=device, report=report, extra_keep=extra_keep, plan=plan
+    )
 
 
 def load_source_for_training(
@@ -315,6 +324,7 @@ def load_source_for_training(
     keep_override: Sequence[str] | None = None,
     with_tokenizer: bool = True,
     allow_compile: bool = True,
+    plan: RunPlan | None = None,
 ) -> LoadedModel:
     """load_for_training on an already resolved source; `keep_override` replaces the recipe's skip patterns.
 
@@ -323,6 +333,13 @@ def load_source_for_training(
     """
     from peft import LoraConfig, get_peft_model
 
+    if plan is None:
+        plan = resolve_plan(cfg, device=device)
+    if not allow_compile and plan.is_on("compile"):
+        plan = resolve_plan(
+            cfg, device=device, world_size=plan.world_size, overrides=plan.overrides,
+            compile_fallback="off for this load (preflight's one-step twin)",
+        )  # fmt: skip
     from worker.train.cpu import disable_cpu_weight_repacking
     from worker.train.recipes.base import causal_lm_class, instantiate_on_meta
     from worker.train.recipes.gemma3n import timm_free_vision_tower
@@ -411,7 +428,7 @@ def load_source_for_training(
         model.config.get_text_config().use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
-    if host_tables_wanted(device):
+    if plan.is_on("host_tables"):
         moved = keep_tables_on_host(model)
         if moved:
             _emit(
@@ -424,21 +441,30 @@ def load_source_for_training(
         # projections).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         drop_input_gradients(model)
-        if offload_wanted(device) and enable_activation_offload(model) is not None:
+        offloaded = plan.is_on("offload_activations") and enable_activation_offload(
+            model, prefetch=plan.is_on("offload_prefetch")
+        )
+        if offloaded:
             _emit(report, "Checkpointed layer inputs are offloaded to CPU memory until the backward pass")
     compiler = None
-    t = cfg.training
-    if allow_compile and t.gradient_checkpointing and compile_wanted(device, t.torch_compile, t.max_steps):
-        compiler = compile_checkpointed_layers(model)
+    if plan.is_on("compile"):
+        compiler = compile_checkpointed_layers(
+            model, backend=plan.value("compile_backend"), options=plan.value("compile_options")
+        )
         if compiler is not None:
             _emit(
                 report,
                 "Decoder layers are compiled (torch.compile): the first step takes a few minutes longer "
                 "on a GPU while they compile",
             )
-    if altup_sum_wanted(compiled=compiler is not None) and patch_altup_predict(model):
+        else:  # the levers that follow compilation follow it back to eager
+            plan = resolve_plan(
+                cfg, device=device, world_size=plan.world_size, overrides=plan.overrides,
+                compile_fallback="compiling was planned, but the model has no checkpointed decoder layers",
+            )  # fmt: skip
+    if plan.is_on("altup_sum") and patch_altup_predict(model):
         _emit(report, "Gemma 3n AltUp predictions are computed as multiply-adds (fused when compiled)")
-    if quantizing and torch_dequant_wanted(compiled=compiler is not None):
+    if quantizing and plan.is_on("torch_dequant"):
         rebound = unpack_with_torch(model)
         if rebound:
             _emit(
@@ -505,4 +531,5 @@ def load_source_for_training(
         dtype=dtype_name,
         kept_module_names=kept_names,
         compiler=compiler,
+        plan=plan,
     )

@@ -7,7 +7,13 @@ through events and always finishes by writing RUN_DIR/outcome.json and returning
 A run directory that already holds a complete checkpoint is resumed from it (same step numbering), which is
 how the app resumes a job: it relaunches the same RUN_DIR.
 
-Test hook: the environment variable TUNEBOARD_INJECT_NAN_AT_STEP=N (or "N,M,...") multiplies the training
+How the run computes (every speed lever, the optimizer, the micro-batch split) is resolved once into the run
+plan (worker/train/speed/plan.py, contract/plan.py): written to RUN_DIR/plan.json before training, reported
+as one `plan` event, copied to the adapter folder, and read back by a resumed attempt. Environment
+variables do not change it.
+
+Test hooks (fault injection for tests/faults and tests/worker, never a lever): the environment variable
+TUNEBOARD_INJECT_NAN_AT_STEP=N (or "N,M,...") multiplies the training
 loss of optimizer step N by NaN, to exercise the divergence guard; TUNEBOARD_INJECT_OOM_AT_STEP=N raises
 torch.cuda.OutOfMemoryError in optimizer step N, to exercise the out-of-memory path on a machine without a
 GPU; TUNEBOARD_INJECT_STEP_SLEEP_S=0.2 sleeps that long in every step, so a tiny run lasts long enough
@@ -30,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.advice import oom_advice
 from contract.config import ConfigError, JobConfig, config_to_dict, load_config_file, resolve_optimizer
+from contract.plan import RunPlan, Source, read_plan, write_plan
 from contract.protocol import EventKind, ExitCode
 from contract.rundir import RunDir, last_complete_checkpoint
 from worker.train.data import TOKENS_KEY, batch_tokens
@@ -50,9 +58,10 @@ INJECT_OOM_ENV = "TUNEBOARD_INJECT_OOM_AT_STEP"
 INJECT_STEP_SLEEP_ENV = "TUNEBOARD_INJECT_STEP_SLEEP_S"
 LOW_DISK_BYTES = 16 * 1024**2  # a failed save with less free space than this was a full disk
 REFERENCE_LOGITS = "reference_logits.safetensors"
-PREFLIGHT_FILE = "preflight.json"
+ADAPTER_PLAN = "tuneboard_plan.json"  # the run plan, copied next to the adapter it describes
+LEGACY_PREFLIGHT_FILE = "preflight.json"  # before the run plan; read only, for runs started then
 NUM_DEFAULT_SAMPLES = 3
-COMPILED_PAD_MULTIPLE = 128  # batch widths when the layers are compiled (worker.train.compile)
+COMPILED_PAD_MULTIPLE = 128  # batch widths when the layers are compiled (worker.train.speed.compile)
 
 
 class RunStopped(Exception):
@@ -150,7 +159,9 @@ def _trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self.drop_last_train = drop_last_train
             self.step_stats = step_stats
-            self.fused_loss = fused_loss  # worker.train.fused_loss.FusedLoss, or None for the model's loss
+            self.fused_loss = (
+                fused_loss  # worker.train.speed.fused_loss.FusedLoss, or None for the model's loss
+            )
             self.nan_steps = _nan_steps()
             self.oom_steps = _env_steps(INJECT_OOM_ENV)
             self.step_sleep = float(os.environ.get(INJECT_STEP_SLEEP_ENV) or 0)
@@ -165,7 +176,7 @@ def _trainer_class() -> type:
         ) -> Any:
             result: Any
             if self._use_fused_loss(model, inputs, return_outputs):
-                from worker.train.fused_loss import causal_lm_loss
+                from worker.train.speed.fused_loss import causal_lm_loss
 
                 # the same normalisation as the model's own loss (which the Trainer then scales alike)
                 items = num_items_in_batch if self.model_accepts_loss_kwargs else None
@@ -255,13 +266,17 @@ def _probe_micro_batch(
     dtype: str,
     report: Callable[[str, dict[str, Any]], None],
     resuming: bool,
+    earlier_plan: RunPlan | None = None,
+    plan: RunPlan | None = None,
 ) -> Any:
-    """The micro-batch × accumulation split for training.auto_micro_batch (worker.train.microbatch).
+    """The micro-batch × accumulation split for training.auto_micro_batch (worker.train.speed.microbatch).
 
-    A resumed run keeps the split it started with: the one saved by its first attempt, else the configured
-    one (a run that started without probing is not re-split halfway).
+    A resumed run keeps the split it started with: the one its first attempt's plan holds (or, for runs
+    started before the plan, micro_batch.json), else the configured one (a run that started without
+    probing is not re-split halfway). The choice and its reason go into `plan` when one is given.
     """
-    from worker.train import microbatch
+    from worker.train.speed import microbatch
+    from worker.train.speed.plan import record_micro_batch
 
     t = cfg.training
     step_rows = t.batch_size * t.grad_accum
@@ -270,20 +285,29 @@ def _probe_micro_batch(
     def log(level: str, message: str) -> None:
         report("log", {"level": level, "message": message})
 
-    earlier = microbatch.load_split(run_dir.root)
+    def chosen(split: Any, source: Source, reason: str) -> Any:
+        if plan is not None:
+            record_micro_batch(plan, split, source, reason)
+        return split
+
+    earlier = None
+    if earlier_plan is not None and earlier_plan.micro_batch is not None:
+        earlier = microbatch.split_from_dict(earlier_plan.micro_batch)
+    elif earlier_plan is None:
+        earlier = microbatch.load_legacy_split(run_dir.root)
     if earlier is not None:
         log("info", f"Auto micro-batch: keeping this run's earlier choice, {earlier.describe()}")
-        return earlier
+        return chosen(earlier, "resumed", f"kept from the first attempt: {earlier.describe()}")
     if resuming:
         log("info", f"Auto micro-batch: this run started without a probe; keeping {kept.describe()}")
-        return kept
+        return chosen(kept, "resumed", "the run started without a probe: configured split kept")
     if not device.startswith("cuda") or rank_info().distributed:
         where = "on CPU" if not device.startswith("cuda") else "with several GPU processes"
         log(
             "warning",
             f"Auto micro-batch runs on one GPU only; {where} the configured {kept.describe()} is kept",
         )
-        return kept
+        return chosen(kept, "config", f"the micro-batch probe runs on one GPU only: configured split {where}")
     import torch
 
     log("info", f"Auto micro-batch: probing which divisor of {step_rows} rows a step fits in GPU memory")
@@ -297,34 +321,49 @@ def _probe_micro_batch(
         split = microbatch.choose_split(step_rows, t.batch_size, measure, microbatch.cuda_budget())
     model.train(was_training)
     torch.cuda.reset_peak_memory_stats()  # the probe's peak is not training's
-    microbatch.save_split(run_dir.root, split)
     log("info", f"Auto micro-batch ({time.monotonic() - started:.0f} s): {split.describe()}")
-    return split
+    return chosen(split, "probe", f"the micro-batch probe chose {split.micro_batch}: {split.describe()}")
 
 
-OPTIMIZER_FILE = "optimizer-choice.json"
+LEGACY_OPTIMIZER_FILE = "optimizer-choice.json"  # before the run plan; read only, for runs started then
 # What "auto" meant on a GPU before fused AdamW became its choice for small adapters: a run resumed from a
 # checkpoint of that time must load its 8-bit optimizer state into the same optimizer.
 LEGACY_GPU_OPTIMIZER = "paged_adamw_8bit"
 
 
-def optimizer_for_run(cfg: JobConfig, run_root: Path, model: Any, device: str, resuming: bool) -> str:
-    """The optimizer this run uses: the one its first attempt saved, else the config's choice (saved).
+def optimizer_for_run(
+    cfg: JobConfig,
+    run_root: Path,
+    model: Any,
+    device: str,
+    resuming: bool,
+    earlier_plan: RunPlan | None = None,
+) -> tuple[str, Source, str]:
+    """The optimizer this run uses, where the choice came from, and why.
 
-    A resumed run must keep its optimizer, because its checkpoint holds that optimizer's state. A run
-    resumed from a checkpoint written before the choice was saved keeps the old "auto" rule.
+    The one its first attempt's plan holds (runs started before the plan: optimizer-choice.json), else
+    the config's choice. A resumed run must keep its optimizer, because its checkpoint holds that
+    optimizer's state. A run resumed from a checkpoint written before the choice was saved keeps the old
+    "auto" rule.
     """
-    path = run_root / OPTIMIZER_FILE
-    if path.is_file():
-        return str(json.loads(path.read_text(encoding="utf-8"))["optimizer"])
+    if earlier_plan is not None and earlier_plan.value("optimizer") is not None:
+        return str(earlier_plan.value("optimizer")), "resumed", "kept from the first attempt"
+    legacy = run_root / LEGACY_OPTIMIZER_FILE
+    if earlier_plan is None and legacy.is_file():
+        name = str(json.loads(legacy.read_text(encoding="utf-8"))["optimizer"])
+        return name, "resumed", f"kept from the first attempt ({LEGACY_OPTIMIZER_FILE})"
     on_gpu = device.startswith("cuda")
-    if resuming and cfg.training.optimizer == "auto":
+    setting = cfg.training.optimizer
+    if resuming and setting == "auto":
         name = LEGACY_GPU_OPTIMIZER if on_gpu else "adamw_8bit"
-    else:
-        trainable = sum(p.numel() for p in trainable_parameters(model))
-        name = resolve_optimizer(cfg.training.optimizer, on_gpu, trainable)
-    path.write_text(json.dumps({"optimizer": name}), encoding="utf-8")
-    return name
+        return name, "resumed", "the checkpoint predates the saved choice: the former auto rule"
+    trainable = sum(p.numel() for p in trainable_parameters(model))
+    name = resolve_optimizer(setting, on_gpu, trainable)
+    if setting != "auto":
+        moved = f" ({name} on CPU)" if name != setting else ""
+        return name, "config", f"set in config (training.optimizer: {setting}){moved}"
+    where = "GPU" if on_gpu else "CPU"
+    return name, "default", f"default on {where} for {trainable:,} trainable parameters"
 
 
 def build_optimizer(cfg: JobConfig, model: Any, device: str, name: str | None = None) -> tuple[Any, str]:
@@ -446,34 +485,48 @@ def make_sampler(cfg: JobConfig, tokenizer: Any, prepared: Any, device: str) -> 
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def _preflight(cfg: JobConfig, run_dir: RunDir, reporter: Reporter, report: Any) -> Any:
-    """Run preflight, or reuse the result saved by an earlier attempt of this run (resume)."""
+def _preflight(
+    cfg: JobConfig, run_dir: RunDir, reporter: Reporter, report: Any, earlier_plan: RunPlan | None
+) -> Any:
+    """Run preflight, or reuse the result an earlier attempt of this run recorded in its plan (resume).
+
+    Runs started before the plan kept it in preflight.json, which is still read for them.
+    """
     from worker.train.preflight import PreflightResult, run_preflight
 
-    saved = run_dir.root / PREFLIGHT_FILE
-    if saved.is_file():
-        data = json.loads(saved.read_text(encoding="utf-8"))
-        result = PreflightResult(**data)
+    data: dict[str, Any] | None = None
+    if earlier_plan is not None:
+        data = earlier_plan.preflight
+    elif (run_dir.root / LEGACY_PREFLIGHT_FILE).is_file():
+        data = json.loads((run_dir.root / LEGACY_PREFLIGHT_FILE).read_text(encoding="utf-8"))
+    if data is not None:
         reporter.emit(
             EventKind.LOG, 0, {"level": "info", "message": "Reusing this run's earlier preflight result."}
         )
-        return result
-    result = run_preflight(cfg, report=report)
-    if result.ok:
-        saved.write_text(
-            json.dumps(
-                {
-                    "ok": result.ok,
-                    "summary": result.summary,
-                    "kept_in_full_precision": list(result.kept_in_full_precision),
-                    "notes": list(result.notes),
-                    "extra_keep": list(result.extra_keep),
-                    "seconds": result.seconds,
-                }
-            ),
-            encoding="utf-8",
-        )
-    return result
+        return PreflightResult(**data)
+    return run_preflight(cfg, report=report)
+
+
+def preflight_record(result: Any) -> dict[str, Any] | None:
+    """What the plan keeps of a preflight result for a resumed attempt (a failed one is not kept)."""
+    if not result.ok:
+        return None
+    return {
+        "ok": result.ok,
+        "summary": result.summary,
+        "kept_in_full_precision": list(result.kept_in_full_precision),
+        "notes": list(result.notes),
+        "extra_keep": list(result.extra_keep),
+        "seconds": result.seconds,
+    }
+
+
+def _publish_plan(run_dir: RunDir, reporter: Reporter, plan: RunPlan, step: int = 0) -> None:
+    """Write the plan to RUN_DIR/plan.json and report it as one `plan` event (rank 0 only writes)."""
+    if not rank_info().is_main:
+        return
+    write_plan(run_dir.plan, plan)
+    reporter.emit(EventKind.PLAN, step, plan.to_dict())
 
 
 def _check_stop(stop: StopRequest) -> None:
@@ -502,8 +555,17 @@ def _train(
     # Heavy imports only once the data is known to be usable.
     from worker.train.callbacks import STATE_FILE, StepStats, TuneboardCallback, remove_incomplete_checkpoints
     from worker.train.loading import load_for_training
+    from worker.train.speed.plan import (
+        fused_loss_setting,
+        record_compile_fallback,
+        record_fused_loss,
+        record_optimizer,
+        resolve_plan,
+    )
 
-    pre = _preflight(cfg, run_dir, reporter, report)
+    # A relaunch of this run keeps its first attempt's choices (preflight, optimizer, micro-batch).
+    earlier_plan = read_plan(run_dir.plan) if resume else None
+    pre = _preflight(cfg, run_dir, reporter, report, earlier_plan)
     if not pre.ok:
         raise RunStopped(ExitCode.QUANTIZATION_INCOMPATIBLE, pre.summary)
     _check_stop(stop)
@@ -514,7 +576,10 @@ def _train(
     from transformers import set_seed
 
     set_seed(cfg.training.seed)
-    loaded = load_for_training(cfg, device=device, report=report, extra_keep=tuple(pre.extra_keep))
+    plan = resolve_plan(cfg, device=device, world_size=rank_info().world_size)
+    plan.preflight = preflight_record(pre)
+    loaded = load_for_training(cfg, device=device, report=report, extra_keep=tuple(pre.extra_keep), plan=plan)
+    plan = loaded.plan or plan
     model, tokenizer = loaded.model, loaded.tokenizer
     _report_load_memory(device, report)
     prepared = prepare_data(cfg, tokenizer)
@@ -565,11 +630,31 @@ def _train(
     )
     if ckpt is not None and (ckpt / STATE_FILE).is_file():
         callback.load_state_dict(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")))
-    chosen = optimizer_for_run(cfg, run_dir.root, model, device, resuming=ckpt is not None)
+    chosen, opt_source, opt_reason = optimizer_for_run(
+        cfg, run_dir.root, model, device, resuming=ckpt is not None, earlier_plan=earlier_plan
+    )
     optimizer, opt_name = build_optimizer(cfg, model, device, chosen)
-    from worker.train.fused_loss import plan_fused_loss
+    record_optimizer(plan, opt_name, opt_source, opt_reason)
+    from worker.train.speed.fused_loss import liger_available, plan_fused_loss, unsupported_reason
 
-    fused = plan_fused_loss(model, device, distributed=rank_info().distributed)
+    distributed = rank_info().distributed
+    fused = plan_fused_loss(
+        model,
+        device,
+        distributed=distributed,
+        setting=fused_loss_setting(plan),
+        chunk_rows=plan.value("fused_loss_chunk_rows"),
+    )
+    if fused is None and plan.value("fused_loss"):
+        why_not = (
+            "off with several GPU processes (the fused path would bypass DDP's gradient sync)"
+            if distributed
+            else unsupported_reason(model)
+            or ("liger-kernel is not installed" if not liger_available() else "the model's own loss")
+        )
+        record_fused_loss(plan, None, why_not)
+    else:
+        record_fused_loss(plan, fused, None)
     if fused is not None:
         message = f"Loss: {fused.reason} (the full logits are never stored)"
         reporter.emit(EventKind.LOG, 0, {"level": "info", "message": message})
@@ -577,9 +662,16 @@ def _train(
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
     if cfg.training.probes_micro_batch(one_gpu=device.startswith("cuda") and not rank_info().distributed):
-        split = _probe_micro_batch(cfg, run_dir, model, fused, device, loaded.dtype, report, ckpt is not None)
+        split = _probe_micro_batch(
+            cfg, run_dir, model, fused, device, loaded.dtype, report, ckpt is not None, earlier_plan, plan
+        )
         args.per_device_train_batch_size = split.micro_batch
         args.gradient_accumulation_steps = split.grad_accum
+    else:
+        t = cfg.training
+        why = f"set in config (training.batch_size {t.batch_size} × training.grad_accum {t.grad_accum})"
+        plan.set("micro_batch", f"{t.batch_size} × {t.grad_accum}", "config", why)
+    _publish_plan(run_dir, reporter, plan)
     per_step_rows = args.per_device_train_batch_size * max(1, rank_info().world_size)
     drop_last_train = loaded.compiler is not None and len(prepared.train) >= per_step_rows
     if drop_last_train and len(prepared.train) % per_step_rows:
@@ -651,6 +743,8 @@ def _train(
                 "torch.compile could not compile the decoder layers here, so they ran eagerly (the reason is "
                 "in the worker's stderr log); set training.torch_compile to off to skip the attempt"
             )
+            record_compile_fallback(plan, "compile failed: the layers ran eagerly (see stderr.log)")
+            _publish_plan(run_dir, reporter, plan, step=trainer.state.global_step)
         reporter.emit(EventKind.LOG, trainer.state.global_step, {"level": level, "message": message})
 
     step = trainer.state.global_step
@@ -665,7 +759,7 @@ def _train(
 
     if prepared.eval and callback.last_eval_step != step:
         trainer.evaluate()  # final numbers for the model card (eval_steps 0 means: only here)
-    return _finish(cfg, run_dir, reporter, trainer, loaded, prepared, pre, callback, seconds, device)
+    return _finish(cfg, run_dir, reporter, trainer, loaded, prepared, pre, callback, seconds, device, plan)
 
 
 def _trained_out(ckpt: Path | None, cfg: JobConfig) -> bool:
@@ -692,7 +786,8 @@ def _report_load_memory(device: str, report: Callable[[str, dict[str, Any]], Non
     """Say what loading took on the GPU, then restart the peak so `vram_peak_gb` is the training's own.
 
     Loading peaks higher than training needs: the weights arrive on the GPU before the per-layer table is
-    moved to CPU memory (worker/train/host_tables.py) — 6.2 GB at load vs 2.1 GB after on Gemma 3n E2B dims.
+    moved to CPU memory (worker/train/speed/host_tables.py) — 6.2 GB at load vs 2.1 GB after on Gemma 3n
+    E2B dims.
     """
     if not device.startswith("cuda"):
         return
@@ -715,8 +810,9 @@ def _finish(
     callback: Any,
     seconds: float,
     device: str,
+    plan: RunPlan | None = None,
 ) -> Outcome:
-    """Save the adapter, tokenizer, reference logits, config and model card; emit the ARTIFACT event."""
+    """Save the adapter, tokenizer, reference logits, config, plan and model card; emit the ARTIFACT event."""
     if not rank_info().is_main:
         return Outcome(ExitCode.SUCCEEDED, "done; rank 0 saves the adapter")
     import torch
@@ -739,6 +835,8 @@ def _finish(
     save_file({"input_ids": ids.cpu(), "logits": logits.contiguous()}, str(out / REFERENCE_LOGITS))
 
     (out / "tuneboard_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2), encoding="utf-8")
+    if plan is not None:  # how these weights were computed travels with them
+        write_plan(out / ADAPTER_PLAN, plan)
     (out / "tuneboard_quantization.json").write_text(
         json.dumps(
             {
@@ -928,7 +1026,7 @@ def _classify(exc: Exception, cfg: JobConfig | None) -> Outcome:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         on_gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "cuda" in str(exc).lower()
         fallback = "out of GPU memory" if on_gpu else "out of memory (host RAM)"
-        return Outcome(ExitCode.OUT_OF_MEMORY, _oom_advice(cfg, on_gpu) if cfg else fallback)
+        return Outcome(ExitCode.OUT_OF_MEMORY, oom_advice(cfg, on_gpu=on_gpu) if cfg else fallback)
     if isinstance(exc, QuantizationIncompatibleError):
         return Outcome(ExitCode.QUANTIZATION_INCOMPATIBLE, str(exc))
     if isinstance(exc, ModelLoadError):

@@ -58,7 +58,8 @@ def upload_requested(run_dir: Path, environ: dict[str, str] | None = None) -> bo
 
 
 def files_to_upload(run_dir: Path) -> list[str]:
-    """Relative paths to send, outcome.json last: adapter/**, complete checkpoints/**, preflight.json."""
+    """Relative paths to send, outcome.json last: adapter/**, complete checkpoints/**, the run plan (a
+    resumed attempt reads it), preflight.json of runs started before the plan."""
     run = RunDir(Path(run_dir))
     found: list[str] = []
     roots = [run.adapter, *complete_checkpoints(run)]
@@ -68,7 +69,7 @@ def files_to_upload(run_dir: Path) -> list[str]:
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 found.append(path.relative_to(run.root).as_posix())
-    for name in ("preflight.json", "outcome.json"):
+    for name in ("preflight.json", run.plan.name, "outcome.json"):
         if (run.root / name).is_file():
             found.append(name)
     return found

@@ -10,6 +10,7 @@ import pytest
 from app.jobs.status import JobStatus
 from app.scheduler.classify import StopCause, StopRequest, classify_exit, read_outcome
 from app.scheduler.launcher import ExitInfo
+from contract.config import config_to_dict, demo_config
 
 S, F, C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
@@ -55,15 +56,30 @@ def test_exit_codes_map_to_statuses_and_reasons(
 
 
 def test_out_of_memory_gives_advice_and_offers_gradient_checkpointing_only_when_it_is_off() -> None:
-    off = {"training": {"gradient_checkpointing": False}}
+    # the same words the worker writes into outcome.json (contract.advice), with the run's own values
+    off = config_to_dict(demo_config())
+    off["training"]["gradient_checkpointing"] = False
     verdict = classify_exit(ExitInfo(returncode=5), outcome=None, stderr_tail="", on_gpu=True, config=off)
     assert verdict.reason == (
-        "out of GPU memory — lower training.batch_size or training.max_seq_len, "
-        "or enable training.gradient_checkpointing"
+        "out of GPU memory: lower training.batch_size (now 8) and raise training.grad_accum to keep the "
+        "batch; or lower training.max_seq_len (now 128); or turn on training.gradient_checkpointing"
     )
-    on = {"training": {"gradient_checkpointing": True}}
+    on = config_to_dict(demo_config())
     verdict = classify_exit(ExitInfo(returncode=5), outcome=None, stderr_tail="", on_gpu=True, config=on)
-    assert verdict.reason == "out of GPU memory — lower training.batch_size or training.max_seq_len"
+    assert verdict.reason == (
+        "out of GPU memory: lower training.batch_size (now 8) and raise training.grad_accum to keep the "
+        "batch; or lower training.max_seq_len (now 128)"
+    )
+
+
+def test_out_of_memory_with_an_unreadable_stored_config_still_names_the_settings_to_change() -> None:
+    verdict = classify_exit(
+        ExitInfo(returncode=5), outcome=None, stderr_tail="", on_gpu=False, config={"training": []}
+    )
+    assert verdict.reason == (
+        "out of memory (host RAM): lower training.batch_size and raise training.grad_accum to keep the "
+        "batch; or lower training.max_seq_len; or turn on training.gradient_checkpointing"
+    )
 
 
 def test_an_unexpected_crash_that_printed_cuda_oom_is_reported_as_out_of_memory() -> None:

@@ -128,8 +128,9 @@ def test_exit_codes_of_real_processes_become_plain_reasons(kit) -> None:
     config = kit.queue("sleep=0 exit=2 reason=dataset.source_has_no_rows")
     crash = kit.queue("sleep=0 exit=7 outcome=0 say=ValueError:_tokenizer_missing", gpus=1)
     kit.tick_until(lambda: all(kit.job(i).status in DONE for i in (oom, config, crash)), timeout=20)
-    assert (
-        kit.job(oom).failure_reason == "out of GPU memory — lower training.batch_size or training.max_seq_len"
+    assert kit.job(oom).failure_reason == (
+        "out of GPU memory: lower training.batch_size (now 4) and raise training.grad_accum to keep the "
+        "batch; or lower training.max_seq_len (now 512)"
     )
     assert (
         kit.job(config).failure_reason == "the config or dataset cannot be used: dataset.source has no rows"

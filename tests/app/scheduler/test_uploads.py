@@ -148,3 +148,16 @@ def test_the_worker_uploader_round_trips_through_a_live_app(
     assert sent == ["adapter/adapter_model.safetensors", "outcome.json"]
     assert (app_run / "adapter" / "adapter_model.safetensors").read_bytes() == b"\x00\x01" * 5000
     assert (app_run / "outcome.json").read_text() == '{"status": "succeeded"}'
+
+
+def test_the_run_plan_travels_with_a_remote_run_so_a_resume_elsewhere_keeps_its_choices(
+    tmp_path: Path,
+) -> None:
+    from app.scheduler.uploads import allowed_relative_path
+
+    run = tmp_path / "node"
+    run.mkdir()
+    (run / "plan.json").write_text("{}")
+    (run / "outcome.json").write_text("{}")
+    assert files_to_upload(run) == ["plan.json", "outcome.json"]
+    assert allowed_relative_path("plan.json") == "plan.json"

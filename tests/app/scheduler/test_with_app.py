@@ -40,7 +40,9 @@ def _wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: fl
         job = client.get(f"/api/jobs/{job_id}").json()
         if job["status"] in statuses:
             return job  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"job {job_id} stuck in {job['status']}"
+        assert time.monotonic() < deadline, (
+            f"job {job_id} stuck in {job['status']}: {job.get('failure_reason')}"
+        )
         time.sleep(0.1)
 
 

@@ -10,17 +10,15 @@ The loss equals the model's: labels are shifted left with -100 padding, position
 sum is divided by `num_items_in_batch` when the Trainer passes it (gradient accumulation), else by the
 number of labelled tokens — exactly `ForCausalLMLoss`.
 
-`TUNEBOARD_FUSED_LOSS` overrides the automatic choice: "0" never, "1" wherever the model allows it (also on
-CPU, with the chunked version), unset: on CUDA when liger-kernel is importable.
+`speed.fused_loss` overrides the automatic choice: off never, on wherever the model allows it (also on
+CPU, with the chunked version), auto: on CUDA when liger-kernel is importable.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-FUSED_LOSS_ENV = "TUNEBOARD_FUSED_LOSS"
 IGNORE_INDEX = -100
 # Model types whose causal-LM forward is exactly `lm_head(decoder(...).last_hidden_state)`, optionally
 # softcapped; models that scale their logits some other way keep the stock loss.
@@ -45,8 +43,7 @@ CHUNK_ELEMENTS = 1 << 27  # logits per chunk in the PyTorch version (512 MB in f
 # Chunks of 1024 rows cut the step's GPU kernel time on E2B 16 × 512 from 486 to 434 ms in one H200
 # profile (same process, A/B/A; peak allocated 6.07 GB both ways; bench/README.md). Wall-clock A/Bs on the
 # H100 had been inside the ±10% spread of host-bound steps, which is why liger's sizing was kept before.
-# TUNEBOARD_FUSED_LOSS_CHUNK_ROWS=0 restores liger's own sizing.
-CHUNK_ROWS_ENV = "TUNEBOARD_FUSED_LOSS_CHUNK_ROWS"
+# speed.fused_loss_chunk_rows 0 restores liger's own sizing.
 DEFAULT_CHUNK_ROWS = 1024
 
 
@@ -57,6 +54,7 @@ class FusedLoss:
     impl: str  # "liger" | "chunked"
     softcap: float | None
     reason: str
+    chunk_rows: int = DEFAULT_CHUNK_ROWS  # liger's rows per chunk (0: liger's own sizing)
 
 
 def _liger_loss_class() -> Any:
@@ -78,7 +76,8 @@ def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _unsupported_reason(model: Any) -> str | None:
+def unsupported_reason(model: Any) -> str | None:
+    """Why `model`'s loss cannot be fused (its logits are not a plain head's), or None when it can."""
     import torch
 
     base = _base(model)
@@ -97,23 +96,34 @@ def _unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def plan_fused_loss(model: Any, device: str, distributed: bool = False) -> FusedLoss | None:
-    """The fused loss to use for `model` on `device`, or None for the model's own loss."""
-    wanted = os.environ.get(FUSED_LOSS_ENV, "").strip()
-    if wanted == "0":
+def plan_fused_loss(
+    model: Any,
+    device: str,
+    distributed: bool = False,
+    setting: str = "auto",
+    chunk_rows: int | None = None,
+) -> FusedLoss | None:
+    """The fused loss to use for `model` on `device`, or None for the model's own loss.
+
+    `setting` is speed.fused_loss; `chunk_rows` speed.fused_loss_chunk_rows (None: DEFAULT_CHUNK_ROWS).
+    """
+    wanted = setting.strip().lower()
+    if wanted == "off":
         return None
     if distributed:  # calling the decoder directly would bypass DistributedDataParallel's gradient sync
         return None
-    if _unsupported_reason(model) is not None:
+    if unsupported_reason(model) is not None:
         return None
+    rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
     text = _base(model).config
     text = text.get_text_config() if hasattr(text, "get_text_config") else text
     softcap = getattr(text, "final_logit_softcapping", None)
     on_cuda = device.startswith("cuda")
     if on_cuda and liger_available():
-        return FusedLoss("liger", softcap, "liger-kernel fused linear cross-entropy")
-    if wanted == "1":
-        return FusedLoss("chunked", softcap, "chunked linear cross-entropy (PyTorch, recomputed per chunk)")
+        return FusedLoss("liger", softcap, "liger-kernel fused linear cross-entropy", rows)
+    if wanted == "on":
+        reason = "chunked linear cross-entropy (PyTorch, recomputed per chunk)"
+        return FusedLoss("chunked", softcap, reason, rows)
     return None
 
 
@@ -154,13 +164,14 @@ def liger_chunk_budget(rows: int, vocab: int, hidden: int, chunk_rows: int) -> i
     return max(1, -(-vocab // (pieces * hidden)))
 
 
-def liger_linear_cross_entropy_sum(h: Any, weight: Any, targets: Any, softcap: float | None) -> Any:
-    """Summed cross-entropy of `h` @ weightᵀ (softcapped) through liger-kernel, in large chunks."""
+def liger_linear_cross_entropy_sum(
+    h: Any, weight: Any, targets: Any, softcap: float | None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Any:
+    """Summed cross-entropy of `h` @ weightᵀ (softcapped) through liger-kernel, in chunks of `chunk_rows`."""
     import inspect
 
     from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction as F
 
-    chunk_rows = int(os.environ.get(CHUNK_ROWS_ENV) or DEFAULT_CHUNK_ROWS)
     if "chunk_mem_const" not in inspect.signature(F.forward).parameters:  # an older liger: its own sizing
         loss_fn = _liger_loss_class()(reduction="sum", softcap=softcap, ignore_index=IGNORE_INDEX)
         return loss_fn(weight, h, targets)
@@ -195,7 +206,9 @@ def causal_lm_loss(
     keep = targets != IGNORE_INDEX
     hidden, targets = hidden[keep], targets[keep]  # no head work on prompt or padding positions
     if plan.impl == "liger":
-        total = liger_linear_cross_entropy_sum(hidden.contiguous(), head.weight, targets, plan.softcap)
+        total = liger_linear_cross_entropy_sum(
+            hidden.contiguous(), head.weight, targets, plan.softcap, plan.chunk_rows
+        )
     else:
         total = chunked_linear_cross_entropy_sum(hidden, head.weight, targets, plan.softcap)
     if num_items_in_batch is not None:

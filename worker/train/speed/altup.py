@@ -9,9 +9,9 @@ elementwise pass.
 
 The arithmetic is the same: each output is Σ_j coef[i, j] · hidden[j], accumulated in fp32 like the
 matrix product's accumulator, rounded once to the hidden states' dtype, then the input is added as
-before. The patch is applied where the decoder layers are compiled (`worker.train.compile`): eagerly, the
-four multiply-adds would each write a full-size temporary and be slower than the product.
-`TUNEBOARD_ALTUP_SUM` forces it on ("1") or off ("0"; benchmarks compare the two this way).
+before. The patch is applied where the decoder layers are compiled (`worker.train.speed.compile`): eagerly,
+the four multiply-adds would each write a full-size temporary and be slower than the product.
+`speed.altup_sum` forces it on or off (benchmarks compare the two this way).
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from worker.train.rebind import rebind
-from worker.train.switches import lever_on
-
-ALTUP_SUM_ENV = "TUNEBOARD_ALTUP_SUM"
+from worker.train.speed.switches import lever_on
 
 
-def altup_sum_wanted(compiled: bool) -> bool:
-    """Whether AltUp's prediction is rewritten: the env override, else where the layers are compiled."""
-    return lever_on(ALTUP_SUM_ENV, default=compiled)
+def altup_sum_wanted(compiled: bool, setting: str = "auto") -> bool:
+    """Whether AltUp's prediction is rewritten: `setting` (speed.altup_sum), else where compiled."""
+    return lever_on(setting, default=compiled)
 
 
 def altup_predict(self: Any, hidden_states: Any) -> Any:

@@ -65,16 +65,13 @@ def test_compiling_without_checkpointing_is_refused_with_the_fix() -> None:
 
 
 def test_auto_compiles_only_long_single_gpu_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.train.compile import COMPILE_ENV, COMPILE_MIN_STEPS, compile_wanted
+    from worker.train.speed.compile import COMPILE_MIN_STEPS, compile_wanted
 
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("TUNEBOARD_COMPILE", "0")  # a server's variable: no longer overrides the config
     assert compile_wanted("cuda", "auto", COMPILE_MIN_STEPS)
     assert compile_wanted("cuda", "auto", None)  # set by epochs: a long run
     assert not compile_wanted("cuda", "auto", COMPILE_MIN_STEPS - 1)
     assert not compile_wanted("cpu", "auto", None)
     assert compile_wanted("cpu", "on", 10) and not compile_wanted("cuda", "off", None)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not compile_wanted("cuda", "auto", None) and compile_wanted("cuda", "on", None)
-    monkeypatch.setenv(COMPILE_ENV, "0")
-    assert not compile_wanted("cuda", "on", None)
+    assert not compile_wanted("cuda", "auto", None, world_size=2)
+    assert compile_wanted("cuda", "on", None, world_size=2)

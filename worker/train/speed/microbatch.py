@@ -11,19 +11,20 @@ Memory grows with m, so the search walks the divisors from the configured micro-
 one fits, down until one fits. Each probe is one eager forward + backward on random tokens, through the
 same loss the training uses; the compiled layers are not compiled for it.
 
-The chosen split is written to the run directory, so a resumed run keeps it: the Trainer counts the
-batches to skip from the accumulation steps.
+The chosen split is recorded in the run plan (RUN_DIR/plan.json), so a resumed run keeps it: the Trainer
+counts the batches to skip from the accumulation steps. Runs started before the plan existed kept it in
+`LEGACY_SPLIT_FILE`, which `load_legacy_split` still reads.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPLIT_FILE = "micro_batch.json"
+LEGACY_SPLIT_FILE = "micro_batch.json"  # before the run plan; read only, for runs started then
 BUDGET_FRACTION = 0.85  # of the GPU memory free before probing: room for optimizer state, eval, fragmentation
 
 
@@ -92,18 +93,19 @@ def choose_split(
     return Split(m, step_rows // m, budget_bytes, tried)
 
 
-def load_split(run_dir: Path) -> Split | None:
-    """The split an earlier attempt of this run chose, if any."""
-    path = run_dir / SPLIT_FILE
+def split_from_dict(data: dict[str, Any]) -> Split:
+    """A Split from its JSON form (the run plan's "micro_batch"; JSON keys of `tried` are strings)."""
+    fields = dict(data)
+    fields["tried"] = {int(k): v for k, v in (fields.get("tried") or {}).items()}
+    return Split(**fields)
+
+
+def load_legacy_split(run_dir: Path) -> Split | None:
+    """The split an attempt from before the run plan saved in micro_batch.json, if any."""
+    path = run_dir / LEGACY_SPLIT_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["tried"] = {int(k): v for k, v in data.get("tried", {}).items()}
-    return Split(**data)
-
-
-def save_split(run_dir: Path, split: Split) -> None:
-    (run_dir / SPLIT_FILE).write_text(json.dumps(asdict(split)), encoding="utf-8")
+    return split_from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def training_loss(fused: Any) -> Callable[[Any, dict[str, Any]], Any]:
@@ -111,7 +113,7 @@ def training_loss(fused: Any) -> Callable[[Any, dict[str, Any]], Any]:
 
     def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
         if fused is not None:
-            from worker.train.fused_loss import causal_lm_loss
+            from worker.train.speed.fused_loss import causal_lm_loss
 
             return causal_lm_loss(model, batch, fused)
         return model(**batch).loss

@@ -10,7 +10,7 @@ Which tables: frozen `nn.Embedding`s of at least `MIN_TABLE_BYTES` that are neit
 tied to the output head (the head needs its weight on the GPU for the matmul). The module stays where it is
 (state-dict keys unchanged); only its weight moves and its forward is rebound.
 
-`TUNEBOARD_HOST_TABLES` chooses: "1" on, "0" off, unset or "auto": `HOST_TABLES_ON_CUDA_BY_DEFAULT` on CUDA,
+`speed.host_tables` chooses: on, off, or auto: `HOST_TABLES_ON_CUDA_BY_DEFAULT` on CUDA,
 off on CPU. On a CPU-only run the table is already in host memory, so the rebound forward takes the stock
 path (tests reach the gather path with ids that report another device).
 """
@@ -20,16 +20,15 @@ from __future__ import annotations
 from typing import Any
 
 from worker.train.rebind import is_rebound, rebind
-from worker.train.switches import lever_on
+from worker.train.speed.switches import lever_on
 
-HOST_TABLES_ENV = "TUNEBOARD_HOST_TABLES"
 HOST_TABLES_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
 MIN_TABLE_BYTES = 256 << 20
 
 
-def host_tables_wanted(device: str) -> bool:
-    """Whether big frozen lookup tables stay on the host for a run on `device` (env, else the default)."""
-    return lever_on(HOST_TABLES_ENV, default=device.startswith("cuda") and HOST_TABLES_ON_CUDA_BY_DEFAULT)
+def host_tables_wanted(device: str, setting: str = "auto") -> bool:
+    """Whether big frozen lookup tables stay on the host for a run on `device` (`setting`, else default)."""
+    return lever_on(setting, default=device.startswith("cuda") and HOST_TABLES_ON_CUDA_BY_DEFAULT)
 
 
 def host_table_candidates(model: Any, min_bytes: int = MIN_TABLE_BYTES) -> list[str]:

@@ -8,8 +8,8 @@ time than the matmuls. Compiling each layer fuses the elementwise work and remov
 
 How: transformers checkpoints a layer by calling `_gradient_checkpointing_func(partial(forward, layer, ...),
 *args)`. The wrapper installed here swaps `forward` for its compiled version before the checkpoint runs, so
-the checkpoint itself (non-reentrant, with `worker.train.offload`'s hooks around it) stays eager — the part
-of it that has side effects (Gemma 3n's KV sharing writes a dict that later layers read, which a compiled
+the checkpoint itself (non-reentrant, with `worker.train.speed.offload`'s hooks around it) stays eager — the
+part of it that has side effects (Gemma 3n's KV sharing writes a dict that later layers read, which a compiled
 checkpoint region refuses) is replayed by eager checkpointing exactly as without compilation. One compiled
 function serves every layer of a class: layers differ only in a few variants (sliding or full attention,
 KV-shared or not), each compiled once.
@@ -17,69 +17,62 @@ KV-shared or not), each compiled once.
 `training.torch_compile` chooses ("on", "off", "auto"); "auto" compiles on CUDA for runs of at least
 `COMPILE_MIN_STEPS` optimizer steps (or set by epochs): on Gemma 3n E2B dims the compile takes ~2.5 min and
 saves ~1.2 s per step of 8192 tokens, so it pays off after ~130 steps (bench/README.md). On CPU "auto" stays
-eager (compiling the tiny presets costs more than it saves). The environment variable `TUNEBOARD_COMPILE`
-("1"/"0") overrides the config (benchmarks use it). `TUNEBOARD_COMPILE_BACKEND` picks the
-backend (default inductor; tests use aot_eager, which needs no C compiler), and `TUNEBOARD_COMPILE_OPTIONS` a
+eager (compiling the tiny presets costs more than it saves). `speed.compile_backend` picks the
+backend (default inductor; tests use aot_eager, which needs no C compiler), and `speed.compile_options` a
 JSON object of inductor options for it (benchmarks try CUDA graphs, `{"triton.cudagraphs": true}`, and the
-C++ launcher, `{"cpp_wrapper": true}`, this way). The seconds spent in calls that
-compiled are counted in `LayerCompiler.compile_s`, so the first steps' cost is reported apart from the
-steady-state speed.
+C++ launcher, `{"cpp_wrapper": true}`, this way). The run plan (`worker.train.speed.plan`) records all
+three. The seconds spent in calls that compiled are counted in `LayerCompiler.compile_s`, so the first
+steps' cost is reported apart from the steady-state speed.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Any
 
-from worker.train.switches import env_switch
-
-COMPILE_ENV = "TUNEBOARD_COMPILE"
-BACKEND_ENV = "TUNEBOARD_COMPILE_BACKEND"
-OPTIONS_ENV = "TUNEBOARD_COMPILE_OPTIONS"
+DEFAULT_BACKEND = "inductor"
 COMPILE_ON_CUDA_BY_DEFAULT = True  # set from the H100 measurement in bench/README.md
 COMPILE_MIN_STEPS = 200
 # Each distinct layer variant (and each new batch shape until dynamic shapes kick in) is one entry.
 CACHE_SIZE_LIMIT = 64
 
 
-def compile_wanted(device: str, setting: str = "auto", max_steps: int | None = None) -> bool:
+def compile_wanted(
+    device: str, setting: str = "auto", max_steps: int | None = None, world_size: int = 1
+) -> bool:
     """Whether the decoder layers are compiled for a run on `device`.
 
-    The env override wins, then `setting` (training.torch_compile); "auto" compiles on CUDA when the run is
-    long enough for the compile time to pay off (`max_steps` None means the run is set by epochs).
+    `setting` (training.torch_compile) "on" / "off" decides; "auto" compiles on CUDA when the run is long
+    enough for the compile time to pay off (`max_steps` None means the run is set by epochs).
     """
-    forced = env_switch(COMPILE_ENV)
-    if forced is not None:
-        return forced
     if setting == "on":
         return True
     if setting == "off":
         return False
     long_enough = max_steps is None or max_steps >= COMPILE_MIN_STEPS
-    # Measured on one GPU only: data-parallel runs (torchrun sets WORLD_SIZE) stay eager unless asked.
-    single = int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1
+    # Measured on one GPU only: data-parallel runs stay eager unless asked.
+    single = world_size <= 1
     return device.startswith("cuda") and COMPILE_ON_CUDA_BY_DEFAULT and long_enough and single
 
 
-def compile_options() -> dict[str, Any] | None:
-    """Inductor options from `TUNEBOARD_COMPILE_OPTIONS` (a JSON object), None when unset.
+def compile_options(raw: str | None) -> dict[str, Any] | None:
+    """Inductor options from `raw` (speed.compile_options, a JSON object), None when empty.
 
-    A value that is not a JSON object is refused with a message naming the variable.
+    A value that is not a JSON object is refused with a message naming the setting (the config schema
+    checks it too; benchmarks pass theirs here directly).
     """
-    raw = os.environ.get(OPTIONS_ENV, "").strip()
-    if not raw:
+    if raw is None or not raw.strip():
         return None
     try:
         options = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(
-            f'{OPTIONS_ENV} is not valid JSON ({exc}); give an object such as {{"cpp_wrapper": true}}'
+            f'speed.compile_options is not valid JSON ({exc}); give an object such as {{"cpp_wrapper": true}}'
         ) from exc
     if not isinstance(options, dict):
-        raise ValueError(f"{OPTIONS_ENV} must be a JSON object of inductor options, not {raw!r}")
+        raise ValueError(f"speed.compile_options must be a JSON object of inductor options, not {raw!r}")
     return options
 
 
@@ -98,11 +91,11 @@ def _graph_count() -> int:
 class LayerCompiler:
     """Compiles each checkpointed layer's forward once per function and keeps count of compile time."""
 
-    def __init__(self, backend: Any = None) -> None:
+    def __init__(self, backend: Any = None, options: dict[str, Any] | None = None) -> None:
         import torch
 
-        self.backend = backend or os.environ.get(BACKEND_ENV, "inductor")
-        self.options = compile_options() if self.backend == "inductor" else None
+        self.backend = backend or DEFAULT_BACKEND
+        self.options = options if self.backend == "inductor" else None
         self._compiled: dict[Any, Any] = {}
         self.compile_s = 0.0  # wall time of the calls during which new graphs were compiled
         self.graphs = 0
@@ -145,9 +138,11 @@ class LayerCompiler:
         return run
 
 
-def compile_checkpointed_layers(model: Any, backend: Any = None) -> LayerCompiler | None:
+def compile_checkpointed_layers(
+    model: Any, backend: Any = None, options: dict[str, Any] | None = None
+) -> LayerCompiler | None:
     """Compile every checkpointed layer of `model`; None when no layer is checkpointed."""
-    compiler = LayerCompiler(backend)
+    compiler = LayerCompiler(backend, options)
     wrapped = 0
     for module in model.modules():
         fn = getattr(module, "_gradient_checkpointing_func", None)

@@ -11,31 +11,28 @@ are active around the call, while the tensors the layer itself saves go through 
 So wrapping each layer's checkpoint function in `OffloadHooks` offloads exactly the layer inputs and nothing
 else. Gradients are unchanged: the same values come back (tested on CPU, where a plain copy stands in).
 
-`TUNEBOARD_OFFLOAD_ACTIVATIONS` chooses: "1" on (CUDA; on CPU a copy, for tests), "0" off, unset or "auto":
+`speed.offload_activations` chooses: on (CUDA; on CPU a copy, for tests), off, or auto:
 the default `OFFLOAD_ON_CUDA_BY_DEFAULT` on CUDA, off on CPU. It only acts when gradient checkpointing is on.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from worker.train.switches import lever_on
+from worker.train.speed.switches import lever_on
 
-OFFLOAD_ENV = "TUNEBOARD_OFFLOAD_ACTIVATIONS"
 # Set from the H100 measurement in bench/README.md ("CPU offload of checkpointed activations").
 OFFLOAD_ON_CUDA_BY_DEFAULT = True
 # Small inputs (rotary tables, masks, per-layer-input slices at small batches) are not worth a transfer.
 MIN_OFFLOAD_BYTES = 1 << 20
-PREFETCH_ENV = "TUNEBOARD_OFFLOAD_PREFETCH"  # "0": copy each input back only when needed (for benchmarks)
 
 
-def offload_wanted(device: str) -> bool:
-    """Whether checkpointed layer inputs go to CPU for a run on `device` (env override, else default)."""
-    return lever_on(OFFLOAD_ENV, default=device.startswith("cuda") and OFFLOAD_ON_CUDA_BY_DEFAULT)
+def offload_wanted(device: str, setting: str = "auto") -> bool:
+    """Whether checkpointed layer inputs go to CPU for a run on `device` (`setting`, else the default)."""
+    return lever_on(setting, default=device.startswith("cuda") and OFFLOAD_ON_CUDA_BY_DEFAULT)
 
 
 @dataclass(eq=False)
@@ -171,9 +168,14 @@ def offloading_checkpoint(checkpoint_fn: Any, hooks: OffloadHooks) -> Any:
     return run
 
 
-def enable_activation_offload(model: Any, min_bytes: int | None = None) -> OffloadHooks | None:
-    """Offload the saved inputs of every checkpointed layer of `model`; None when none is checkpointed."""
-    hooks = OffloadHooks(min_bytes, prefetch=os.environ.get(PREFETCH_ENV, "1") != "0")
+def enable_activation_offload(
+    model: Any, min_bytes: int | None = None, prefetch: bool = True
+) -> OffloadHooks | None:
+    """Offload the saved inputs of every checkpointed layer of `model`; None when none is checkpointed.
+
+    `prefetch` False copies each input back only when needed (speed.offload_prefetch; for benchmarks).
+    """
+    hooks = OffloadHooks(min_bytes, prefetch=prefetch)
     wrapped = 0
     for module in model.modules():
         fn = getattr(module, "_gradient_checkpointing_func", None)

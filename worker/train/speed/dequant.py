@@ -13,7 +13,7 @@ weights stay bitsandbytes' packed `Params4bit`, so saving, loading and merging a
 
 Measured on an H200 (Gemma 3n E2B dims, 16 × 512 tokens a step, compiled, same device call; bench/README.md):
 11531 → 16036 tokens/s (1.39×), peak allocated 5.88 → 5.97 GB, and the loss over 20 steps within 0.17% of
-bitsandbytes' unpacking. So it is on wherever the layers are compiled; `TUNEBOARD_TORCH_DEQUANT=0` turns
+bitsandbytes' unpacking. So it is on wherever the layers are compiled; `speed.torch_dequant: off` turns
 it off (`python -m bench.speed --recipes tb-bnbdequant,tb-compile` is the A/B). Eagerly, without the
 compiler, these ops would be slower than bitsandbytes' kernels, so eager runs keep bitsandbytes' op.
 """
@@ -23,15 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from worker.train.rebind import is_rebound, rebind
-from worker.train.switches import lever_on
+from worker.train.speed.switches import lever_on
 
-TORCH_DEQUANT_ENV = "TUNEBOARD_TORCH_DEQUANT"
 TORCH_DEQUANT_BY_DEFAULT = True  # 1.39x on the H200 where layers are compiled (see the module docstring)
 
 
-def torch_dequant_wanted(compiled: bool) -> bool:
-    """Whether packed 4-bit layers unpack with PyTorch ops: the env override, else the default (compiled)."""
-    return lever_on(TORCH_DEQUANT_ENV, default=compiled and TORCH_DEQUANT_BY_DEFAULT)
+def torch_dequant_wanted(compiled: bool, setting: str = "auto") -> bool:
+    """Whether packed 4-bit layers unpack with PyTorch ops: `setting`, else the default (where compiled)."""
+    return lever_on(setting, default=compiled and TORCH_DEQUANT_BY_DEFAULT)
 
 
 def _block_scales(absmax: Any, quant_state: Any) -> Any:

@@ -1,0 +1,28 @@
+"""A stand-in for `python -m worker.tasks.merge RUN_DIR --config C` that runs until the test lets it finish.
+
+Says "running" in RUN_DIR/merge.json with its pid (as the real export does), then waits for RUN_DIR/release
+to appear; then writes RUN_DIR/merged/, says "succeeded" and exits 0. Tests use it to hold a merge open
+across an app restart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from contract.tasks import MERGED_DIR, write_merge_status
+
+if __name__ == "__main__":
+    run_dir = Path(sys.argv[1])
+    write_merge_status(run_dir, state="running", stage="merging", progress=0.5, message="", pid=os.getpid())
+    deadline = time.monotonic() + 120  # never outlive a test run by much
+    while not (run_dir / "release").exists():
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.05)
+    (run_dir / MERGED_DIR).mkdir(exist_ok=True)
+    write_merge_status(
+        run_dir, state="succeeded", stage="done", progress=1.0, message="merged", pid=os.getpid()
+    )
