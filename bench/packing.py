@@ -59,7 +59,7 @@ def load(model: str, work: Path) -> tuple[Any, Any, str]:
 
     from contract.config import parse_config
     from worker.train.loading import load_for_training
-    from worker.train.pipeline import build_optimizer
+    from worker.train.trainer import build_optimizer
 
     if model in ("e2b", "e4b", "llama1b"):
         from bench.speed import save_model
@@ -89,7 +89,7 @@ def run_epoch(model: Any, optimizer: Any, device: str, epoch: list[dict[str, Any
     import torch
 
     from worker.train.data import TOKENS_KEY, batch_tokens
-    from worker.train.pipeline import trainable_parameters
+    from worker.train.trainer import trainable_parameters
 
     trainable = trainable_parameters(model)  # once, not a walk over every module each step
     cuda = device.startswith("cuda")

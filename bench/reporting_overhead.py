@@ -71,11 +71,12 @@ def run(mode: str, steps: int, work: Path, loaded: Any, prepared: Any, cfg: Any)
     from transformers import Trainer
 
     from contract.rundir import RunDir
-    from worker.train.callbacks import StepStats, TuneboardCallback
+    from worker.train.callbacks import training_callbacks
+    from worker.train.callbacks.metrics import StepStats
     from worker.train.data import PadCollator
-    from worker.train.pipeline import _trainer_class, build_optimizer, training_arguments
     from worker.train.reporter import Reporter
     from worker.train.signals import StopRequest
+    from worker.train.trainer import build_optimizer, trainer_class, training_arguments
 
     rd = RunDir(Path(tempfile.mkdtemp(dir=work)))
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -95,13 +96,14 @@ def run(mode: str, steps: int, work: Path, loaded: Any, prepared: Any, cfg: Any)
         reporter = Reporter(rd, None)
         reporter.emit = clock.wrap(reporter.emit)  # type: ignore[method-assign]
         stats = StepStats()
-        callback = TuneboardCallback(
+        callbacks = training_callbacks(
             cfg=cfg, run_dir=rd, reporter=reporter, stats=stats, stop=StopRequest(rd.control, None)
-        )
-        for hook in ("on_step_end", "on_log", "on_pre_optimizer_step", "on_step_begin", "on_substep_end"):
-            if hasattr(callback, hook):
-                setattr(callback, hook, clock.wrap(getattr(callback, hook)))
-        trainer = _trainer_class()(**common, callbacks=[callback, timer], step_stats=stats)
+        ).in_order()
+        for callback in callbacks:
+            for hook in ("on_step_end", "on_log", "on_pre_optimizer_step", "on_step_begin", "on_substep_end"):
+                if hasattr(callback, hook):
+                    setattr(callback, hook, clock.wrap(getattr(callback, hook)))
+        trainer = trainer_class()(**common, callbacks=[*callbacks, timer], step_stats=stats)
     else:
         trainer = Trainer(**common, callbacks=[timer])
     from transformers.trainer_callback import PrinterCallback

@@ -245,7 +245,7 @@ def load_seed(model_dir: Path) -> Any:
     model = get_peft_model(model, lora)
     import bitsandbytes as bnb_mod
 
-    from worker.train.pipeline import trainable_parameters
+    from worker.train.trainer import trainable_parameters
 
     params = trainable_parameters(model)
     cls = bnb_mod.optim.PagedAdamW8bit if device == "cuda" else bnb_mod.optim.AdamW8bit
@@ -278,9 +278,9 @@ def load_tuneboard(model_dir: Path, overrides: dict[str, str] | None = None) -> 
 
     from contract.config import parse_config
     from worker.train.loading import load_for_training
-    from worker.train.pipeline import build_optimizer
     from worker.train.speed.fused_loss import plan_fused_loss
     from worker.train.speed.plan import fused_loss_setting, record_fused_loss, resolve_plan
+    from worker.train.trainer import build_optimizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = parse_config(
@@ -339,8 +339,8 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.profiler import record_function
 
-    from worker.train.pipeline import trainable_parameters
     from worker.train.speed.fused_loss import causal_lm_loss
+    from worker.train.trainer import trainable_parameters
 
     model_dir = Path(args.model_dir)
     cuda = torch.cuda.is_available()

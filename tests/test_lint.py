@@ -35,7 +35,7 @@ def test_the_whole_tree_passes_ruff() -> None:
     [
         ("app/probe.py", "import torch.nn\n", "TID251"),
         ("app/probe.py", "from transformers import AutoModel\n", "TID251"),
-        ("app/probe.py", "from worker.train.pipeline import run_standalone\n", "TID251"),
+        ("app/probe.py", "from worker.train.run import run_standalone\n", "TID251"),
         ("worker/train/probe.py", "from sqlalchemy import select\n", "TID251"),
         ("worker/probe.py", "from app.db import make_engine\n", "TID251"),
         ("contract/probe.py", "import torch\n", "TID251"),

@@ -9,10 +9,13 @@ a while, a window in which something must *not* happen); everything else waits h
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import psutil
 
 T = TypeVar("T")
 
@@ -35,11 +38,57 @@ def wait_until(
         if until(value):
             return value
         if time.monotonic() >= deadline:
-            shown = repr(value)
-            if len(shown) > _SHOWN_CHARS:
-                shown = shown[:_SHOWN_CHARS] + " …"
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {shown}")
+            raise _timed_out(timeout, what, value)
         time.sleep(interval)
+
+
+async def wait_until_async(
+    probe: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    *,
+    until: Callable[[T], Any] = bool,
+) -> T:
+    """`wait_until` for a test running on an event loop: it sleeps with `asyncio.sleep`, so the loop's
+    own tasks (a scheduler loop under test) keep running between two probes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise _timed_out(timeout, what, value)
+        await asyncio.sleep(interval)
+
+
+def _timed_out(timeout: float, what: str, value: Any) -> AssertionError:
+    shown = repr(value)
+    if len(shown) > _SHOWN_CHARS:
+        shown = shown[:_SHOWN_CHARS] + " …"
+    return AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {shown}")
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process `pid` stops running within `timeout` s (a zombie counts: it was killed, its reaper
+    is slower). A yes or no rather than a failure, so both `assert gone(pid)` and, for a process that
+    must survive a moment, `assert not gone(pid, timeout=0.2)` read as they mean."""
+    try:
+        wait_until(lambda: _process_state(pid), timeout, f"process {pid} to end", until=_ended)
+    except AssertionError:
+        return False
+    return True
+
+
+def _process_state(pid: int) -> str:
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
+        return "gone"
+
+
+def _ended(state: str) -> bool:
+    return state in ("gone", psutil.STATUS_ZOMBIE)
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ def train(
     if resume and run_dir is None:
         raise CliError("--resume needs --run-dir: the directory whose checkpoints to continue from")
     try:
-        from worker.train.pipeline import run_standalone
+        from worker.train.run import run_standalone
     except ImportError as exc:
         raise CliError(
             f"the training side is not available ({exc}); install it with: pip install 'tuneboard[train]'"

@@ -3,8 +3,9 @@
 A task is a row in the `task` table; the scheduler (app/scheduler/tasks.py) places it on the machine's
 slots with the training jobs (a task that asks for a GPU waits for one no job holds), launches it with the
 local launcher and watches it, and after an app restart re-attaches a live export. This module only queues
-tasks, reads their rows, streams a try's answer from the file its process writes, and cancels a try whose
-client left. The one thing kept in memory is a request's reservation between its checks and its row.
+tasks, reads their rows and cancels a try whose client left; streaming a try's answer from the file its
+process writes is app/tasks/try_stream.py, reading an export's progress app/tasks/merge_status.py. The one
+thing kept in memory is a request's reservation between its checks and its row.
 
 With no scheduler in this app (TUNEBOARD_SCHEDULER_ENABLED=false) the manager ticks a TaskSupervisor of
 its own while tasks are in flight: the same placement, launcher and watching, just driven from here. In a
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 from fastapi import FastAPI, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,21 +43,17 @@ from app.scheduler.local import child_env
 from app.scheduler.placement import parse_assigned
 from app.scheduler.tasks import KIND_WORDS, TaskSupervisor
 from app.settings import Settings
+from app.tasks import try_stream
+from app.tasks.merge_status import MERGE_MODULE, merge_status
+from app.tasks.try_stream import TRY_MODULE
 from contract.config import config_to_dict, parse_config
-from contract.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
+from contract.tasks import MERGE_LOG, write_merge_status
 
 log = logging.getLogger(__name__)
 
-TRY_MODULE = "worker.tasks.generate"
-MERGE_MODULE = "worker.tasks.merge"
 STALE_GRACE_S = 60.0  # a reservation older than its task's timeout plus this is dropped
-MAX_LINE_BYTES = 1024 * 1024
 NEVER_STARTED_S = 15.0  # a reservation whose stream never began by then is dropped
-STARTING_GRACE_S = 30.0  # how long merge.json may say "starting" before the process has written its pid
-# the scheduler kills a try this long after the stream's own deadline: only a stream that died needs it
-TRY_BACKSTOP_S = 10.0
-POLL_S = 0.05  # how often a try's output file is read for new tokens
-STATUS_POLL_S = 0.25  # how often its row is read while nothing new arrives
+SETTLE_POLL_S = 0.05  # how often a cancelled task's row is read while it settles
 SETTLE_WAIT_S = 5.0  # how long a finished stream waits for its killed process to be recorded
 WAITING_IDS = (JobStatus.QUEUED.value, *(s.value for s in ACTIVE))  # a task that holds its job
 
@@ -125,6 +121,10 @@ class TaskManager:
         if self._own is None:
             self._own = TaskSupervisor(settings=self.settings, session_factory=self._factory())
         return self._own
+
+    def has_scheduler_loop(self) -> bool:
+        """Whether this app runs a scheduler loop (else nothing but this manager ticks its tasks)."""
+        return self._scheduler() is not None
 
     async def nudge(self) -> None:
         """Tick the task supervisor now (a task should not wait for the next scheduler round)."""
@@ -197,7 +197,7 @@ class TaskManager:
 
     def write_task_input(self, config: dict[str, Any], kind: str) -> Path:
         """Write `config` (task_config) to DATA_DIR/tmp, where only the app writes; the caller deletes it."""
-        fd, name = tempfile.mkstemp(prefix=f"{kind}-config-", suffix=".json", dir=self._tmp_dir())
+        fd, name = tempfile.mkstemp(prefix=f"{kind}-config-", suffix=".json", dir=self.tmp_dir())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(config, fh)
         return Path(name)
@@ -208,12 +208,12 @@ class TaskManager:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _tmp_dir(self) -> Path:
+    def tmp_dir(self) -> Path:
         tmp_dir = self.settings.data_dir / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         return tmp_dir
 
-    def _queue_task(
+    def queue_task(
         self, claim: TaskClaim, run_dir: Path, session: Session | None = None, **fields: Any
     ) -> int:
         """Queue the task's row in `session` (the request's: committed with it) or in its own transaction."""
@@ -236,13 +236,13 @@ class TaskManager:
         claim.task_id = task.id
         return task.id
 
-    def _task_row(self, task_id: int) -> tuple[str, int | None, int | None] | None:
+    def task_row(self, task_id: int) -> tuple[str, int | None, int | None] | None:
         """(status, pid, exit_code) of a task, or None when its row is gone."""
         with self._factory()() as session:
             task = session.get(Task, task_id)
             return None if task is None else (task.status, task.pid, task.exit_code)
 
-    def _cancel_task(self, task_id: int) -> None:
+    def cancel_task(self, task_id: int) -> None:
         """Ask the scheduler to stop a task (it kills the process group on its next tick)."""
         with immediate_transaction(self._factory()) as session:
             task = session.get(Task, task_id)
@@ -254,20 +254,20 @@ class TaskManager:
             else:
                 task.status = JobStatus.CANCELLING.value
 
-    async def _settled(self, task_id: int) -> None:
+    async def wait_settled(self, task_id: int) -> None:
         """Wait (bounded) until the task's row is final, ticking our supervisor meanwhile."""
         deadline = time.monotonic() + SETTLE_WAIT_S
         while time.monotonic() < deadline:
             await self.nudge()
-            row = await anyio.to_thread.run_sync(self._task_row, task_id)
+            row = await anyio.to_thread.run_sync(self.task_row, task_id)
             if row is None or JobStatus(row[0]) in TERMINAL:
                 return
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(SETTLE_POLL_S)
         log.warning("task %s: its process was not recorded as ended within %g s", task_id, SETTLE_WAIT_S)
 
     # ----------------------------------------------------------------------------------- try the adapter
 
-    async def generation_lines(
+    def generation_lines(
         self,
         claim: TaskClaim,
         run_dir: Path,
@@ -278,120 +278,17 @@ class TaskManager:
         raw: bool = False,
         idle_every_s: float = 15.0,
     ) -> AsyncGenerator[dict[str, Any] | None, None]:
-        """Queue the generation task and yield its JSON lines; None every `idle_every_s` of silence.
-
-        However this ends (done, error, timeout, or the consumer stopping early: a client that disconnected
-        cancels the response and lands in `finally`), the task is cancelled, its process group killed by
-        the scheduler, its files removed and the job freed.
-        """
-        claim.streaming = True
-        files: list[Path] = []
-        try:
-            files.append(self.write_task_input(config, "try"))
-            fd, name = tempfile.mkstemp(prefix="try-", suffix=".txt", dir=self._tmp_dir())
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(prompt)
-            files.append(Path(name))
-            fd, out_name = tempfile.mkstemp(prefix="try-out-", suffix=".jsonl", dir=self._tmp_dir())
-            os.close(fd)
-            files.append(Path(out_name))
-            args = ["--config", str(files[0]), "--prompt-file", name, "--max-new-tokens", str(max_new_tokens)]
-            if raw:
-                args.append("--raw")
-            await anyio.to_thread.run_sync(
-                lambda: self._queue_task(
-                    claim,
-                    run_dir,
-                    module=self.try_module,
-                    args=args,
-                    input_path=str(files[0]),
-                    output_path=out_name,
-                    log_path=str(run_dir / "try.log"),
-                    timeout_s=claim.timeout_s + TRY_BACKSTOP_S,
-                )
-            )
-            async for message in self._stream(claim, Path(out_name), idle_every_s):
-                yield message
-                if message is not None and (message.get("done") or "error" in message):
-                    return
-        finally:
-            with anyio.CancelScope(shield=True):
-                if claim.task_id is not None:
-                    await anyio.to_thread.run_sync(self._cancel_task, claim.task_id)
-                    await self._settled(claim.task_id)
-            for path in files:
-                path.unlink(missing_ok=True)
-            self.release(claim)
-
-    async def _stream(
-        self, claim: TaskClaim, out: Path, idle_every_s: float
-    ) -> AsyncGenerator[dict[str, Any] | None, None]:
-        """The JSON lines the placed task writes to `out`, ending with an error when it ends without one."""
-        assert claim.task_id is not None
-        task_id = claim.task_id
-        deadline: float | None = None  # from the launch: time spent waiting for a GPU does not count
-        last_yield = last_check = time.monotonic()
-        status: str = JobStatus.QUEUED.value
-        exit_code: int | None = None
-        pending = b""
-        offset = 0
-        await self.nudge()
-        while True:
-            now = time.monotonic()
-            if deadline is None or now - last_check >= STATUS_POLL_S:
-                last_check = now
-                row = await anyio.to_thread.run_sync(self._task_row, task_id)
-                if row is None:
-                    yield {"error": "the generation task was removed (its job was deleted)"}
-                    return
-                status, pid, exit_code = row
-                if pid is not None and deadline is None:
-                    claim.pid = pid
-                    deadline = now + claim.timeout_s
-            if deadline is None and JobStatus(status) not in TERMINAL:
-                if now - last_yield >= idle_every_s:  # waiting for a slot: keep the client's connection
-                    last_yield = now
-                    yield None
-                await asyncio.sleep(POLL_S)
-                await self.nudge()
-                continue
-            chunk = await anyio.to_thread.run_sync(_read_from, out, offset)
-            offset += len(chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > MAX_LINE_BYTES:
-                yield {
-                    "error": "the generation process wrote an overlong line; see try.log in the run directory"
-                }
-                return
-            for line in lines:
-                message = _json_object(line)
-                if message is None:
-                    continue  # a library printed to stdout: not ours
-                last_yield = time.monotonic()
-                yield message
-                if message.get("done") or "error" in message:
-                    return
-            if chunk:
-                continue
-            if JobStatus(status) in TERMINAL:
-                yield {
-                    "error": f"the generation process ended (exit code {exit_code}) without finishing; "
-                    "see try.log in the run directory"
-                }
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                yield {
-                    "error": f"no complete answer within {claim.timeout_s:g} s (TUNEBOARD_TRY_TIMEOUT_S); "
-                    "ask for fewer new tokens or raise the timeout"
-                }
-                return
-            if time.monotonic() - last_yield >= idle_every_s:
-                last_yield = time.monotonic()
-                yield None  # still loading or thinking: the caller sends a keep-alive
-            if self._scheduler() is None and time.monotonic() - last_check >= STATUS_POLL_S:
-                await self.nudge()  # no scheduler loop here: notice the process's end ourselves
-            await asyncio.sleep(POLL_S)
+        """Queue the generation task and yield its JSON lines (app/tasks/try_stream.py streams them)."""
+        return try_stream.generation_lines(
+            self,
+            claim,
+            run_dir,
+            config=config,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            raw=raw,
+            idle_every_s=idle_every_s,
+        )
 
     # ----------------------------------------------------------------------------------- merged export
 
@@ -419,7 +316,7 @@ class TaskManager:
             config_file = self.write_task_input(config, "merge")
             path = str(config_file)
             await anyio.to_thread.run_sync(
-                lambda: self._queue_task(
+                lambda: self.queue_task(
                     claim,
                     run_dir,
                     module=self.merge_module,
@@ -448,7 +345,7 @@ class TaskManager:
 
     def _keep_ticking(self) -> None:
         """With no scheduler loop in this app, tick our own supervisor until it has nothing left to do."""
-        if self._scheduler() is not None or (self._ticker is not None and not self._ticker.done()):
+        if self.has_scheduler_loop() or (self._ticker is not None and not self._ticker.done()):
             return
         self._ticker = asyncio.create_task(self._tick_while_busy(), name="tuneboard-task-ticker")
 
@@ -466,84 +363,6 @@ class TaskManager:
                 session.scalar(select(Task.id).where(Task.status == JobStatus.QUEUED.value).limit(1))
                 is not None
             )
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    """The bytes of `path` after `offset` (at most a few MB a call)."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(4 * MAX_LINE_BYTES)
-    except FileNotFoundError:
-        return b""
-
-
-def _json_object(line: bytes) -> dict[str, Any] | None:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def merge_status(run_dir: Path | None, *, active: bool | None = None) -> dict[str, Any]:
-    """{"state": none|starting|running|succeeded|failed, "stage", "progress", "message"} of a run's export.
-
-    Read from RUN_DIR/merge.json. `active` says whether the scheduler holds a queued or running export task
-    for the job; an export that claims to run without one (app restart, SIGKILL, a lost database) is
-    marked failed here, so the page never shows a spinner forever. Without `active` (no database at hand)
-    the pid in merge.json decides.
-    """
-    if run_dir is None:
-        return {"state": "none", "stage": "", "progress": 0.0, "message": ""}
-    status = read_merge_status(run_dir)
-    exported = (run_dir / MERGED_DIR).is_dir()
-    if status is None:
-        if exported:  # exported by hand or by an older app: still downloadable
-            return {"state": "succeeded", "stage": "done", "progress": 1.0, "message": "merged model ready"}
-        return {"state": "none", "stage": "", "progress": 0.0, "message": ""}
-    state = status.get("state")
-    if state in ("starting", "running"):
-        if active is None:
-            # "starting" is written by the app before the process exists (no pid yet): give it time
-            young = (
-                state == "starting" and time.time() - float(status.get("updated_at") or 0) < STARTING_GRACE_S
-            )
-            alive = young or _is_merge_process(status.get("pid"), run_dir)
-        else:
-            alive = active
-        if not alive:
-            gone: dict[str, Any] = {
-                "state": "failed",
-                "stage": "failed",
-                "progress": 0.0,
-                "message": "the export process is gone (the app restarted or it was killed); start it again",
-            }
-            try:
-                status = write_merge_status(run_dir, **gone)
-            except OSError:  # a read-only run directory: still say so, just without remembering it
-                status = gone
-    elif state == "succeeded" and not exported:
-        status = {**status, "state": "none", "message": "the merged model was removed; export it again"}
-    return {
-        "state": status.get("state", "none"),
-        "stage": status.get("stage", ""),
-        "progress": float(status.get("progress") or 0.0),
-        "message": status.get("message", ""),
-    }
-
-
-def _is_merge_process(pid: Any, run_dir: Path) -> bool:
-    """Whether `pid` is alive and is a merge task for `run_dir` (guards against pid reuse)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        argv = proc.cmdline()
-        alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return alive and MERGE_MODULE in argv and str(run_dir) in argv
 
 
 def get_task_manager(request: Request) -> TaskManager:

@@ -9,7 +9,8 @@ from sqlalchemy.orm import object_session
 
 from app import artifacts
 from app.models import Job
-from app.tasks.manager import active_task, merge_status
+from app.tasks.manager import active_task
+from app.tasks.merge_status import merge_status
 from contract.config import ConfigError, stored_config
 from contract.tasks import merge_refusal
 

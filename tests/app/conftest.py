@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -112,13 +114,11 @@ class LiveServer:
     settings: Settings
 
 
-@pytest.fixture
-def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
-    """uvicorn in a thread on a free loopback port; stopped (and its streams closed) after the test."""
-    port = free_port()
-    settings.port = port  # workers the scheduler launches report to settings.app_url
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+@contextmanager
+def serving(app: FastAPI, port: int, **config: Any) -> Iterator[None]:
+    """uvicorn serving `app` on loopback `port` from a thread, started before the block runs and stopped
+    (its streams closed) after it; `config` goes to uvicorn.Config."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
 
@@ -127,12 +127,33 @@ def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
             raise RuntimeError("the test uvicorn server stopped before it started")
         return bool(server.started)
 
-    wait_until(started, 30, "the test uvicorn server to start", interval=0.02)
     try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+        wait_until(started, 30, "the test uvicorn server to start", interval=0.02)
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_server(app: FastAPI, settings: Settings) -> Iterator[LiveServer]:
+    """uvicorn in a thread on a free loopback port; stopped (and its streams closed) after the test."""
+    port = free_port()
+    settings.port = port  # workers the scheduler launches report to settings.app_url
+    with serving(app, port, lifespan="on"):
+        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+
+
+def wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: float) -> dict[str, Any]:
+    """Poll the jobs API until the job reaches one of `statuses`; return it (a failure shows the last)."""
+    job: dict[str, Any] = wait_until(
+        lambda: client.get(f"/api/jobs/{job_id}").json(),
+        timeout,
+        f"job {job_id} to reach {' or '.join(sorted(statuses))}",
+        interval=0.1,
+        until=lambda j: j["status"] in statuses,
+    )
+    return job
 
 
 def make_started_job(

@@ -4,7 +4,7 @@ Schemathesis generates valid and invalid requests (wrong types, missing fields, 
 for each operation, and the app must answer each with a 2xx/3xx/4xx: once with auth off (the loopback
 default) and once with auth on (an API token on every request, the job's own token on the worker routes,
 so the requests reach the routes instead of stopping at the 401). The SSE streams are left out (they never
-end on their own; tests/app/test_stream.py covers them).
+end on their own; tests/app/metrics/test_stream.py covers them).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from app.compare.service import map_to_x
 from app.jobs import service
 from app.jobs.status import JobStatus
 from contract.config import parse_config
+from tests.app.metrics.test_stream import collect_until, sse_messages
 from tests.app.test_pages import Elements
-from tests.app.test_stream import collect_until, sse_messages
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE_TRAINER = "tests.fakes.fake_trainer"
 REAL_WORKER = "worker.train"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-# the worker's test hooks (worker/train/pipeline.py, callbacks.py), named here so tests stay torch-free
+# the worker's test hooks (worker/train/faults.py), named here so tests stay torch-free
 INJECT_STEP_SLEEP_ENV = "TUNEBOARD_INJECT_STEP_SLEEP_S"
 INJECT_OOM_ENV = "TUNEBOARD_INJECT_OOM_AT_STEP"
 INJECT_KILL_BEFORE_MARKER_ENV = "TUNEBOARD_INJECT_KILL_BEFORE_MARKER_AT_STEP"

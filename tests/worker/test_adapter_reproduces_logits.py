@@ -8,7 +8,7 @@ import pytest
 
 from contract.protocol import ExitCode
 from tests.worker.training_runs import FinishedRun, demo_run
-from worker.train.pipeline import REFERENCE_LOGITS
+from worker.train.finish import REFERENCE_LOGITS
 
 pytestmark = pytest.mark.training
 

@@ -38,7 +38,7 @@ def test_a_dataset_with_bad_rows_exits_with_config_error_listing_line_numbers(tm
 def test_out_of_memory_is_classified_with_advice() -> None:
     import torch
 
-    from worker.train.pipeline import _classify
+    from worker.train.outcome import classify_failure as _classify
 
     outcome = _classify(
         torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), demo_config()
@@ -49,7 +49,7 @@ def test_out_of_memory_is_classified_with_advice() -> None:
 
 def test_a_quantization_incompatibility_gets_its_own_exit_code() -> None:
     from worker.train.loading import QuantizationIncompatibleError
-    from worker.train.pipeline import _classify
+    from worker.train.outcome import classify_failure as _classify
 
     outcome = _classify(QuantizationIncompatibleError("altup was quantized"), demo_config())
     assert outcome.code == ExitCode.QUANTIZATION_INCOMPATIBLE and outcome.status == "failed"
@@ -65,7 +65,7 @@ def test_run_standalone_trains_with_a_progress_bar_and_prints_the_adapter_path(t
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps(demo_dict(max_steps=4, eval_steps=0, save_steps=2)), encoding="utf-8")
     code = (
-        "import sys; from pathlib import Path; from worker.train.pipeline import run_standalone; "
+        "import sys; from pathlib import Path; from worker.train.run import run_standalone; "
         f"sys.exit(run_standalone(Path({str(config)!r}), Path({str(tmp_path / 'run')!r})))"
     )
     out = subprocess.run(
@@ -83,7 +83,7 @@ def test_run_standalone_trains_with_a_progress_bar_and_prints_the_adapter_path(t
 def test_the_8bit_optimizer_keeps_8bit_state_even_for_small_lora_tensors() -> None:
     import torch
 
-    from worker.train.pipeline import build_optimizer
+    from worker.train.trainer import build_optimizer
 
     model = torch.nn.Linear(16, 8)  # 136 parameters: far below bitsandbytes' default min_8bit_size of 4096
     optimizer, name = build_optimizer(demo_config(), model, "cpu")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.train.callbacks import StepStats
-from worker.train.pipeline import _trainer_class, trainable_parameters
+from worker.train.callbacks.metrics import StepStats
+from worker.train.trainer import trainable_parameters
+from worker.train.trainer import trainer_class as _trainer_class
 
 
 class Counting(torch.nn.Module):

@@ -142,7 +142,7 @@ def test_configs_saved_with_a_true_or_false_keep_their_meaning() -> None:
 
 def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Path) -> None:
     from contract.rundir import RunDir
-    from worker.train.pipeline import _probe_micro_batch
+    from worker.train.trainer import probe_micro_batch as _probe_micro_batch
 
     cfg = demo_dict(batch_size=4, grad_accum=4)
     cfg["resources"]["gpus"] = 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from contract.config import FUSED_ADAMW_MAX_PARAMS, demo_config, resolve_optimizer
-from worker.train.pipeline import build_optimizer
+from worker.train.trainer import build_optimizer
 
 
 def test_auto_picks_fused_adamw_for_small_adapters_on_a_gpu_and_8bit_otherwise() -> None:
@@ -46,8 +46,8 @@ def test_on_a_gpu_plain_adamw_is_the_fused_kernel() -> None:
 
 def test_a_run_keeps_its_optimizer_when_resumed(tmp_path: Path) -> None:
     from contract.plan import RunPlan
-    from worker.train.pipeline import LEGACY_GPU_OPTIMIZER, LEGACY_OPTIMIZER_FILE, optimizer_for_run
     from worker.train.speed.plan import record_optimizer
+    from worker.train.trainer import LEGACY_GPU_OPTIMIZER, LEGACY_OPTIMIZER_FILE, optimizer_for_run
 
     def chosen(root: Path, device: str, resuming: bool, earlier: RunPlan | None = None) -> str:
         return optimizer_for_run(config, root, small, device, resuming=resuming, earlier_plan=earlier)[0]

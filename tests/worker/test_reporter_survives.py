@@ -141,7 +141,7 @@ def test_an_app_url_file_others_may_write_is_not_followed(tmp_path: Path, app: F
 
 def test_a_run_whose_events_did_not_all_reach_the_app_fails_saying_what_was_lost() -> None:
     from contract.protocol import ExitCode
-    from worker.train.pipeline import Outcome, with_delivery_problem
+    from worker.train.outcome import Outcome, with_delivery_problem
 
     problem = "run directory removed while training: 3 events not delivered"
     outcome = with_delivery_problem(Outcome(ExitCode.SUCCEEDED, "trained 40 steps"), problem)

@@ -35,7 +35,7 @@ def test_a_relaunched_run_reuses_its_plan_instead_of_the_three_choice_files() ->
 def test_a_run_started_before_the_plan_still_reuses_its_preflight_file(tmp_path: Path) -> None:
     from contract.config import demo_config
     from contract.rundir import RunDir
-    from worker.train.pipeline import _preflight
+    from worker.train.training import reuse_or_run_preflight as _preflight
 
     (tmp_path / "preflight.json").write_text(
         '{"ok": true, "summary": "twin trained", "kept_in_full_precision": [], "notes": [], '

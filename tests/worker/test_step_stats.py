@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from worker.train.callbacks import StepStats
+from worker.train.callbacks.metrics import StepStats
 
 
 def test_tensor_losses_are_summed_exactly_and_read_once_per_step() -> None:

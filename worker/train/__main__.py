@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         materialize_run_dir(run_dir)
     code = maybe_run_distributed(run_dir)  # N > 1 GPUs: torchrun runs this module once per GPU
     if code is None:
-        from worker.train.pipeline import run_training
+        from worker.train.run import run_training
 
         code = int(run_training(run_dir))
     if not is_rank_process() and upload_requested(run_dir):

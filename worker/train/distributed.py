@@ -6,12 +6,13 @@ local or Ray). That process (`maybe_run_distributed`) re-runs the same entry poi
 wrote to outcome.json. Each rank loads the 4-bit base on its own GPU (device_map {"": cuda:LOCAL_RANK});
 the HF Trainer wraps the LoRA model in DistributedDataParallel.
 
-Rank rules (pipeline.py calls these helpers):
+Rank rules (worker/train/run.py and training.py call these helpers):
   - only rank 0 reports (events, heartbeats), saves checkpoints' markers, the adapter and outcome.json;
     other ranks get a `NullReporter` and never write into RUN_DIR;
   - every decision that ends or changes training must be the same on all ranks or DDP deadlocks in its
     next all-reduce: `RankSyncCallback` all-reduces each step's loss, token count and stop flag before the
-    Tuneboard callback reads them, so the guard, the NaN-step skip and a cancel act at the same step.
+    run's callbacks (worker/train/callbacks) read them, so the guard, the NaN-step skip and a cancel act
+    at the same step.
   - a rank ignores repeated SIGTERMs (Ray's stop signals the whole process tree and torchrun forwards its
     own, so each rank gets two); torchrun (TORCH_ELASTIC_SHUTDOWN_TIMEOUT) or the launcher SIGKILLs late ones.
 On CPU the same path runs with the gloo backend (the tests: 2 processes, tiny model).
@@ -32,6 +33,7 @@ from typing import Any
 
 from contract.protocol import ExitCode
 from contract.rundir import RunDir
+from worker.train.log import say
 
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300  # torchrun's SIGTERM → SIGKILL wait: room to finish a checkpoint
@@ -76,7 +78,7 @@ def is_rank_process(environ: dict[str, str] | None = None) -> bool:
 
 
 def requested_processes(run_dir: Path) -> int:
-    """resources.gpus of RUN_DIR/config.json (1 when absent or unreadable: the pipeline reports that)."""
+    """resources.gpus of RUN_DIR/config.json (1 when absent or unreadable: the run reports that)."""
     try:
         config = json.loads(RunDir(Path(run_dir)).config.read_text(encoding="utf-8"))
         gpus = int((config.get("resources") or {}).get("gpus") or 0)
@@ -132,9 +134,7 @@ def maybe_run_distributed(run_dir: Path, module: str = "worker.train") -> int | 
 
     previous = signal.signal(signal.SIGTERM, note_stop)
     try:
-        print(
-            f"tuneboard: starting {nproc} data-parallel processes under torchrun", file=sys.stderr, flush=True
-        )
+        say(f"tuneboard: starting {nproc} data-parallel processes under torchrun")
         rc = subprocess.call(torchrun_command(run.root, nproc, module), env=env)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -185,7 +185,7 @@ class NullReporter:
 
 
 class SyncedStop:
-    """What the Tuneboard callback sees as its stop request: the flag as of the last all-reduce."""
+    """What the stop callback sees as its stop request: the flag as of the last all-reduce."""
 
     def __init__(self, local: Any) -> None:
         self.local = local
@@ -221,14 +221,14 @@ def init_process_group(device: str) -> str:
     return device
 
 
-def rank_callbacks(callback: Any, stats: Any, stop: Any) -> list[Any]:
-    """Adapt the Tuneboard callback to this rank; return the callbacks to run BEFORE it."""
+def rank_callbacks(stopper: Any, stats: Any, stop: Any) -> list[Any]:
+    """Adapt the stop and checkpoint callback to this rank; return the callbacks to run before the run's."""
     info = rank_info()
     synced = SyncedStop(stop)
-    callback.stop = synced
+    stopper.stop = synced
     if not info.is_main:
         # rank 0 alone marks checkpoints complete and prunes them (HF writes the files from rank 0 too)
-        callback.on_save = _do_nothing
+        stopper.on_save = _do_nothing
     return [_rank_sync_callback_class()(stats=stats, local_stop=stop, synced=synced)]
 
 

@@ -1,6 +1,7 @@
 """The divergence guard: decides, step by step, whether training has gone wrong. Torch-free.
 
-Fed one (loss, grad_norm) pair per optimizer step by the trainer callback. It fires on:
+Fed one (loss, grad_norm) pair per optimizer step by the guard callback
+(worker/train/callbacks/divergence.py). It fires on:
 - a non-finite loss or gradient norm;
 - a loss of exactly 0.0 on non-trivial data (a collapsed loss, e.g. every label masked or fp16 underflow);
 - a sustained gradient explosion: grad_norm above `grad_norm_factor` × the median of the last `window`

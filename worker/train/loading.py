@@ -5,6 +5,10 @@ Gemma 3n's multi-GB per-layer embedding tables. Gradient checkpointing is enable
 non-reentrant, so the embeddings' output needs no gradient (on CUDA the checkpointed layers' inputs wait in
 CPU memory: `worker.train.speed.offload`). After loading, the model is checked: nothing meant to stay
 un-quantized got packed, and every trainable parameter is floating point.
+
+It is one thing past 500 lines, one chain: the name resolves to a source, the source and the recipe
+give the skip list, the skip list the quantization config, and the loaded model is verified against that
+same list before LoRA goes on; splitting it would pass the chain's state between modules.
 """
 
 from __future__ import annotations

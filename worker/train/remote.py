@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.rundir import RunDir, complete_checkpoints
+from worker.train.log import say
 
 CONFIG_ENV = "TUNEBOARD_CONFIG_JSON"
 JOB_ENV = "TUNEBOARD_JOB_JSON"
@@ -152,4 +152,4 @@ def _write_atomic(path: Path, text: str, *, mode: int) -> None:
 
 def report(message: str) -> None:
     """One line on stderr (it ends up in the Ray job log and the app's stderr tail)."""
-    print(f"tuneboard remote: {message}", file=sys.stderr, flush=True)
+    say(f"tuneboard remote: {message}")

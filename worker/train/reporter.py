@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import threading
 import time
 import urllib.error
@@ -35,6 +34,7 @@ from typing import Any
 
 from contract.protocol import EventKind, make_event, read_spool
 from contract.rundir import RunDir
+from worker.train.log import say
 
 SEND_INTERVAL_S = 1.0  # batch window of the sender
 HEARTBEAT_INTERVAL_S = 5.0  # an idle worker still says it is alive this often
@@ -181,7 +181,7 @@ class Reporter:
             self._run()
         except BaseException as exc:  # noqa: B036 (a dying thread must leave a reason, whatever killed it)
             self.failure = f"{type(exc).__name__}: {exc}"
-            print(f"tuneboard reporter: the sender stopped: {self.failure}", file=sys.stderr)
+            say(f"tuneboard reporter: the sender stopped: {self.failure}")
             raise
 
     def _run(self) -> None:
@@ -192,7 +192,7 @@ class Reporter:
             except Exception as exc:  # one bad round (a full disk, a removed directory) must not end sending
                 message = f"{type(exc).__name__}: {exc}"
                 if message != self.last_error:
-                    print(f"tuneboard reporter: {message}; retrying", file=sys.stderr)
+                    say(f"tuneboard reporter: {message}; retrying")
                 self.last_error = message
                 with self._lock:
                     if self._closing:
@@ -215,7 +215,7 @@ class Reporter:
             warn_removed = not self._run_dir_removed_warned and self._run_dir_was_removed
         if warn_removed:
             self._run_dir_removed_warned = True
-            self.emit(EventKind.LOG, self._step, {"level": "warning", "message": self._removal_message()})
+            say(self._removal_message(), "warning", reporter=self, step=self._step)
             return False, backoff
         if not batch:
             if closing:
@@ -228,10 +228,9 @@ class Reporter:
             # Retrying would never succeed and training on would waste the GPU: stop the run gracefully (the
             # trainer checkpoints on cancel) and stop sending; the spool keeps what the app did not take.
             self.app_ended_job = self.last_error
-            print(
+            say(
                 f"tuneboard reporter: the app no longer takes this job's events ({self.last_error}); "
-                "stopping the run",
-                file=sys.stderr,
+                "stopping the run"
             )
             self.cancel_requested.set()
             return True, backoff
@@ -242,10 +241,7 @@ class Reporter:
         if result == "rejected":
             # The app refuses this one event for good (a bug on our side): skip it rather than
             # wedge every later event behind it. It stays in the spool for inspection.
-            print(
-                f"tuneboard reporter: the app rejected event {batch[0]['seq']}: {self.last_error}",
-                file=sys.stderr,
-            )
+            say(f"tuneboard reporter: the app rejected event {batch[0]['seq']}: {self.last_error}")
         if result in ("ok", "rejected"):
             if result == "ok":
                 self._batch_limit = min(MAX_BATCH, self._batch_limit * 2)
@@ -276,10 +272,7 @@ class Reporter:
         url = read_announced_app_url(self.run_dir)
         if url is None or url == self._base_url:
             return False
-        print(
-            f"tuneboard reporter: the app now answers at {url} (from {self.run_dir.app_url.name})",
-            file=sys.stderr,
-        )
+        say(f"tuneboard reporter: the app now answers at {url} (from {self.run_dir.app_url.name})")
         self._base_url = url
         return True
 

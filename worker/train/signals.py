@@ -1,10 +1,11 @@
 """Graceful stop requests: SIGTERM/SIGINT, the app's cancel control, and RUN_DIR/control.json. Torch-free.
 
-A stop request never interrupts a step: it sets a flag that the trainer callback reads at the next step
-boundary, where it saves a complete checkpoint and ends training. Before training has started (preflight,
-loading a model can take minutes) there is nothing to save, so a signal ends the process at once. A
-second signal also means "now". Either way the exit code is CANCELLED and outcome.json says so; the last
-complete checkpoint, if any, is still there.
+A stop request never interrupts a step: it sets a flag that the stop callback
+(worker/train/callbacks/checkpoints.py) reads at the next step boundary, where it saves a complete
+checkpoint and ends training. Before training has started (preflight, loading a model can take minutes)
+there is nothing to save, so a signal ends the process at once. A second signal also means "now". Either
+way the exit code is CANCELLED and outcome.json says so; the last complete checkpoint, if any, is still
+there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class StopRequest:
         self._cancel_flag = cancel_flag  # e.g. Reporter.cancel_requested
         self.reason = ""
         self._signals = 0
-        # Set by the trainer callback while steps run: only then is a graceful stop worth waiting for.
+        # Set by the stop callback while steps run: only then is a graceful stop worth waiting for.
         self.in_training = False
 
     def request(self, reason: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from app.scheduler.local import LocalLauncher
 from app.scheduler.supervisor import Supervisor
 from app.settings import Settings
 from contract.config import JobConfig
+from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FAKE_TRAINER = "tests.fakes.fake_trainer"
@@ -127,35 +127,56 @@ class Kit:
         run_dir = self.job(job_id).run_dir
         assert run_dir is not None
         path = Path(run_dir) / "fake-env.json"
-        deadline = time.monotonic() + 10
-        while True:
+
+        def recorded() -> dict[str, Any] | None:
             try:
                 data: dict[str, Any] = json.loads(path.read_text())
                 return data
             except (OSError, ValueError):  # not written yet, or caught mid-write
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the fake trainer of job {job_id} never wrote {path}") from None
-                time.sleep(0.02)
+                return None
+
+        found = wait_until(
+            recorded,
+            10,
+            f"the fake trainer of job {job_id} to write {path}",
+            interval=0.02,
+            until=lambda data: data is not None,
+        )
+        assert found is not None
+        return found
 
     def tick_until(
-        self, done: Callable[[], bool], *, timeout: float = 15.0, sup: Supervisor | None = None
+        self,
+        done: Callable[[], bool],
+        *,
+        timeout: float = 15.0,
+        sup: Supervisor | None = None,
+        what: str = "the condition",
     ) -> None:
         """Tick the supervisor until `done()` holds; fail with its snapshot after `timeout` seconds."""
-        sup = sup or self.supervisor
-        deadline = time.monotonic() + timeout
-        while True:
-            sup.tick()
-            if done():
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached within {timeout} s; scheduler: {sup.snapshot()}")
-            time.sleep(0.05)
+        ticking = sup or self.supervisor
+
+        def tick() -> dict[str, Any] | None:
+            ticking.tick()
+            return None if done() else ticking.snapshot()  # the scheduler's view, shown on a timeout
+
+        wait_until(
+            tick,
+            timeout,
+            f"{what} while ticking the supervisor, whose snapshot follows",
+            until=lambda snapshot: snapshot is None,
+        )
 
     def wait_status(
         self, job_id: int, *statuses: str, timeout: float = 15.0, sup: Supervisor | None = None
     ) -> Job:
         """Tick until the job reaches one of `statuses`; return the row."""
-        self.tick_until(lambda: self.job(job_id).status in statuses, timeout=timeout, sup=sup)
+        self.tick_until(
+            lambda: self.job(job_id).status in statuses,
+            timeout=timeout,
+            sup=sup,
+            what=f"job {job_id} to reach {' or '.join(map(str, statuses))}",
+        )
         return self.job(job_id)
 
     def set(self, job_id: int, **values: Any) -> None:

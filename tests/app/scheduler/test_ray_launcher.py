@@ -15,10 +15,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
-import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from app.main import create_app
 from app.scheduler.launcher import LaunchSpec
@@ -34,7 +32,10 @@ from app.scheduler.ray_launcher import RayLauncher
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
 from contract.protocol import read_spool
+from tests.app.conftest import serving
+from tests.app.conftest import wait_job as wait_app_job
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
+from tests.waiting import wait_until
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
 
 RAY_START_TIMEOUT_S = 90
@@ -114,15 +115,21 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         rc = starter.wait(timeout=RAY_START_TIMEOUT_S)
         assert rc == 0, f"ray start failed ({rc}): {(temp / 'ray-start.log').read_text()[-3000:]}"
         address = f"http://127.0.0.1:{dashboard_port}"
-        deadline = time.monotonic() + 30
-        while True:  # the Jobs API answers a little after `ray start` returns
+
+        def version_answer() -> int | str:
             try:
-                if httpx.get(f"{address}/api/version", timeout=2).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
-            time.sleep(0.2)
+                return httpx.get(f"{address}/api/version", timeout=2).status_code
+            except httpx.HTTPError as exc:
+                return repr(exc)
+
+        # the Jobs API answers a little after `ray start` returns
+        wait_until(
+            version_answer,
+            30,
+            "the Ray dashboard to come up",
+            interval=0.2,
+            until=lambda answer: isinstance(answer, int) and answer < 500,
+        )
         yield RayHead(address=address, token=token)
     finally:
         _stop_head(starter)
@@ -147,38 +154,21 @@ def ray_settings(settings: Settings, ray_head: RayHead) -> Settings:
 @pytest.fixture
 def serve(ray_settings: Settings) -> Iterator[Any]:
     """Factory: serve(**overrides) runs the app (scheduler on, Ray launcher) and yields an httpx client."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    with ExitStack() as servers:
 
-    def start(**overrides: Any) -> httpx.Client:
-        for key, value in overrides.items():
-            setattr(ray_settings, key, value)
-        app = create_app(ray_settings)
-        config = uvicorn.Config(app, host="127.0.0.1", port=ray_settings.port, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        servers.append((server, thread))
-        return httpx.Client(base_url=ray_settings.app_url, timeout=10)
+        def start(**overrides: Any) -> httpx.Client:
+            for key, value in overrides.items():
+                setattr(ray_settings, key, value)
+            servers.enter_context(serving(create_app(ray_settings), ray_settings.port))
+            return httpx.Client(base_url=ray_settings.app_url, timeout=10)
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=15)
+        yield start
 
 
 def wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: float = 40.0) -> dict[str, Any]:
-    """Poll the API until the job reaches one of `statuses`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck in {job['status']}: {job.get('stderr_tail')}"
-        time.sleep(0.1)
+    """Poll the API until the job reaches one of `statuses` (40 s by default: room for Ray's own start-up
+    of each job)."""
+    return wait_app_job(client, job_id, statuses, timeout)
 
 
 def app_run_dir(settings: Settings, job_id: int) -> Path:

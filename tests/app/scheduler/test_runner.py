@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -12,16 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.jobs.status import JobStatus
 from app.scheduler.runner import Scheduler, make_launcher
 from app.settings import Settings
+from tests.waiting import wait_until_async
 
 DONE = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-async def _wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+async def _wait_for(what: str, check: Callable[[], object], timeout: float = 15.0) -> None:
+    """Wait for `check()` yielding to the event loop, so the scheduler loop under test runs meanwhile."""
+    await wait_until_async(check, timeout, what)
 
 
 def test_the_scheduler_runs_queued_jobs_in_the_background(
@@ -33,7 +31,7 @@ def test_the_scheduler_runs_queued_jobs_in_the_background(
         scheduler = Scheduler(settings, session_factory)
         await scheduler.start()
         try:
-            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            await _wait_for(f"job {job_id} to finish", lambda: kit.job(job_id).status in DONE)
             return scheduler.snapshot()
         finally:
             await scheduler.stop()
@@ -54,7 +52,7 @@ def test_stopping_leaves_training_running_and_the_next_start_reattaches_it(
     async def first_app() -> int:
         scheduler = Scheduler(settings, session_factory)
         await scheduler.start()
-        await _wait_for(lambda: kit.job(job_id).pid is not None)
+        await _wait_for(f"job {job_id} to get a pid", lambda: kit.job(job_id).pid is not None)
         await scheduler.stop()
         return int(kit.job(job_id).pid or 0)
 
@@ -63,7 +61,7 @@ def test_stopping_leaves_training_running_and_the_next_start_reattaches_it(
         await scheduler.start()
         try:
             snap = scheduler.snapshot()
-            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            await _wait_for(f"job {job_id} to finish", lambda: kit.job(job_id).status in DONE)
             return snap
         finally:
             await scheduler.stop()
@@ -91,13 +89,13 @@ def test_a_second_scheduler_on_the_same_data_dir_stands_by_and_takes_over_when_t
         try:
             roles = (first.snapshot()["role"], second.snapshot()["role"])
             job_id = kit.queue("sleep=0")
-            await _wait_for(lambda: kit.job(job_id).status in DONE)
+            await _wait_for(f"job {job_id} to finish", lambda: kit.job(job_id).status in DONE)
             assert kit.job(job_id).status == JobStatus.SUCCEEDED
             assert second.supervisor.owned_job_ids() == [] and second.supervisor.last_tick_at is None
             await first.stop()
-            await _wait_for(lambda: second.active, timeout=5)
+            await _wait_for("the second scheduler to take over", lambda: second.active, timeout=5)
             later = kit.queue("sleep=0")
-            await _wait_for(lambda: kit.job(later).status in DONE)  # run by the second one now
+            await _wait_for(f"job {later} to run on the second one", lambda: kit.job(later).status in DONE)
             return roles[0], roles[1], second.snapshot()["role"]
         finally:
             await first.stop()

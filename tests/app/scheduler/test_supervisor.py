@@ -12,6 +12,7 @@ from app.scheduler.local import LocalLauncher
 from app.scheduler.placement import parse_assigned
 from app.scheduler.supervisor import Supervisor
 from app.settings import Settings
+from tests.waiting import wait_until
 
 DONE = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -167,11 +168,15 @@ def test_a_recent_heartbeat_keeps_a_quiet_job_alive(kit, settings: Settings) -> 
     settings.heartbeat_timeout_s = 1.0
     job_id = kit.queue("sleep=2.5")
     kit.wait_status(job_id, JobStatus.STARTING)
-    deadline = time.monotonic() + 15
-    while kit.job(job_id).status not in DONE and time.monotonic() < deadline:
+
+    def beat_and_tick() -> str:
         kit.set(job_id, heartbeat_at=datetime.now(UTC))  # what ingest does on every POST
         kit.supervisor.tick()
-        time.sleep(0.1)
+        return str(kit.job(job_id).status)
+
+    wait_until(
+        beat_and_tick, 15, f"job {job_id} to finish", interval=0.1, until=lambda status: status in DONE
+    )
     assert kit.job(job_id).status == JobStatus.SUCCEEDED
 
 

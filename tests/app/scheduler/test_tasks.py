@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from app.settings import Settings
 from app.tasks.manager import TaskManager
 from contract.config import JobConfig
 from tests.app.scheduler.conftest import Kit
+from tests.waiting import gone, wait_until
 
 HELD_MERGE = "tests.fakes.held_merge"
 
@@ -58,17 +57,6 @@ def app_client(settings: Settings) -> TestClient:
     return TestClient(app)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.05)
-
-
 def scheduled_tasks(client: TestClient) -> list[dict[str, Any]]:
     """The tasks in the scheduler's part of /api/health."""
     tasks: list[dict[str, Any]] = client.get("/api/health").json()["scheduler"]["tasks"]
@@ -83,19 +71,6 @@ def task_row(factory: sessionmaker[Session], job_id: int) -> Task:
         return task
 
 
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once `pid` no longer runs (a zombie counts: it was killed, its reaper is slower)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_merge_started_through_the_api_holds_its_gpu_in_the_schedulers_view(
     settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
@@ -104,15 +79,19 @@ def test_a_merge_started_through_the_api_holds_its_gpu_in_the_schedulers_view(
     job_id = finished_job(session_factory, run_dir)
     with app_client(settings) as client:
         assert client.post(f"/api/jobs/{job_id}/export-merged").status_code == 202
-        tasks = wait_for("the merge showing in health", lambda: scheduled_tasks(client))
+        tasks = wait_until(lambda: scheduled_tasks(client), 15, "the merge to show in health")
         assert [(t["job_id"], t["kind"], t["gpus"]) for t in tasks] == [(job_id, "merge", ["1"])]
         assert client.get("/api/health").json()["scheduler"]["free_gpus"] == ["0"]
         (run_dir / "release").touch()
-        wait_for(
-            "the merge finishing",
-            lambda: client.get(f"/api/jobs/{job_id}/export-merged").json()["state"] == "succeeded",
+        wait_until(
+            lambda: client.get(f"/api/jobs/{job_id}/export-merged").json(),
+            15,
+            "the merge to succeed",
+            until=lambda status: status["state"] == "succeeded",
         )
-        wait_for("the slot coming free", lambda: scheduled_tasks(client) == [])
+        wait_until(
+            lambda: scheduled_tasks(client), 15, "the slot to come free", until=lambda tasks: tasks == []
+        )
     assert task_row(session_factory, job_id).status == "succeeded"
 
 
@@ -171,7 +150,7 @@ def test_a_merge_running_across_an_app_restart_is_reattached_and_finishes(
     job_id = finished_job(session_factory, run_dir)
     with app_client(settings) as client:
         assert client.post(f"/api/jobs/{job_id}/export-merged").status_code == 202
-        pid = wait_for("the merge starting", lambda: task_row(session_factory, job_id).pid)
+        pid = wait_until(lambda: task_row(session_factory, job_id).pid, 15, "the merge to start")
     assert psutil.pid_exists(pid) and not gone(pid, timeout=0.2)  # the app stopped, the export did not
     try:
         with app_client(settings) as client:
@@ -180,14 +159,19 @@ def test_a_merge_running_across_an_app_restart_is_reattached_and_finishes(
             assert [(t["pid"], t["reattached"]) for t in scheduler["tasks"]] == [(pid, True)]
             assert client.get(f"/api/jobs/{job_id}/export-merged").json()["state"] == "running"
             (run_dir / "release").touch()
-            done = wait_for(
-                "the re-attached merge finishing",
-                lambda: (
-                    (s := client.get(f"/api/jobs/{job_id}/export-merged").json())["state"] != "running" and s
-                ),
+            done = wait_until(
+                lambda: client.get(f"/api/jobs/{job_id}/export-merged").json(),
+                15,
+                "the re-attached merge to finish",
+                until=lambda status: status["state"] != "running",
             )
             assert done["state"] == "succeeded", done
-            wait_for("the scheduler recording its end", lambda: scheduled_tasks(client) == [])
+            wait_until(
+                lambda: scheduled_tasks(client),
+                15,
+                "the scheduler to record its end",
+                until=lambda t: t == [],
+            )
         assert task_row(session_factory, job_id).status == "succeeded"
     finally:
         (run_dir / "release").touch()
@@ -200,7 +184,7 @@ def test_a_merge_that_died_while_the_app_was_down_is_marked_failed_with_the_reas
     job_id = finished_job(session_factory, run_dir)
     with app_client(settings) as client:
         assert client.post(f"/api/jobs/{job_id}/export-merged").status_code == 202
-        pid = wait_for("the merge starting", lambda: task_row(session_factory, job_id).pid)
+        pid = wait_until(lambda: task_row(session_factory, job_id).pid, 15, "the merge to start")
     os.killpg(pid, signal.SIGKILL)
     assert gone(pid)
     with app_client(settings) as client:
@@ -243,7 +227,10 @@ def test_a_try_is_placed_by_the_scheduler_and_cancelled_when_its_client_leaves(
             assert [(t["job_id"], t["kind"], t["gpus"]) for t in tasks] == [(job_id, "try", ["1"])]
             pid = tasks[0]["pid"]
         assert gone(pid), "the generation process outlived its client"
-        wait_for(
-            "the try's slot coming free", lambda: http.get("/api/health").json()["scheduler"]["tasks"] == []
+        wait_until(
+            lambda: http.get("/api/health").json()["scheduler"]["tasks"],
+            15,
+            "the try's slot to come free",
+            until=lambda tasks: tasks == [],
         )
     assert task_row(session_factory, job_id).status == "cancelled"

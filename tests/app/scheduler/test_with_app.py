@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from app.main import create_app
 from app.settings import Settings
+from tests.app.conftest import serving, wait_job
 
 
 @pytest.fixture
@@ -19,31 +17,8 @@ def server(settings: Settings) -> Iterator[str]:
     """The app with its scheduler on, served on settings.port (the URL workers report to)."""
     settings.scheduler_enabled = True
     settings.heartbeat_timeout_s = 2.5  # the fake reports every ~0.1 s; silence would fail the job
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
+    with serving(create_app(settings), settings.port):
         yield settings.app_url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-def _wait_job(client: httpx.Client, job_id: int, statuses: set[str], timeout: float = 20.0) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, (
-            f"job {job_id} stuck in {job['status']}: {job.get('failure_reason')}"
-        )
-        time.sleep(0.1)
 
 
 def test_a_submitted_job_runs_reports_metrics_and_succeeds(server: str) -> None:
@@ -51,12 +26,13 @@ def test_a_submitted_job_runs_reports_metrics_and_succeeds(server: str) -> None:
         created = client.post("/api/jobs", json={"name": "sleep=4", "resources": {"gpus": 1}})
         assert created.status_code == 201
         job_id = created.json()["id"]
-        running = _wait_job(client, job_id, {"running"})  # the worker's status event, through ingest
+        # running is the worker's own status event, through ingest
+        running = wait_job(client, job_id, {"running"}, timeout=20)
         assert running["assigned_gpus"] == "0"
         health = client.get("/api/health").json()
         assert health["scheduler"]["running"] is True
         assert [j["job_id"] for j in health["scheduler"]["jobs"]] == [job_id]
-        done = _wait_job(client, job_id, {"succeeded", "failed", "cancelled"})
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=20)
         assert done["status"] == "succeeded", done["failure_reason"]  # heartbeats kept it alive past 2.5 s
         loss = client.get(f"/api/jobs/{job_id}/metrics", params={"keys": "loss"}).json()["series"]["loss"]
         assert len(loss) >= 10 and loss[0] == [1, 2.0]
@@ -65,9 +41,9 @@ def test_a_submitted_job_runs_reports_metrics_and_succeeds(server: str) -> None:
 def test_cancelling_through_the_api_stops_the_worker(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10) as client:
         job_id = client.post("/api/jobs", json={"name": "sleep=30"}).json()["id"]
-        _wait_job(client, job_id, {"running"})
+        wait_job(client, job_id, {"running"}, timeout=20)
         assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
-        done = _wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=10)
+        done = wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=10)
         assert (done["status"], done["failure_reason"], done["exit_code"]) == (
             "cancelled",
             "cancelled on request",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,14 @@ from app.jobs import service
 from app.jobs.status import JobStatus
 from app.models import Job
 from app.settings import Settings
-from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, merge_status, task_config
+from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, task_config
+from app.tasks.merge_status import merge_status
 from contract.config import JobConfig
 from contract.tasks import write_merge_status
+from tests.waiting import gone, wait_until
 
 ENDLESS = "tests.fakes.endless_generate"
 STORED = task_config({})  # the job config a task is handed (the stand-in ignores it)
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once `pid` no longer runs (a zombie counts as gone: it was killed, the reaper is slower)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -163,9 +151,12 @@ def test_closing_the_try_stream_over_http_kills_the_process_and_frees_the_job(
             pid = int((run_dir / "endless.pid").read_text())
         # the connection is closed here: the server notices and kills the process group
         assert gone(pid), "the generation process outlived its client"
-        deadline = time.monotonic() + 5
-        while manager.running(job_id) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: manager.running(job_id),
+            5,
+            f"job {job_id} to be free again",
+            until=lambda claim: claim is None,
+        )
         assert manager.running(job_id) is None
     with session_factory() as session:
         assert session.get(Job, job_id) is not None

@@ -8,7 +8,6 @@ import io
 import json
 import math
 import shutil
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from app.jobs.status import JobStatus
 from app.models import Job, MetricPoint
 from contract.config import parse_config
 from contract.rundir import CHECKPOINT_COMPLETE_MARKER
+from tests.waiting import wait_until
 from tests.worker.takeaway_run import TAKEAWAY_STEPS, mergeable_run, preset_cache_dir
 from tests.worker.training_runs import FinishedRun
-from worker.train.pipeline import REFERENCE_LOGITS
+from worker.train.finish import REFERENCE_LOGITS
 
 pytestmark = pytest.mark.training
 TOKEN = "takeaway-token"
@@ -261,15 +261,15 @@ def test_metrics_csv_and_json_hold_every_stored_point_with_non_finite_values_spe
 
 
 def wait_for_merge(client: TestClient, job_id: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        status = client.get(f"/api/jobs/{job_id}/export-merged").json()
-        seen.append(status["state"])
-        if status["state"] in ("succeeded", "failed"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"the merged export did not finish in {timeout} s (states seen: {seen[-5:]})")
+    """Poll the export's status until it succeeded or failed; return it."""
+    status: dict[str, Any] = wait_until(
+        lambda: client.get(f"/api/jobs/{job_id}/export-merged").json(),
+        timeout,
+        "the merged export to finish",
+        interval=0.2,
+        until=lambda status: status["state"] in ("succeeded", "failed"),
+    )
+    return status
 
 
 def test_the_merged_export_runs_as_a_worker_task_and_loads_with_plain_transformers(
