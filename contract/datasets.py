@@ -13,8 +13,8 @@ Every check is linear in the size of the file and bounded per row (MAX_COLUMNS, 
 runs it on untrusted uploads, so one hostile file must cost little and be refused early. A caller may
 pass a `stop` flag (threading.Event) that is checked between rows: the app sets it when the client leaves.
 
-It is one thing at ~560 lines on purpose: the four readers share the row-origin bookkeeping and the limits, and
-the format checks must see rows exactly as every reader yields them.
+It is one thing at ~560 lines on purpose: the four readers share the row-origin bookkeeping and the
+limits, and the format checks must see rows exactly as every reader yields them.
 """
 
 from __future__ import annotations

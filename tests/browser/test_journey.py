@@ -171,8 +171,12 @@ def check_new_job_form_by_keyboard(page: Page) -> None:
     """Every control of the new-job form has an accessible name and Tab reaches each one in order."""
     from playwright.sync_api import expect
 
+    # the advanced part (speed levers) is folded: open it as a user would, so its controls count too
+    for summary in page.locator("#job-form details:not([open]) > summary").all():
+        summary.click()
     controls = page.locator("#job-form :is(input, select, textarea):not([type=hidden])")
     ids = controls.evaluate_all("(els) => els.map((e) => e.id)")
+    assert any(i.startswith("f-speed-") for i in ids), "the speed levers are missing from the form"
     assert len(ids) >= 20, f"the form has too few inputs: {ids}"
     for input_id in ids:
         # Playwright computes the accessible name the way assistive technology does
