@@ -36,7 +36,7 @@ class StopCause(StrEnum):
 
 
 @dataclass
-class StopRequest:
+class ProcessStop:
     """The supervisor's own stop of a process: why, when SIGTERM went out, whether SIGKILL followed."""
 
     cause: StopCause
@@ -86,7 +86,7 @@ def _signal_reason(sig: int) -> str:
     return reason
 
 
-def _stopped_reason(stop: StopRequest, code: int | None) -> str:
+def _stopped_reason(stop: ProcessStop, code: int | None) -> str:
     if stop.cause == StopCause.DEADLINE:
         reason = f"exceeded {stop.detail} and was stopped"
     else:
@@ -103,7 +103,7 @@ def classify_exit(
     *,
     outcome: dict[str, Any] | None,
     stderr_tail: str,
-    stop: StopRequest | None = None,
+    stop: ProcessStop | None = None,
     cancel_requested: bool = False,
     on_gpu: bool = False,
     config: dict[str, Any] | None = None,

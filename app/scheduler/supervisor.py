@@ -29,7 +29,7 @@ from app.jobs.status import TERMINAL, JobStatus
 from app.metrics.ingest import ingest_spool
 from app.models import Job
 from app.scheduler.claim import ClaimedJob, claim_next_job, prepare_run_dir
-from app.scheduler.classify import StopCause, StopRequest, Verdict, classify_exit, read_outcome
+from app.scheduler.classify import ProcessStop, StopCause, Verdict, classify_exit, read_outcome
 from app.scheduler.gpus import Slots
 from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
 from app.scheduler.tasks import TaskSupervisor
@@ -49,7 +49,7 @@ class Tracked:
 
     handle: WorkerHandle
     gpus: tuple[str, ...]
-    stop: StopRequest | None = None
+    stop: ProcessStop | None = None
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,7 @@ class Supervisor:
 
     def _request_stop(self, item: Tracked, cause: StopCause, detail: str, now: float) -> None:
         log.info("job %s: sending SIGTERM to pid %s (%s)", item.handle.job_id, item.handle.pid, detail)
-        item.stop = StopRequest(cause=cause, detail=detail, terminated_at=now)
+        item.stop = ProcessStop(cause=cause, detail=detail, terminated_at=now)
         self.launcher.terminate(item.handle)
 
     def _finish(self, item: Tracked, exit_info: ExitInfo) -> Verdict | None:

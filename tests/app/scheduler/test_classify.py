@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.jobs.status import JobStatus
-from app.scheduler.classify import StopCause, StopRequest, classify_exit, read_outcome
+from app.scheduler.classify import ProcessStop, StopCause, classify_exit, read_outcome
 from app.scheduler.launcher import ExitInfo
 from contract.config import config_to_dict, demo_config
 
@@ -107,7 +107,7 @@ def test_a_signal_is_named_and_stored_as_a_negative_exit_code() -> None:
 def test_a_requested_cancel_is_cancelled_whether_it_exited_cleanly_or_was_killed() -> None:
     clean = classify_exit(ExitInfo(returncode=3), outcome=None, stderr_tail="", cancel_requested=True)
     assert (clean.status, clean.reason) == (C, "cancelled on request")
-    stop = StopRequest(StopCause.CANCEL, "cancel requested", terminated_at=0.0, killed=True)
+    stop = ProcessStop(StopCause.CANCEL, "cancel requested", terminated_at=0.0, killed=True)
     killed = classify_exit(ExitInfo(signal=signal.SIGKILL), outcome=None, stderr_tail="", stop=stop)
     assert killed.status == C
     assert (
@@ -129,7 +129,7 @@ def test_a_crash_while_cancelling_is_still_a_failure() -> None:
 
 
 def test_a_deadline_stop_fails_the_job_and_says_a_checkpoint_was_saved() -> None:
-    stop = StopRequest(StopCause.DEADLINE, "its deadline of 30 minutes (resources.max_runtime_minutes)", 0.0)
+    stop = ProcessStop(StopCause.DEADLINE, "its deadline of 30 minutes (resources.max_runtime_minutes)", 0.0)
     verdict = classify_exit(ExitInfo(returncode=3), outcome=None, stderr_tail="", stop=stop)
     assert verdict.status == F
     assert verdict.reason == (
@@ -139,7 +139,7 @@ def test_a_deadline_stop_fails_the_job_and_says_a_checkpoint_was_saved() -> None
 
 
 def test_a_hung_process_fails_with_the_quiet_time() -> None:
-    stop = StopRequest(StopCause.HUNG, "no heartbeat for 130 s", 0.0, killed=True)
+    stop = ProcessStop(StopCause.HUNG, "no heartbeat for 130 s", 0.0, killed=True)
     verdict = classify_exit(ExitInfo(signal=9), outcome=None, stderr_tail="", stop=stop)
     assert (verdict.status, verdict.reason) == (
         F,
