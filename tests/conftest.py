@@ -2,7 +2,7 @@
 
 `pytest -m "not slow"` is the fast subset (a few minutes on 2 cores); plain `pytest` runs everything.
 A test is slow when it is marked `slow`, `training` or `browser`, lives in a folder of SLOW_FOLDERS, or is
-listed in SLOW_MODULES or SLOW_TESTS; mark a new one `@pytest.mark.slow` in place when it takes more than a
+listed in SLOW_MODULES; mark a new one `@pytest.mark.slow` in place when it takes more than a
 few seconds on 2 cores.
 """
 
@@ -26,17 +26,6 @@ SLOW_MODULES = (  # measured at several seconds a test or more on 2 cores
     "app/test_bad_input_schemathesis.py",  # generated requests against every route
     "app/scheduler/test_ray_launcher.py",  # a real Ray head per test
 )
-# Single tests that train or compile a real model but carry no `training` mark yet (their modules are
-# being reworked); a name here covers its parametrized cases. Once marked in place, drop them from here.
-SLOW_TESTS = (
-    "worker/test_compile.py::test_compiled_layers_give_the_eager_loss_and_gradients",
-    "worker/test_compile.py::test_gemma3n_kv_sharing_carries_gradient_into_the_earlier_layers_when_compiled",
-    "worker/test_compile.py::test_a_compiled_run_through_the_training_child_keeps_one_batch_shape",
-    "worker/test_microbatch.py::test_a_probe_pass_runs_the_training_loss_eagerly_even_with_compiled_layers",
-    "worker/test_microbatch.py::test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split",
-    "worker/test_run_plan.py::test_a_relaunched_run_reuses_its_plan_instead_of_the_three_choice_files",
-    "worker/test_switches.py::test_setting_every_lever_variable_on_the_server_changes_no_job",
-)
 
 
 def is_slow(item: pytest.Item) -> bool:
@@ -47,12 +36,7 @@ def is_slow(item: pytest.Item) -> bool:
         where = item.path.resolve().relative_to(TESTS)
     except ValueError:
         return False
-    node = f"{where.as_posix()}::{item.name}"
-    return (
-        where.parts[0] in SLOW_FOLDERS
-        or where.as_posix() in SLOW_MODULES
-        or any(node.startswith(prefix) for prefix in SLOW_TESTS)
-    )
+    return where.parts[0] in SLOW_FOLDERS or where.as_posix() in SLOW_MODULES
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so "not slow" sees the marks added here

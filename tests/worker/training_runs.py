@@ -20,7 +20,6 @@ from typing import Any
 from contract.config import config_to_dict, demo_config
 from contract.protocol import read_spool
 from contract.rundir import RunDir
-from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 _ROOT = Path(tempfile.mkdtemp(prefix="tuneboard-train-tests-"))
@@ -119,10 +118,6 @@ def trained_run(name: str, config: dict[str, Any], **env: str) -> FinishedRun:
     if name not in _FINISHED:
         _FINISHED[name] = run_child(new_run_dir(name, config), **env)
     return _FINISHED[name]
-
-
-# Kept only until tests/worker/test_resume.py imports tests.waiting.wait_until itself (same arguments).
-wait_for = wait_until
 
 
 DEMO_RUN_STEPS = 40  # the dashboard's demo exactly as it ships: 40 steps, eval every 10, checkpoints every 20

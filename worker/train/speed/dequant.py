@@ -8,8 +8,9 @@ by its absmax, itself unpacked from 8 bits when the statistics are double-quanti
 turns each weight's unpacking into one generated kernel and calls the matrix product directly.
 
 The arithmetic is bitsandbytes' own: values and scales in fp32, one rounding to the weights' dtype, then
-`F.linear`; the outputs and input gradients equal the stock layer's (`tests/worker/test_dequant.py`). The
-weights stay bitsandbytes' packed `Params4bit`, so saving, loading and merging are unchanged.
+`F.linear`; the outputs and input gradients equal the stock layer's
+(`tests/worker/train/speed/test_dequant.py`). The weights stay bitsandbytes' packed `Params4bit`, so saving,
+loading and merging are unchanged.
 
 Measured on an H200 (Gemma 3n E2B dims, 16 × 512 tokens a step, compiled, same device call; bench/README.md):
 11531 → 16036 tokens/s (1.39×), peak allocated 5.88 → 5.97 GB, and the loss over 20 steps within 0.17% of

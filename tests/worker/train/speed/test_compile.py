@@ -98,6 +98,7 @@ def _kv_lora(model: Any) -> dict[str, list[str]]:
     return layers
 
 
+@pytest.mark.slow  # trains or compiles a real model
 @pytest.mark.parametrize("preset", ["preset:tiny-gemma3n", "preset:tiny-llama"])
 def test_compiled_layers_give_the_eager_loss_and_gradients(
     preset: str, monkeypatch: pytest.MonkeyPatch, fresh_dynamo: None
@@ -155,6 +156,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(
     assert torch.allclose(again, ref_loss, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_gemma3n_kv_sharing_carries_gradient_into_the_earlier_layers_when_compiled(
     monkeypatch: pytest.MonkeyPatch, fresh_dynamo: None
 ) -> None:
@@ -251,6 +253,7 @@ def test_strided_arguments_reach_the_checkpoint_contiguous(fresh_dynamo: None) -
     assert received[1][0].func is function.func
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_a_compiled_run_through_the_training_child_keeps_one_batch_shape_and_reports_compile_time() -> None:
     """The real child with torch_compile on: short last batches are skipped, compile time is reported."""
     from tests.worker.training_runs import demo_dict, new_run_dir, run_child

@@ -10,7 +10,7 @@ from typing import Any
 
 from worker.datasets.inspect import histogram, inspect_rows
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHORT = {"messages": [{"role": "user", "content": "Reverse: ab"}, {"role": "assistant", "content": "ba"}]}
 LONG = {
     "messages": [

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from contract.plan import RunPlan, read_plan, write_plan
 from contract.protocol import ExitCode
 from tests.worker.training_runs import demo_dict, new_run_dir, run_child
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_a_relaunched_run_reuses_its_plan_instead_of_the_three_choice_files() -> None:
     rd = new_run_dir("plan-resume", demo_dict(max_steps=2, eval_steps=0, save_steps=2))
     first = run_child(rd)

@@ -128,6 +128,7 @@ def test_setting_every_lever_variable_on_the_server_changes_no_plan(monkeypatch:
     assert {device: _levers(resolve_plan(cfg, device=device)) for device in ("cpu", "cuda")} == quiet
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_setting_every_lever_variable_on_the_server_changes_no_job(tmp_path: Path) -> None:
     """A real training child, with every lever variable set, runs the plan its config says."""
     from tests.worker.training_runs import demo_dict, new_run_dir, run_child

@@ -167,6 +167,7 @@ def test_a_resumed_run_that_started_without_a_probe_keeps_its_split(tmp_path: Pa
     assert plan.levers["micro_batch"].value == "4 × 4" and plan.levers["micro_batch"].source == "resumed"
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_a_one_gpu_job_that_lands_on_cpu_trains_with_the_configured_split_and_says_why() -> None:
     import torch
 
@@ -207,6 +208,7 @@ def test_on_a_gpu_the_probe_merges_micro_batches_that_fit() -> None:
     assert any(m.startswith("Auto micro-batch (") and "micro-batch 8 × 1" in m for m in logs), logs
 
 
+@pytest.mark.slow  # trains or compiles a real model
 def test_a_probe_pass_runs_the_training_loss_eagerly_even_with_compiled_layers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

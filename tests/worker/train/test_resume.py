@@ -10,7 +10,8 @@ import pytest
 
 from contract.protocol import ExitCode, read_spool
 from contract.rundir import CHECKPOINT_COMPLETE_MARKER, complete_checkpoints
-from tests.worker.training_runs import demo_dict, new_run_dir, run_child, start_child, wait_for
+from tests.waiting import wait_until
+from tests.worker.training_runs import demo_dict, new_run_dir, run_child, start_child
 
 pytestmark = pytest.mark.training
 
@@ -21,7 +22,7 @@ def test_resume_after_kill_continues_the_step_count_and_the_loss_curve() -> None
     rd = new_run_dir("resume", demo_dict(max_steps=STEPS, save_steps=5, eval_steps=0))
     child = start_child(rd)
     try:
-        wait_for(
+        wait_until(
             lambda: (rd.checkpoints / "checkpoint-10" / CHECKPOINT_COMPLETE_MARKER).is_file(),
             timeout=120,
             what="checkpoint-10 to complete",
