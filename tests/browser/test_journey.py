@@ -16,9 +16,6 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -31,6 +28,7 @@ import httpx
 import pytest
 
 from contract.config import config_to_dict, demo_config
+from tests.app_process import free_port, uvicorn_app
 from tests.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -92,16 +90,10 @@ def _chat(user: str, answer: str) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_app(tmp_path: Path) -> Iterator[str]:
     """`uvicorn app.main:create_app` in its own process, real scheduler, 2 CPU slots, a free loopback port."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         TUNEBOARD_DATA_DIR=str(tmp_path / "data"),
@@ -111,32 +103,8 @@ def live_app(tmp_path: Path) -> Iterator[str]:
         TUNEBOARD_CPU_SLOTS="2",  # the sweep's two jobs train side by side
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
     )
-    log_path = tmp_path / "uvicorn.log"
-    log = log_path.open("wb")
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def answering() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                return httpx.get(url + "/api/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answering, 60, "the app to answer /api/health", interval=0.2)
+    with uvicorn_app(env, port, tmp_path / "uvicorn.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _expected_local(iso: str) -> str:

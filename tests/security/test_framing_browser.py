@@ -9,9 +9,6 @@ switch), so its fetches go, same-origin in the browser's eyes, to the app's loop
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.waiting import wait_until
+from tests.app_process import free_port, uvicorn_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -46,16 +43,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_app(tmp_path: Path) -> Iterator[str]:
     """`uvicorn app.main:create_app` in its own process on a free loopback port, default settings."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         TUNEBOARD_DATA_DIR=str(tmp_path / "data"),
@@ -64,31 +55,8 @@ def live_app(tmp_path: Path) -> Iterator[str]:
         TUNEBOARD_SCHEDULER_ENABLED="false",  # nothing here needs a job to run
     )
     env.pop("TUNEBOARD_ALLOWED_HOSTS", None)  # exactly what an operator gets by default
-    log_path = tmp_path / "uvicorn.log"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def answering() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                return httpx.get(url + "/api/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answering, 60, "the app to answer /api/health", interval=0.2)
+    with uvicorn_app(env, port, tmp_path / "uvicorn.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
