@@ -167,6 +167,8 @@ class Task(Base):
     assigned_gpus: Mapped[str | None] = mapped_column(String(128), nullable=True)  # "0"; "" means CPU
     launcher: Mapped[str] = mapped_column(String(16), default="local")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the launcher's own id of the process when it has one (the Ray job's submission id); None: local
+    external_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     timeout_s: Mapped[float] = mapped_column(Float)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -28,6 +28,7 @@ class LaunchSpec:
     args: tuple[str, ...] = ()
     log_path: Path | None = None  # stderr, and stdout unless stdout_path is set
     stdout_path: Path | None = None  # kept apart when the app reads it (try-the-adapter's token lines)
+    task_id: int | None = None  # the task's row, when this is a task (names its Ray job)
 
 
 @dataclass

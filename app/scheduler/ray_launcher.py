@@ -16,6 +16,12 @@ Two storage modes (docs/cluster.md):
 
 The Ray job's log is copied into the app's RUN_DIR/stderr.log (after this attempt's marker) every
 settings.ray_log_sync_s and at the end, so the log endpoints and failure tails work as for local jobs.
+
+Tasks (merged export, try-the-adapter: LaunchSpec.module set) go through the same launch/poll/stop/attach
+in shared storage only (app/scheduler/tasks.py decides): the entrypoint runs `python -m <module> RUN_DIR
+<args>` with its stdout and stderr redirected by the entrypoint's shell into the task's own files under
+DATA_DIR (the try's output file, merge.log / try.log), as the local launcher does, so the app reads them
+while the task runs; no attempt marker and no launcher.json (the task's row records the submission id).
 `ray` is imported only when this launcher is built (the optional extra `tuneboard[ray]`).
 """
 
@@ -57,6 +63,7 @@ class RayState:
     log_start: int  # byte offset in RUN_DIR/stderr.log where this attempt's section begins
     attempt: int
     last_log_sync: float = 0.0
+    task_log: Path | None = None  # a task: its own log file, written by the entrypoint itself
 
 
 def make_client(address: str, auth_token: str | None = None) -> Any:
@@ -116,15 +123,26 @@ class RayLauncher:
         """`python -m worker.train RUN_DIR`, each word shell-quoted (Ray runs the entrypoint in a shell)."""
         return " ".join(shlex.quote(part) for part in (self.python, "-m", self.worker_module, run_dir))
 
+    def task_entrypoint(self, spec: LaunchSpec) -> str:
+        """`python -m <module> RUN_DIR <args>` with stdout/stderr appended to the task's files (shared
+        storage: the node writes where the app reads), every word shell-quoted."""
+        words = (self.python, "-m", str(spec.module), str(spec.run_dir), *spec.args)
+        command = " ".join(shlex.quote(part) for part in words)
+        log_path = shlex.quote(str(spec.log_path or RunDir(spec.run_dir).stderr))
+        if spec.stdout_path is not None:
+            return f"{command} >> {shlex.quote(str(spec.stdout_path))} 2>> {log_path}"
+        return f"{command} >> {log_path} 2>&1"
+
     def runtime_env(self, spec: LaunchSpec) -> dict[str, Any]:
         """env_vars for the job: the stop grace and, in remote mode, config.json and job.json themselves."""
         env = {
-            STOP_WAIT_ENV: str(self.settings.ray_stop_wait_s),
+            # a task saves nothing when stopped (the local launcher SIGKILLs it): no grace to wait for
+            STOP_WAIT_ENV: "1" if spec.module is not None else str(self.settings.ray_stop_wait_s),
             "PYTHONUNBUFFERED": "1",
             # dataset.source upload:<id> resolves here (shared storage; remote nodes need hub ids or paths)
             "TUNEBOARD_DATASETS_DIR": str(self.settings.datasets_dir),
         }
-        if self.remote_runs_dir:
+        if self.remote_runs_dir and spec.module is None:
             run = RunDir(spec.run_dir)
             job = json.loads(run.job.read_text(encoding="utf-8"))
             job["upload"] = True  # the worker sends adapter/checkpoints/outcome back to the app
@@ -136,18 +154,28 @@ class RayLauncher:
     # --- the Launcher protocol -------------------------------------------------------------------
 
     def launch(self, spec: LaunchSpec) -> WorkerHandle:
-        """Submit the attempt as a Ray job; raise LaunchError with Ray's reason when it cannot."""
+        """Submit the attempt (or task) as a Ray job; raise LaunchError with Ray's reason when it cannot."""
         run = RunDir(spec.run_dir)
-        submission_id = f"tuneboard-{self._tag}-job{spec.job_id}-a{spec.attempt}-{secrets.token_hex(3)}"
+        is_task = spec.module is not None
         started = time.time()
-        with run.stderr.open("ab") as log_file:
-            log_start = log_file.tell()
-            stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
-            log_file.write(
-                f"{ATTEMPT_MARKER}{spec.attempt} of job {spec.job_id} started {stamp} "
-                f"as Ray job {submission_id} ====\n".encode()
+        metadata = {"tuneboard_job_id": str(spec.job_id), "attempt": str(spec.attempt)}
+        if is_task:
+            submission_id = (
+                f"tuneboard-{self._tag}-job{spec.job_id}-task{spec.task_id}-{secrets.token_hex(3)}"
             )
-        entrypoint = self.entrypoint(self.worker_run_dir(spec.run_dir, spec.job_id))
+            metadata["tuneboard_task_id"] = str(spec.task_id)
+            log_start = 0  # the task's log is its own file: nothing to keep apart
+            entrypoint = self.task_entrypoint(spec)
+        else:
+            submission_id = f"tuneboard-{self._tag}-job{spec.job_id}-a{spec.attempt}-{secrets.token_hex(3)}"
+            with run.stderr.open("ab") as log_file:
+                log_start = log_file.tell()
+                stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
+                log_file.write(
+                    f"{ATTEMPT_MARKER}{spec.attempt} of job {spec.job_id} started {stamp} "
+                    f"as Ray job {submission_id} ====\n".encode()
+                )
+            entrypoint = self.entrypoint(self.worker_run_dir(spec.run_dir, spec.job_id))
         try:
             self.client.submit_job(
                 entrypoint=entrypoint,
@@ -155,7 +183,7 @@ class RayLauncher:
                 runtime_env=self.runtime_env(spec),
                 entrypoint_num_gpus=len(spec.gpus),
                 entrypoint_num_cpus=1,
-                metadata={"tuneboard_job_id": str(spec.job_id), "attempt": str(spec.attempt)},
+                metadata=metadata,
             )
         except LaunchError:
             raise
@@ -164,6 +192,18 @@ class RayLauncher:
                 f"Ray did not accept the job ({type(exc).__name__}: {exc}); check TUNEBOARD_RAY_ADDRESS, "
                 "TUNEBOARD_RAY_AUTH_TOKEN and that the cluster has the GPUs the job asks for"
             ) from exc
+        native = RayState(submission_id=submission_id, log_start=log_start, attempt=spec.attempt)
+        if is_task:
+            native.task_log = spec.log_path or run.stderr
+            log.info("job %s: submitted %s as Ray job %s", spec.job_id, spec.module, submission_id)
+            return WorkerHandle(
+                job_id=spec.job_id,
+                run_dir=spec.run_dir,
+                pid=None,
+                started_at=started,
+                external_id=submission_id,
+                native=native,
+            )
         record = {
             "launcher": self.name,
             "submission_id": submission_id,
@@ -183,7 +223,7 @@ class RayLauncher:
             pid=None,
             started_at=started,
             external_id=submission_id,
-            native=RayState(submission_id=submission_id, log_start=log_start, attempt=spec.attempt),
+            native=native,
         )
 
     def poll(self, handle: WorkerHandle) -> ExitInfo | None:
@@ -200,7 +240,10 @@ class RayLauncher:
             return None
         status = str(getattr(info.status, "value", info.status))
         if status in ("PENDING", "RUNNING"):
-            if time.monotonic() - state.last_log_sync >= self.settings.ray_log_sync_s:
+            if (
+                state.task_log is None
+                and time.monotonic() - state.last_log_sync >= self.settings.ray_log_sync_s
+            ):
                 self._sync_log(handle)
             return None
         self._sync_log(handle, ray_message=info.message if status == "FAILED" else None)
@@ -209,8 +252,8 @@ class RayLauncher:
             return ExitInfo(returncode=0 if code is None else int(code))
         if status == "STOPPED":
             # stop_job: the worker either finished its graceful stop (outcome.json says how) or was
-            # SIGKILLed after RAY_JOB_STOP_WAIT_TIME_S
-            if RunDir(handle.run_dir).outcome.is_file():
+            # SIGKILLed after RAY_JOB_STOP_WAIT_TIME_S (a task saves nothing: it is simply stopped)
+            if state.task_log is None and RunDir(handle.run_dir).outcome.is_file():
                 return ExitInfo()
             return ExitInfo(signal=int(signal.SIGKILL))
         if code is not None:
@@ -239,31 +282,52 @@ class RayLauncher:
         submission_id = str(record.get("submission_id") or "")
         if not submission_id or record.get("attempt") != job.attempt:
             return None
+        return self.attach_submission(
+            job_id=job.id,
+            run_dir=run_dir,
+            submission_id=submission_id,
+            log_start=int(record.get("log_start") or 0),
+            attempt=int(job.attempt or 0),
+        )
+
+    def attach_submission(
+        self,
+        *,
+        job_id: int,
+        run_dir: Path,
+        submission_id: str,
+        log_start: int = 0,
+        attempt: int = 0,
+        task_log: Path | None = None,
+    ) -> WorkerHandle | None:
+        """A handle for Ray job `submission_id` if it is still pending or running, else None (a training
+        attempt's from launcher.json, a task's from its row: then `task_log` is the task's log file)."""
         try:
             raw = self.client.get_job_status(submission_id)
             status = str(getattr(raw, "value", raw))
         except Exception as exc:
-            log.warning("job %s: cannot ask Ray about %s: %s", job.id, submission_id, exc)
+            log.warning("job %s: cannot ask Ray about %s: %s", job_id, submission_id, exc)
             return None
         if status not in ("PENDING", "RUNNING"):
             return None
-        log.info("job %s: re-attached to Ray job %s", job.id, submission_id)
+        log.info("job %s: re-attached to Ray job %s", job_id, submission_id)
         return WorkerHandle(
-            job_id=job.id,
+            job_id=job_id,
             run_dir=run_dir,
             pid=None,
             started_at=time.time(),
             attached=True,
             external_id=submission_id,
             native=RayState(
-                submission_id=submission_id,
-                log_start=int(record.get("log_start") or 0),
-                attempt=int(job.attempt or 0),
+                submission_id=submission_id, log_start=log_start, attempt=attempt, task_log=task_log
             ),
         )
 
     def stderr_tail(self, handle: WorkerHandle) -> str:
         """The bounded tail of this attempt's Ray job log (copied into RUN_DIR/stderr.log first)."""
+        state = _state(handle)
+        if state.task_log is not None:  # written by the task itself; Ray's own words come at the end
+            return read_tail(state.task_log)
         self._sync_log(handle)
         return read_tail(RunDir(handle.run_dir).stderr)
 
@@ -277,7 +341,11 @@ class RayLauncher:
             log.error("job %s: Ray stop_job(%s) failed: %s", handle.job_id, state.submission_id, exc)
 
     def _sync_log(self, handle: WorkerHandle, ray_message: str | None = None) -> None:
-        """Rewrite this attempt's section of RUN_DIR/stderr.log with the Ray job's full log so far."""
+        """Rewrite this attempt's section of RUN_DIR/stderr.log with the Ray job's full log so far.
+
+        A task's process writes its own log; Ray's log of it holds only what the entrypoint's shell or
+        Ray itself said (a redirection that failed, a runtime env that did not set up): that is appended
+        to the task's log once it ended."""
         state = _state(handle)
         state.last_log_sync = time.monotonic()
         try:
@@ -287,6 +355,15 @@ class RayLauncher:
             return
         if ray_message and ray_message.strip() and not text.strip():
             text = f"{ray_message.strip()}\n"  # e.g. runtime env setup failed: the only account there is
+        if state.task_log is not None:
+            if text.strip():
+                try:
+                    with state.task_log.open("ab") as fh:
+                        banner = f"==== what Ray said about Ray job {state.submission_id} ====\n"
+                        fh.write((banner + text).encode("utf-8", errors="replace"))
+                except OSError as exc:
+                    log.warning("job %s: cannot write %s: %s", handle.job_id, state.task_log, exc)
+            return
         path = RunDir(handle.run_dir).stderr
         try:
             with path.open("r+b" if path.exists() else "w+b") as fh:

@@ -32,7 +32,7 @@ from app.scheduler.claim import ClaimedJob, claim_next_job, prepare_run_dir
 from app.scheduler.classify import ProcessStop, StopCause, Verdict, classify_exit, read_outcome
 from app.scheduler.gpus import Slots
 from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
-from app.scheduler.tasks import TaskSupervisor
+from app.scheduler.tasks import TaskSupervisor, task_launcher
 from app.settings import Settings
 from contract.config import ConfigError, stored_config
 from contract.rundir import RunDir
@@ -133,7 +133,12 @@ class Supervisor:
         self.clock = clock
         self._tracked: dict[int, Tracked] = {}
         # merged exports and try-the-adapter runs: placed on the same slots, ticked with the jobs
-        self.tasks = TaskSupervisor(settings=settings, session_factory=session_factory, clock=clock)
+        self.tasks = TaskSupervisor(
+            settings=settings,
+            session_factory=session_factory,
+            launcher=task_launcher(settings, launcher),
+            clock=clock,
+        )
         self._lock = threading.Lock()  # snapshot() reads from the event loop while tick() runs in a thread
         self.last_tick_at: float | None = None
         self.last_error: str | None = None

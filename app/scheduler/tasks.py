@@ -2,20 +2,21 @@
 
 A task is a row in the `task` table (app/tasks/manager.py queues it). Each tick the supervisor claims the
 queued tasks that fit (claim_next_task: the same write-locked slot accounting as training, so a task never
-shares a GPU with a training job), launches `python -m <module> RUN_DIR <args>` through the local launcher
-(argv list, own session, log file, process-group kill), and watches it: a cancel request or its deadline
-kills the group; its exit is classified into the row. After an app restart, reconcile() re-attaches a live
-export (its pid and command line must match the row) or settles the row with a reason.
+shares a GPU with a training job), launches `python -m <module> RUN_DIR <args>` through the configured
+launcher (task_launcher) and watches it: a cancel request or its deadline kills it (the local process group,
+or Ray's stop_job); its exit is classified into the row. After an app restart, reconcile() re-attaches a
+live export (a local one: its pid and command line must match the row; a Ray one: its submission id, in
+task.external_id, must still be pending or running) or settles the row with a reason.
 
-Tasks always run on this machine (the local launcher), also when training goes to Ray: a merged export
-writes RUN_DIR/merged and a try streams its answer through a file the app reads, both local paths.
+With TUNEBOARD_LAUNCHER=ray and shared storage (no ray_remote_runs_dir), tasks are Ray jobs like training
+attempts. With remote storage they stay on this machine (the local launcher): a merged export writes
+RUN_DIR/merged and a try streams its answer through a file the app reads, so both must land in the app's
+DATA_DIR, which a remote node does not see.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -33,9 +34,10 @@ from app.db import immediate_transaction
 from app.jobs.status import ACTIVE, TERMINAL, JobStatus
 from app.models import Task
 from app.scheduler.claim import ClaimedTask, claim_next_task
-from app.scheduler.launcher import ExitInfo, LaunchSpec, WorkerHandle
+from app.scheduler.launcher import ExitInfo, Launcher, LaunchSpec, WorkerHandle
 from app.scheduler.local import LocalLauncher
 from app.scheduler.placement import parse_assigned
+from app.scheduler.ray_launcher import RayLauncher
 from app.settings import Settings
 from contract.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
 
@@ -45,6 +47,27 @@ MAX_TASK_CLAIMS_PER_TICK = 64
 KIND_WORDS = {"try": "a try-the-adapter generation", "merge": "a merged-model export"}
 _PROCESS_WORDS = {"try": "the generation process", "merge": "the export process"}
 _TIMEOUT_SETTING = {"try": "TUNEBOARD_TRY_TIMEOUT_S", "merge": "TUNEBOARD_MERGE_TIMEOUT_S"}
+
+
+def runs_tasks_on_ray(settings: Settings) -> bool:
+    """Whether tasks go to Ray: the Ray launcher with shared storage (a remote node's files never reach
+    the app's DATA_DIR, where an export's merged/ and a try's answer must land)."""
+    return settings.launcher == "ray" and not settings.ray_remote_runs_dir
+
+
+def task_launcher_name(settings: Settings) -> str:
+    """The name of the launcher tasks use with these settings ("ray" or "local")."""
+    return "ray" if runs_tasks_on_ray(settings) else "local"
+
+
+def task_launcher(settings: Settings, training: Launcher | None = None) -> Launcher:
+    """The launcher for tasks: the training launcher when it is Ray with shared storage (`training`, or a
+    new RayLauncher), else a local one."""
+    if runs_tasks_on_ray(settings):
+        if training is not None and isinstance(training, RayLauncher):
+            return training
+        return RayLauncher(settings)
+    return LocalLauncher(python=settings.worker_python)
 
 
 @dataclass
@@ -57,6 +80,7 @@ class TrackedTask:
     gpus: tuple[str, ...]
     deadline: float  # wall clock: killed after this
     input_path: Path | None
+    launcher: Launcher  # the one that launched (or re-attached) it: polls and stops it
     stop_status: JobStatus | None = None  # what the row becomes once the killed process has ended
     stop_reason: str | None = None
 
@@ -113,12 +137,14 @@ class TaskSupervisor:
         *,
         settings: Settings,
         session_factory: sessionmaker[Session],
-        launcher: LocalLauncher | None = None,
+        launcher: Launcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
-        self.launcher = launcher or LocalLauncher(python=settings.worker_python)
+        self.launcher = launcher or task_launcher(settings)
+        # re-attaches to a local task process left by an app that used the local launcher for tasks
+        self._local = self.launcher if isinstance(self.launcher, LocalLauncher) else LocalLauncher()
         self.clock = clock
         self._tracked: dict[int, TrackedTask] = {}
         self._lock = threading.Lock()  # guards _tracked: snapshot() reads it from the event loop
@@ -189,6 +215,7 @@ class TaskSupervisor:
                 "job_id": t.handle.job_id,
                 "kind": t.kind,
                 "pid": t.handle.pid,
+                "external_id": t.handle.external_id,
                 "gpus": list(t.gpus),
                 "reattached": t.handle.attached,
                 "stopping": t.stop_status.value if t.stop_status else None,
@@ -208,6 +235,7 @@ class TaskSupervisor:
             args=claimed.args,
             log_path=claimed.log_path,
             stdout_path=claimed.stdout_path,
+            task_id=claimed.task_id,
         )
         try:
             handle = self.launcher.launch(spec)
@@ -226,6 +254,7 @@ class TaskSupervisor:
             gpus=claimed.gpus,
             deadline=handle.started_at + claimed.timeout_s,
             input_path=self._input_path(claimed.task_id),
+            launcher=self.launcher,
         )
         with self._lock:
             self._tracked[claimed.task_id] = item
@@ -233,6 +262,8 @@ class TaskSupervisor:
             task = session.get(Task, claimed.task_id)
             if task is not None:
                 task.pid = handle.pid
+                task.external_id = handle.external_id
+                task.launcher = self.launcher.name
                 if task.status == JobStatus.STARTING.value:
                     task.status = JobStatus.RUNNING.value
         return True
@@ -245,14 +276,14 @@ class TaskSupervisor:
     # --- watching ------------------------------------------------------------------------------
 
     def _watch_one(self, item: TrackedTask, status: str | None, now: float) -> None:
-        exit_info = self.launcher.poll(item.handle)
+        exit_info = item.launcher.poll(item.handle)
         if exit_info is not None:
             self._finish(item, exit_info)
             with self._lock:
                 self._tracked.pop(item.task_id, None)
             return
         if item.stop_status is not None:
-            self.launcher.kill(item.handle)  # again: SIGKILL cannot be ignored, but a new child may appear
+            item.launcher.kill(item.handle)  # again: SIGKILL cannot be ignored, but a new child may appear
             return
         if status is None or status == JobStatus.CANCELLING.value or JobStatus(status) in TERMINAL:
             # nothing is saved by a task midway: a cancelled one is killed at once
@@ -270,9 +301,10 @@ class TaskSupervisor:
             self._stop(item, JobStatus.FAILED, reason)
 
     def _stop(self, item: TrackedTask, status: JobStatus, reason: str) -> None:
-        log.info("task %s: killing pid %s (%s)", item.task_id, item.handle.pid, reason)
+        where = f"Ray job {item.handle.external_id}" if item.handle.external_id else f"pid {item.handle.pid}"
+        log.info("task %s: killing %s (%s)", item.task_id, where, reason)
         item.stop_status, item.stop_reason = status, reason
-        self.launcher.kill(item.handle)
+        item.launcher.kill(item.handle)
 
     def _finish(self, item: TrackedTask, exit_info: ExitInfo) -> None:
         """Classify an ended task process into its row (and, for an export, into merge.json)."""
@@ -343,17 +375,17 @@ class TaskSupervisor:
             run_dir = Path(task.run_dir)
             if task.kind == "try":
                 # its answer went to a client of the app that stopped: nobody reads it any more
-                proc = self._find_process(task, run_dir)
-                if proc is not None:
-                    _kill_group(proc)
+                found = self._find_live(task, run_dir)
+                if found is not None:
+                    found[0].kill(found[1])
                 _settle_row(task, JobStatus.CANCELLED, "the app restarted while it ran; ask again", None)
                 _remove(task.input_path, task.output_path)
                 return "cancelled"
             if task.status == JobStatus.QUEUED.value:
                 return "queued"  # still waits for its slot; the loop places it
-            proc = self._find_process(task, run_dir)
-            if proc is not None:
-                self._adopt(task, proc)
+            found = self._find_live(task, run_dir)
+            if found is not None:
+                self._adopt(task, *found)
                 return "reattached"
             if task.kind == "merge" and merge_succeeded(run_dir):
                 _settle_row(task, JobStatus.SUCCEEDED, None, None)
@@ -374,29 +406,49 @@ class TaskSupervisor:
             log.warning("task %s (%s): %s", task.id, task.kind, reason)
             return "lost"
 
-    def _find_process(self, task: Task, run_dir: Path) -> psutil.Process | None:
+    def _find_live(self, task: Task, run_dir: Path) -> tuple[Launcher, WorkerHandle] | None:
+        """The task's process if it still runs, with the launcher that watches it: a Ray job by its
+        submission id, a local process by its pid and command line."""
+        if task.launcher == "ray":
+            if not task.external_id:
+                return None  # the app stopped before Ray accepted it (or before the id was recorded)
+            ray = self.launcher if isinstance(self.launcher, RayLauncher) else None
+            if ray is None:
+                if not self.settings.ray_address:
+                    log.warning(
+                        "task %s: ran as Ray job %s, but Ray is not configured now", task.id, task.external_id
+                    )
+                    return None
+                ray = RayLauncher(self.settings)
+            handle = ray.attach_submission(
+                job_id=task.job_id,
+                run_dir=run_dir,
+                submission_id=task.external_id,
+                task_log=Path(task.log_path),
+            )
+            return None if handle is None else (ray, handle)
         candidates: list[Any] = [task.pid]
         if task.kind == "merge":  # the export writes its own pid: covers an app that died before recording it
             candidates.append((read_merge_status(run_dir) or {}).get("pid"))
         for pid in candidates:
             proc = task_process(pid, task.module, run_dir)
             if proc is not None:
-                return proc
+                handle = WorkerHandle(
+                    job_id=task.job_id,
+                    run_dir=run_dir,
+                    pid=proc.pid,
+                    started_at=self.clock(),
+                    attached=True,
+                    native=proc,
+                )
+                return self._local, handle
         return None
 
-    def _adopt(self, task: Task, proc: psutil.Process) -> None:
-        task.pid = proc.pid
+    def _adopt(self, task: Task, launcher: Launcher, handle: WorkerHandle) -> None:
+        task.pid = handle.pid
         if task.status == JobStatus.STARTING.value:
             task.status = JobStatus.RUNNING.value
         began = _utc(task.started_at) or self.clock()
-        handle = WorkerHandle(
-            job_id=task.job_id,
-            run_dir=Path(task.run_dir),
-            pid=proc.pid,
-            started_at=self.clock(),
-            attached=True,
-            native=proc,
-        )
         item = TrackedTask(
             task_id=task.id,
             kind=task.kind,
@@ -404,21 +456,12 @@ class TaskSupervisor:
             gpus=parse_assigned(task.assigned_gpus),
             deadline=began + task.timeout_s,
             input_path=Path(task.input_path) if task.input_path else None,
+            launcher=launcher,
         )
         with self._lock:
             self._tracked[task.id] = item
-        log.info("task %s (%s): re-attached to running pid %s", task.id, task.kind, proc.pid)
-
-
-def _kill_group(proc: psutil.Process) -> None:
-    """SIGKILL a task's process group (it leads its own session), or the process alone."""
-    try:
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    except (ProcessLookupError, PermissionError, psutil.Error):
-        pass
+        where = f"Ray job {handle.external_id}" if handle.external_id else f"pid {handle.pid}"
+        log.info("task %s (%s): re-attached to running %s", task.id, task.kind, where)
 
 
 def _remove(*paths: str | None) -> None:

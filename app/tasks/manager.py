@@ -2,10 +2,11 @@
 
 A task is a row in the `task` table; the scheduler (app/scheduler/tasks.py) places it on the machine's
 slots with the training jobs (a task that asks for a GPU waits for one no job holds), launches it with the
-local launcher and watches it, and after an app restart re-attaches a live export. This module only queues
-tasks, reads their rows and cancels a try whose client left; streaming a try's answer from the file its
-process writes is app/tasks/try_stream.py, reading an export's progress app/tasks/merge_status.py. The one
-thing kept in memory is a request's reservation between its checks and its row.
+configured launcher (Ray with shared storage, else local) and watches it, and after an app restart
+re-attaches a live export. This module only queues tasks, reads their rows and cancels a try whose client
+left; streaming a try's answer from the file its process writes is app/tasks/try_stream.py, reading an
+export's progress app/tasks/merge_status.py. The one thing kept in memory is a request's reservation
+between its checks and its row.
 
 With no scheduler in this app (TUNEBOARD_SCHEDULER_ENABLED=false) the manager ticks a TaskSupervisor of
 its own while tasks are in flight: the same placement, launcher and watching, just driven from here. In a
@@ -41,7 +42,7 @@ from app.jobs.status import ACTIVE, TERMINAL, JobStatus
 from app.models import Task
 from app.scheduler.local import child_env
 from app.scheduler.placement import parse_assigned
-from app.scheduler.tasks import KIND_WORDS, TaskSupervisor
+from app.scheduler.tasks import KIND_WORDS, TaskSupervisor, task_launcher_name
 from app.settings import Settings
 from app.tasks import try_stream
 from app.tasks.merge_status import MERGE_MODULE, merge_status
@@ -223,7 +224,7 @@ class TaskManager:
             status=JobStatus.QUEUED.value,
             run_dir=str(run_dir),
             gpus_requested=1 if parse_assigned(self.settings.task_gpus) else 0,
-            launcher="local",
+            launcher=task_launcher_name(self.settings),  # the supervisor records the one it used
             **fields,
         )
         if session is not None:

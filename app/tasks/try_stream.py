@@ -111,7 +111,9 @@ async def _stream(
                 yield {"error": "the generation task was removed (its job was deleted)"}
                 return
             status, pid, exit_code = row
-            if pid is not None and deadline is None:
+            # launched: a local process has a pid; a Ray job has none here, its row says running
+            launched = pid is not None or status in (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+            if launched and deadline is None:
                 claim.pid = pid
                 deadline = now + claim.timeout_s
         if deadline is None and JobStatus(status) not in TERMINAL:

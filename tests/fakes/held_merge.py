@@ -2,11 +2,12 @@
 
 Says "running" in RUN_DIR/merge.json with its pid (as the real export does), then waits for RUN_DIR/release
 to appear; then writes RUN_DIR/merged/, says "succeeded" and exits 0. Tests use it to hold a merge open
-across an app restart.
+across an app restart. It notes the GPUs it was given in RUN_DIR/held-merge-env.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -16,6 +17,8 @@ from contract.tasks import MERGED_DIR, write_merge_status
 
 if __name__ == "__main__":
     run_dir = Path(sys.argv[1])
+    gpus = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    (run_dir / "held-merge-env.json").write_text(json.dumps(gpus), encoding="utf-8")
     write_merge_status(run_dir, state="running", stage="merging", progress=0.5, message="", pid=os.getpid())
     deadline = time.monotonic() + 120  # never outlive a test run by much
     while not (run_dir / "release").exists():

@@ -25,16 +25,23 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.main import create_app
+from app.models import Task
 from app.scheduler.launcher import LaunchSpec
+from app.scheduler.local import LocalLauncher
 from app.scheduler.ray_launcher import RayLauncher
 from app.scheduler.runner import make_launcher
+from app.scheduler.tasks import task_launcher
 from app.settings import Settings
+from app.tasks.manager import TaskManager
 from contract.protocol import read_spool
 from tests.app.conftest import serving
 from tests.app.conftest import wait_job as wait_app_job
 from tests.app.scheduler.conftest import REPO_ROOT, unused_port
+from tests.app.scheduler.test_tasks import HELD_MERGE, finished_job
 from tests.waiting import wait_until
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
 
@@ -280,6 +287,77 @@ def test_the_real_worker_trains_on_two_gpus_of_a_remote_ray_node_and_its_adapter
     assert [e["payload"]["status"] for e in node_events if e["kind"] == "status"] == ["running"]
     assert json.loads((app_run / "outcome.json").read_text())["status"] == "succeeded"
     assert not (app_run / "events.jsonl").exists()  # the spool stayed on the node; events came over HTTP
+
+
+def test_a_merged_export_runs_as_a_ray_job_on_its_gpu_and_succeeds(
+    ray_settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    ray_settings.task_gpus = "0"  # the task holds a GPU: its Ray job asks Ray for one
+    run_dir = tmp_path / "run"
+    job_id = finished_job(session_factory, run_dir)
+    (run_dir / "release").touch()  # the held stand-in finishes as soon as it has started
+    app = create_app(ray_settings)
+    manager = TaskManager(ray_settings)
+    manager.merge_module = HELD_MERGE
+    app.state.tasks = manager
+    with serving(app, ray_settings.port), httpx.Client(base_url=ray_settings.app_url, timeout=10) as client:
+        assert client.post(f"/api/jobs/{job_id}/export-merged").status_code == 202
+        done = wait_until(
+            lambda: client.get(f"/api/jobs/{job_id}/export-merged").json(),
+            40,
+            "the merge to finish through Ray",
+            interval=0.2,
+            until=lambda status: status["state"] not in ("starting", "running"),
+        )
+        assert done["state"] == "succeeded", done
+    with session_factory() as session:
+        task = session.scalars(select(Task).where(Task.job_id == job_id)).one()
+    assert (task.status, task.launcher, task.pid) == ("succeeded", "ray", None), task.failure_reason
+    assert task.external_id is not None and task.external_id.startswith("tuneboard-")
+    info = RayLauncher(ray_settings).client.get_job_info(task.external_id)
+    assert str(getattr(info.status, "value", info.status)) == "SUCCEEDED"
+    assert info.metadata["tuneboard_task_id"] == str(task.id)
+    gpus = json.loads((run_dir / "held-merge-env.json").read_text())["CUDA_VISIBLE_DEVICES"]
+    assert gpus in ("0", "1")  # Ray gave the entrypoint one (fake) GPU
+    assert HELD_MERGE in info.entrypoint and str(run_dir) in info.entrypoint
+    assert (run_dir / "merged").is_dir()
+    assert task.input_path is not None and not Path(task.input_path).exists()  # cleaned up afterwards
+
+
+def test_tasks_stay_local_when_ray_nodes_do_not_share_the_data_dir(settings: Settings) -> None:
+    settings.launcher = "ray"
+    settings.ray_address = "http://ray-head:8265"
+    assert isinstance(task_launcher(settings), RayLauncher)  # shared storage: tasks are Ray jobs too
+    settings.ray_remote_runs_dir = "/scratch/runs"
+    assert isinstance(task_launcher(settings), LocalLauncher)  # the output must land in DATA_DIR
+
+
+def test_a_task_entrypoint_sends_its_output_to_the_task_s_files(settings: Settings, tmp_path: Path) -> None:
+    settings.ray_address = "http://ray-head:8265"
+    spec = LaunchSpec(
+        job_id=3,
+        run_dir=tmp_path / "run dir",
+        gpus=(),
+        attempt=1,
+        module="worker.tasks.generate",
+        args=("--config", "/data/tmp/try config.json"),
+        log_path=tmp_path / "run dir" / "try.log",
+        stdout_path=tmp_path / "out; rm -rf x",
+        task_id=9,
+    )
+    words = shlex.split(RayLauncher(settings).task_entrypoint(spec))
+    assert words == [
+        settings.ray_worker_python,
+        "-m",
+        "worker.tasks.generate",
+        str(tmp_path / "run dir"),
+        "--config",
+        "/data/tmp/try config.json",
+        ">>",
+        str(tmp_path / "out; rm -rf x"),
+        "2>>",
+        str(tmp_path / "run dir" / "try.log"),
+    ]
 
 
 def test_the_entrypoint_quotes_every_word_so_ray_s_shell_runs_exactly_the_worker(settings: Settings) -> None:
