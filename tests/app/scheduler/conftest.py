@@ -35,6 +35,19 @@ def unused_port() -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_unused_ports(count: int) -> list[int]:
+    """`count` different loopback ports nothing listens on (sockets held open together while choosing, so
+    the kernel cannot hand the same port out twice, as separate unused_port() calls may)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Two fake GPUs and one CPU slot; the fake trainer as worker; a 1 s cancel grace."""

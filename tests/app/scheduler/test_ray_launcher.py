@@ -40,7 +40,7 @@ from app.tasks.manager import TaskManager
 from contract.protocol import read_spool
 from tests.app.conftest import serving
 from tests.app.conftest import wait_job as wait_app_job
-from tests.app.scheduler.conftest import REPO_ROOT, unused_port
+from tests.app.scheduler.conftest import REPO_ROOT, distinct_unused_ports
 from tests.app.scheduler.test_tasks import HELD_MERGE, finished_job
 from tests.waiting import wait_until
 from tests.worker.training_runs import PRESET_CACHE, demo_dict
@@ -84,7 +84,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     """`ray start --head` with 2 CPUs and 2 fake GPUs on loopback, token auth on; stopped afterwards."""
     temp = tmp_path_factory.mktemp("ray")
     token = secrets.token_hex(16)
-    dashboard_port = unused_port()
+    # Ray refuses to start when two of its components are given the same port
+    gcs_port, dashboard_port, agent_port, client_port = distinct_unused_ports(4)
     env = dict(os.environ)
     env.update(
         {
@@ -105,11 +106,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         "--num-cpus=2",
         "--num-gpus=2",
         "--node-ip-address=127.0.0.1",
-        f"--port={unused_port()}",
+        f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
-        f"--dashboard-agent-listen-port={unused_port()}",
-        f"--ray-client-server-port={unused_port()}",
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--ray-client-server-port={client_port}",
         "--include-dashboard=true",
         "--disable-usage-stats",
         f"--temp-dir={temp}",
