@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from app.scheduler.tasks import task_process
 from contract.tasks import MERGED_DIR, read_merge_status, write_merge_status
 
 MERGE_MODULE = "worker.tasks.merge"
@@ -68,12 +67,4 @@ def merge_status(run_dir: Path | None, *, active: bool | None = None) -> dict[st
 
 def _is_merge_process(pid: Any, run_dir: Path) -> bool:
     """Whether `pid` is alive and is a merge task for `run_dir` (guards against pid reuse)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        argv = proc.cmdline()
-        alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return alive and MERGE_MODULE in argv and str(run_dir) in argv
+    return task_process(pid, MERGE_MODULE, run_dir) is not None

@@ -46,7 +46,7 @@ def _left_on_disk(settings: Settings) -> list[str]:
 
 
 def _parts_received(settings: Settings) -> int:
-    """Uploads the app is holding: each streams into DATA_DIR/tmp/upload-*.part until it is stored."""
+    """Uploads the app is holding: each streams into an upload-*.part file in the data dir's tmp folder."""
     tmp = settings.data_dir / "tmp"
     return len(list(tmp.glob("upload-*.part"))) if tmp.exists() else 0
 
