@@ -131,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Launch, watch and compare QLoRA fine-tunes.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # app/api_docs.py serves /docs from vendored assets (FastAPI's loads a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings or Settings()
     app.state.scheduler = None
@@ -143,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(jobs_router)
     app.include_router(metrics_router)
+    from app.api_docs import router as api_docs_router
+
+    app.include_router(api_docs_router)
     # --- pages router (ui helper) ---
     from app.jobs.pages import router as pages_router
 
