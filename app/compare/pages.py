@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.compare import service
+from app.compare.labels import distinguishing_labels
 from app.compare.service import CompareError
 from app.deps import SessionDep
 from app.models import Job
@@ -87,13 +88,22 @@ def compare_context(
         )  # a shared link to a metric nobody has yet: show "no data", not an error
     chosen_x = x if x in service.X_AXES else "step"
     rows = service.compare_rows(session, jobs)
+    table = service.config_table(jobs)
+    differing_list = service.differing_keys(table)
+    differing = set(differing_list)
+    distinct = distinguishing_labels(table, differing_list)
     runs = []
     for i, row in enumerate(rows):
         keys = set(keys_by_job[row["id"]])
         has_x = chosen_x == "step" or chosen_x in keys
-        runs.append({**row, **run_style(i), "has_metric": chosen_metric in keys and has_x})
-    table = service.config_table(jobs)
-    differing = set(service.differing_keys(table))
+        runs.append(
+            {
+                **row,
+                **run_style(i),
+                "has_metric": chosen_metric in keys and has_x,
+                "distinct": distinct.get(row["id"], ""),
+            }
+        )
     config_rows = [
         {"key": key, "values": [values[i] for i in ids], "differs": key in differing}
         for key, values in table.items()
@@ -129,7 +139,14 @@ def compare_context(
             "x": chosen_x,
             "stream": stream,
             "runs": [
-                {"id": r["id"], "name": r["name"], "colour": r["colour"], "dash": r["dash"]} for r in runs
+                {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "distinct": r["distinct"],
+                    "colour": r["colour"],
+                    "dash": r["dash"],
+                }
+                for r in runs
             ],
         },
     }

@@ -325,3 +325,24 @@ def test_compare_pages_answer_quickly_enough_for_eight_long_runs(
     assert r.status_code == 200
     assert all(len(points) <= 500 for points in r.json()["series"]["loss"].values())
     assert elapsed < 3.0, f"compare of 8 × 1200 points took {elapsed:.2f}s"
+
+
+def test_distinguishing_labels_name_only_what_differs() -> None:
+    from app.compare.labels import distinguishing_labels
+
+    table = {
+        "name": {1: "sweep · a", 2: "sweep · b"},
+        "training.learning_rate": {1: 0.0002, 2: 0.0005},
+        "lora.r": {1: 8, 2: 8},
+        "lora.alpha": {1: 16, 2: 32},
+        "dataset.max_seq_len": {1: 256, 2: 256},
+    }
+    differing = ["name", "training.learning_rate", "lora.alpha"]
+    assert distinguishing_labels(table, differing) == {
+        1: "learning_rate=0.0002 · alpha=16",
+        2: "learning_rate=0.0005 · alpha=32",
+    }
+    # two keys with the same last part keep enough of their path to differ; more than three: "+N more"
+    clash = {"a.r": {1: 1, 2: 2}, "b.r": {1: 3, 2: 4}, "c": {1: 5, 2: 6}, "d": {1: 7, 2: 8}}
+    assert distinguishing_labels(clash, list(clash))[1] == "a.r=1 · b.r=3 · c=5 · +1 more"
+    assert distinguishing_labels(table, ["name"]) == {1: "", 2: ""}
