@@ -46,9 +46,14 @@ def create_job(
     group_id: str | None = None,
 ) -> Job:
     """Add a queued job for a validated config."""
-    from app.datasets.sources import check_job_source  # a local dataset file must be one jobs may read
+    from app.datasets.sources import SETTINGS_KEY, check_job_source  # a local dataset file jobs may read
+    from app.jobs.model_check import check_job_model
+    from app.settings import Settings
 
     check_job_source(session, config)
+    settings = session.info.get(SETTINGS_KEY)
+    if isinstance(settings, Settings):
+        check_job_model(settings, config)  # a hub id the Hub says does not exist: refused now, not 17 s later
     now = utcnow()
     job = Job(
         name=config.name,
