@@ -8,6 +8,26 @@ from typing import Any
 LISTED_EVENT_KINDS = ("status", "log", "preflight", "checkpoint", "guard", "artifact")
 MARKER_EVENT_KINDS = ("guard", "preflight", "checkpoint")
 DETAIL_EVENT_LIMIT = 300
+WRAPPER_NAMES = frozenset({"model", "language_model", "base_model"})  # say nothing in a module's name
+KEPT_NAMES_SHOWN = 6  # a preflight event names this many kept modules, then "and N more"
+
+
+def readable_module(pattern: str) -> str:
+    """A skip pattern as a module family: `model\\.language_model\\.layers\\.\\d+\\.altup\\.modality_router`
+    reads "layers.N.altup", `.*\\.altup\\.` reads "altup", `^lm_head$` reads "lm_head"."""
+    text = pattern.strip("^$").replace("\\d+", "N").replace("\\.", ".").replace(".*", "").replace("\\", "")
+    parts = [p for p in text.strip(".").split(".") if p and p not in WRAPPER_NAMES]
+    if "N" in parts:  # one family per repeated block: what is kept in every layer
+        parts = parts[: parts.index("N") + 2]
+    return ".".join(parts) or pattern
+
+
+def kept_summary(kept: list[Any]) -> str:
+    """The modules preflight kept in full precision, readable and short (one line in the events table)."""
+    names = list(dict.fromkeys(readable_module(str(k)) for k in kept))
+    shown = ", ".join(names[:KEPT_NAMES_SHOWN])
+    more = f" and {len(names) - KEPT_NAMES_SHOWN} more" if len(names) > KEPT_NAMES_SHOWN else ""
+    return shown + more
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -21,7 +41,7 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "preflight":
         verdict = "passed" if p.get("ok") else "found problems"
         kept = p.get("kept_in_full_precision") or []
-        extra = f" (kept in full precision: {', '.join(map(str, kept))})" if kept else ""
+        extra = f" (kept in full precision: {kept_summary(kept)})" if kept else ""
         return f"preflight {verdict}: {p.get('summary', '')}{extra}"
     if kind == "checkpoint":
         return f"checkpoint saved at step {p.get('step', event.get('step'))}: {p.get('path', '')}"
