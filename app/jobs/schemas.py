@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.auth.redact import redact_data, redact_secrets
-from app.jobs.status import JobStatus
+from app.jobs.status import TERMINAL, JobStatus
 from app.models import Job
 
 
@@ -34,6 +34,7 @@ class JobSummary(BaseModel):
     tokens_per_second: float | None
     peak_vram_gb: float | None
     eta_seconds: float | None
+    duration_seconds: float | None
     failure_reason: str | None
     exit_code: int | None
     assigned_gpus: str | None
@@ -82,6 +83,19 @@ def job_progress(job: Job) -> float | None:
     return max(0.0, min(1.0, (job.last_step or 0) / job.total_steps))
 
 
+def job_duration(job: Job, now: datetime | None = None) -> float | None:
+    """Seconds from the start to the finish, or to now while it runs; None before it starts."""
+    start = as_utc(job.running_at) or as_utc(job.starting_at)
+    if start is None:
+        return None
+    end = as_utc(job.finished_at)
+    if end is None:
+        if job.status in TERMINAL:
+            return None
+        end = now or datetime.now(UTC)
+    return round(max(0.0, (end - start).total_seconds()), 1)
+
+
 def job_summary(job: Job) -> dict[str, Any]:
     """The JSON-ready summary of `job` (datetimes as ISO strings)."""
     return {
@@ -104,6 +118,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "tokens_per_second": job.tokens_per_second,
         "peak_vram_gb": job.peak_vram_gb,
         "eta_seconds": job.eta_seconds,
+        "duration_seconds": job_duration(job),
         "failure_reason": redact_secrets(job.failure_reason),
         "exit_code": job.exit_code,
         "assigned_gpus": job.assigned_gpus,
