@@ -48,6 +48,14 @@ class Settings(BaseSettings):
         description="Module run as `python -m MODULE RUN_DIR` for each job (tests use a fake).",
     )
 
+    # a POST to this URL when a job ends (app/scheduler/webhook.py); set by the operator, never by a job
+    webhook_url: str | None = Field(
+        None, description="http(s) URL that gets a JSON POST when a job succeeds, fails or is cancelled."
+    )
+    webhook_secret: str | None = Field(
+        None, description="Signs each webhook body: X-Tuneboard-Signature: sha256=HMAC(secret, body)."
+    )
+
     # Ray launcher (TUNEBOARD_LAUNCHER=ray; docs/cluster.md)
     ray_address: str | None = Field(
         None, description="Ray dashboard (Jobs API) URL, e.g. http://ray-head:8265 (launcher ray)."
@@ -140,6 +148,15 @@ class Settings(BaseSettings):
             value = value.split(",")
         if isinstance(value, list | tuple):
             return [str(v).strip().lower() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("TUNEBOARD_WEBHOOK_URL must be an http:// or https:// URL")
         return value
 
     @model_validator(mode="after")

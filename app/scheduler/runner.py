@@ -23,6 +23,7 @@ from app.scheduler.launcher import Launcher
 from app.scheduler.local import LocalLauncher
 from app.scheduler.reconcile import reconcile
 from app.scheduler.supervisor import Supervisor
+from app.scheduler.webhook import FinishWebhook
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class Scheduler:
         self.tasks_reconciled: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
+        # job endings POSTed to the operator's webhook (app/scheduler/webhook.py), by the active one only
+        self.webhook = FinishWebhook(settings, session_factory) if settings.webhook_url else None
+        self._webhook_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -125,6 +129,10 @@ class Scheduler:
             )
         self._stop_requested = asyncio.Event()
         self._task = asyncio.create_task(self._loop(self._stop_requested), name="tuneboard-scheduler")
+        if self.webhook is not None:
+            self._webhook_task = asyncio.create_task(
+                self._webhook_loop(self.webhook, self._stop_requested), name="tuneboard-webhook"
+            )
 
     async def stop(self) -> None:
         """Finish the current tick and end the loop; training processes keep running."""
@@ -133,8 +141,11 @@ class Scheduler:
         self._stop_requested.set()
         try:
             await self._task
+            if self._webhook_task is not None:
+                await self._webhook_task
         finally:
             self._task = None
+            self._webhook_task = None
             self.lock.release()
         owned = self.supervisor.owned_job_ids()
         tasks = self.supervisor.tasks.owned_task_ids()
@@ -167,6 +178,21 @@ class Scheduler:
         )
         # exports and tries the previous owner ran: re-attach live exports, settle the rest
         self.tasks_reconciled = await asyncio.to_thread(self.supervisor.tasks.reconcile)
+
+    async def _webhook_loop(self, webhook: FinishWebhook, stop_requested: asyncio.Event) -> None:
+        """Its own task: a slow receiver (retries wait up to ~20 s) never delays a scheduler tick."""
+        interval = max(1.0, self.settings.scheduler_interval_s)
+        while not stop_requested.is_set():
+            if self.active:
+                try:
+                    await asyncio.to_thread(webhook.tick)
+                except Exception:  # noqa: BLE001 - a database hiccup: the next pass retries from the mark
+                    log.exception("webhook: a pass failed; retrying")
+            try:
+                async with asyncio.timeout(interval):
+                    await stop_requested.wait()
+            except TimeoutError:
+                pass
 
     async def _loop(self, stop_requested: asyncio.Event) -> None:
         interval = self.settings.scheduler_interval_s
