@@ -223,6 +223,8 @@
       drawQueued = true;
       requestAnimationFrame(draw);
     }
+    // a new colour theme (static/js/theme.js): build the chart again in its colours
+    document.addEventListener("tuneboard:theme", () => { plotKey = ""; scheduleDraw(); });
 
     function addMetricOption(key) {
       if (!metricPicker || Array.from(metricPicker.options).some((o) => o.value === key)) return;

@@ -358,6 +358,9 @@
       charts.set(spec.id, { spec, el, plot: null, keys: [], log: false });
     });
 
+    // a new colour theme (static/js/theme.js): build the charts again in its colours
+    document.addEventListener("tuneboard:theme", () => charts.forEach((c) => { if (c.plot) buildPlot(c, c.keys); }));
+
     document.querySelectorAll("[data-log-toggle]").forEach((box) => {
       box.addEventListener("change", () => {
         const c = charts.get(box.dataset.logToggle);
@@ -403,7 +406,8 @@
           if (r.ok) {
             const pre = document.getElementById("logs");
             const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
-            const text = (await r.json()).stderr_tail || "No output yet.";
+            const logs = await r.json();  // the run's own log once it exists, else the raw process output
+            const text = logs.log_tail || logs.stderr_tail || "No output yet.";
             if (pre.textContent !== text) {
               pre.textContent = text;
               if (atBottom) pre.scrollTop = pre.scrollHeight;
