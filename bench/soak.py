@@ -70,6 +70,7 @@ class SoakReport:
     errors: list[str] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
+    app_cpu_pct: float = 0.0  # the app process's CPU (user + system) over the run, % of one core
     runtime_after: dict[str, Any] = field(default_factory=dict)
     runtime_before: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +107,7 @@ class SoakReport:
             f"{self.points_not_delivered} missed, {self.viewers_not_ended} viewers without `end`",
             f"  SSE messages received: {self.sse_messages}; reconnects: {self.reconnects}; "
             f"errors: {len(self.errors)}" + (f" e.g. {self.errors[:3]}" if self.errors else ""),
+            f"  app CPU over the run: {self.app_cpu_pct:.0f}% of one core",
             "  delivery latency (worker → viewer) ms: "
             + ", ".join(f"{k} {v:.0f}" for k, v in self.latency_ms.items()),
             f"  app RSS MB: start {rss[0]:.1f}, peak {max(rss):.1f}, end {rss[-1]:.1f}; "
@@ -169,12 +171,15 @@ def _handle(viewer: Viewer, event: str, data: str) -> None:
 async def _sample_memory(app: AppProcess, report: SoakReport, started: float, stop: asyncio.Event) -> None:
     assert app.proc is not None
     proc = psutil.Process(app.proc.pid)
+    cpu_start, wall_start = sum(proc.cpu_times()[:2]), time.monotonic()
     while not stop.is_set():
         report.rss_mb.append((time.monotonic() - started, proc.memory_info().rss / MB))
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         except TimeoutError:
             pass
+    cpu = sum(proc.cpu_times()[:2]) - cpu_start
+    report.app_cpu_pct = 100.0 * cpu / max(1e-9, time.monotonic() - wall_start)
 
 
 async def _drive(app: AppProcess, report: SoakReport, job_ids: list[int]) -> list[Viewer]:
@@ -187,6 +192,8 @@ async def _drive(app: AppProcess, report: SoakReport, job_ids: list[int]) -> lis
     timeout = httpx.Timeout(30.0, read=60.0)
     async with httpx.AsyncClient(base_url=app.url, limits=limits, timeout=timeout) as client:
         await asyncio.gather(*(_follow(client, v, deadline) for v in viewers))
+        if not viewers:  # the no-viewer baseline: the CPU of ingest alone over the jobs' run
+            await asyncio.sleep(report.duration_s)
     stop.set()
     await sampler
     return viewers

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.jobs.schemas import job_summary
 from app.jobs.status import TERMINAL
 from app.metrics.queries import raw_points, series
-from app.models import Job, JobEvent, MetricPoint
+from app.models import Job, JobEvent, MetricSeries
 from contract.config import field_paths
 from contract.metrics import X_AXIS_KEYS
 
@@ -33,7 +33,7 @@ X_AXES = ("step", *X_AXIS_KEYS)
 DEFAULT_METRIC = "loss"
 DEFAULT_MAX_POINTS = 1000
 
-_metric = MetricPoint.__table__
+_series = MetricSeries.__table__
 _event = JobEvent.__table__
 
 
@@ -169,10 +169,9 @@ def run_stats(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, A
     stats: dict[int, dict[str, Any]] = {i: {"best_loss": None, "guard_events": 0} for i in job_ids}
     if not job_ids:
         return stats
-    best = (
-        select(_metric.c.job_id, func.min(_metric.c.value))
-        .where(_metric.c.job_id.in_(list(job_ids)), _metric.c.key == "loss", _metric.c.value.is_not(None))
-        .group_by(_metric.c.job_id)
+    # the per-series summary ingest keeps (its lowest finite value), not a scan of every loss point
+    best = select(_series.c.job_id, _series.c.min_value).where(
+        _series.c.job_id.in_(list(job_ids)), _series.c.key == "loss", _series.c.min_value.is_not(None)
     )
     for job_id, value in session.execute(best):
         stats[job_id]["best_loss"] = value
@@ -212,10 +211,9 @@ def metric_keys(session: Session, job_ids: Sequence[int]) -> dict[int, list[str]
     if not job_ids:
         return keys
     stmt = (
-        select(_metric.c.job_id, _metric.c.key)
-        .where(_metric.c.job_id.in_(list(job_ids)))
-        .distinct()
-        .order_by(_metric.c.job_id, _metric.c.key)
+        select(_series.c.job_id, _series.c.key)
+        .where(_series.c.job_id.in_(list(job_ids)))
+        .order_by(_series.c.job_id, _series.c.key)
     )
     for job_id, key in session.execute(stmt):
         keys[job_id].append(key)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.deps import JobDep, SeqCursor, SessionDep, SettingsDep, StepCursor, get_session_factory
+from app.deps import INT32_MAX, JobDep, SeqCursor, SessionDep, SettingsDep, StepCursor, get_session_factory
 from app.http import read_body_limited
+from app.jobs.service import JobNotFound, get_job
 from app.metrics import queries
+from app.metrics.hub import job_event_stream, jobs_list_stream
 from app.metrics.ingest import (
     IngestError,
+    ParsedEvent,
     authorize,
     check_accepting,
     decode_batch,
-    ingest_events,
     parse_batch,
 )
-from app.metrics.stream import job_event_stream, jobs_list_stream
-from app.models import Job
+from app.metrics.writer import writer_for
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 
@@ -33,32 +37,32 @@ def _csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-def ingesting_job(
-    job: JobDep, session: SessionDep, authorization: Annotated[str | None, Header()] = None
-) -> Job:
-    """The path's job once the bearer token is its own (401/403) and its worker may still write (409)."""
+def _check_ingest(factory: sessionmaker[Session], job_id: int, authorization: str | None) -> None:
+    """404 for an unknown job, 401/403 unless the bearer token is its own, 409 once it may not write.
+
+    A short read-only session (no write lock): checked again by the writer inside its transaction.
+    """
+    with factory() as session:
+        try:
+            job = get_job(session, job_id)
+        except JobNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        try:
+            authorize(session, job=job, authorization=authorization)
+            check_accepting(job)
+        except IngestError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+            raise HTTPException(exc.status_code, exc.detail, headers=headers) from None
+
+
+def _parse(body: bytes, max_events: int) -> list[ParsedEvent]:
     try:
-        authorize(session, job=job, authorization=authorization)
-        # the row, locked: a batch and the supervisor's final status never interleave (PostgreSQL; on
-        # SQLite the request's write transaction already holds the lock)
-        session.refresh(job, with_for_update=True)
-        check_accepting(job)
-    except IngestError as exc:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        raise HTTPException(exc.status_code, exc.detail, headers=headers) from None
-    return job
-
-
-IngestingJob = Annotated[Job, Depends(ingesting_job)]
-
-
-async def events_body(request: Request, settings: SettingsDep, job: IngestingJob) -> bytes:
-    """The raw ingest body, capped in bytes (413 beyond); read only after the token was accepted."""
-    limit = settings.max_events_per_batch * _BYTES_PER_EVENT
-    return await read_body_limited(request, limit, "the event batch")
-
-
-EventsBody = Annotated[bytes, Depends(events_body)]
+        data = decode_batch(body) if body.strip() else {"events": []}
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 5000-digit ints, deep nesting
+        raise IngestError(
+            422, "invalid batch", {"events": f"the body is not valid JSON: {type(exc).__name__}: {exc}"}
+        ) from None
+    return parse_batch(data, max_events=max_events)
 
 
 _EVENT_BATCH_BODY = {
@@ -93,23 +97,32 @@ _EVENT_BATCH_BODY = {
 
 
 @router.post("/jobs/{job_id}/events", openapi_extra=_EVENT_BATCH_BODY)
-def ingest(body: EventsBody, job: IngestingJob, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+async def ingest(
+    job_id: int,
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
     """Worker ingest: {"events": [{seq, kind, step, ts, payload}]} with the job's bearer token (409 once
-    the job is finished: a finished job's history is not rewritten)."""
+    the job is finished: a finished job's history is not rewritten).
+
+    The token is checked before the body is read; the batch is then stored by the single ingest writer
+    (app/metrics/writer.py), group-committed with other jobs' batches, and answered after its commit.
+    """
+    factory = get_session_factory(request)
+    await anyio.to_thread.run_sync(_check_ingest, factory, job_id, authorization)
+    body = await read_body_limited(
+        request, settings.max_events_per_batch * _BYTES_PER_EVENT, "the event batch"
+    )
     try:
-        try:
-            data = decode_batch(body) if body.strip() else {"events": []}
-        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 5000-digit ints, deep nesting
-            raise IngestError(
-                422, "invalid batch", {"events": f"the body is not valid JSON: {type(exc).__name__}: {exc}"}
-            ) from None
-        events = parse_batch(data, max_events=settings.max_events_per_batch)
-        result = ingest_events(session, job=job, events=events)
+        events = await anyio.to_thread.run_sync(_parse, body, settings.max_events_per_batch)
+        result = await asyncio.wrap_future(writer_for(factory).submit(job_id, authorization, events))
     except IngestError as exc:
         content: dict[str, Any] = {"detail": exc.detail}
         if exc.problems:
             content["problems"] = exc.problems
-        return JSONResponse(content, status_code=exc.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(content, status_code=exc.status_code, headers=headers)
     return JSONResponse({"accepted": result.accepted, "last_seq": result.last_seq, "control": result.control})
 
 
@@ -121,13 +134,24 @@ def job_metrics(
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
     after_step: StepCursor = None,
     method: Annotated[str, Query(pattern="^(minmax|lttb)$")] = "minmax",
+    from_step: Annotated[int | None, Query(ge=0, le=INT32_MAX, description="Zoom: first step.")] = None,
+    to_step: Annotated[int | None, Query(ge=0, le=INT32_MAX, description="Zoom: last step.")] = None,
 ) -> dict[str, Any]:
     """Series per key ([[step, value_or_null], ...]), downsampled to max_points keeping spikes.
 
-    `cursor` is where this history ends: open GET /stream?cursor=... to receive only what comes after.
+    Read from the multi-resolution tiers, so the cost does not grow with the run; `from_step`/`to_step`
+    zoom into a range (a range of at most max_points steps is read raw). `cursor` is where this history
+    ends: open GET /stream?cursor=... to receive only what comes after.
     """
     series = queries.series(
-        session, job_id=job.id, keys=_csv(keys), max_points=max_points, after_step=after_step, method=method
+        session,
+        job_id=job.id,
+        keys=_csv(keys),
+        max_points=max_points,
+        after_step=after_step,
+        method=method,
+        from_step=from_step,
+        to_step=to_step,
     )
     return {"job_id": job.id, "series": series, "cursor": queries.stream_cursor(session, job_id=job.id)}
 

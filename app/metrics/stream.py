@@ -1,8 +1,8 @@
-"""Server-sent events for the job detail page and the jobs list.
+"""Server-sent events for the job detail page and the jobs list: cursors, polls and message format.
 
-Each stream polls the database every `sse_batch_interval_s` with a short session of its own (never
-held across a sleep, so a hundred viewers do not pin a hundred connections), and sends only what
-changed since its cursor, batched into at most three messages per poll. Every message carries
+The streams are served by app/metrics/hub.py: one poller per job (and one for the jobs list) reads
+what changed every `sse_batch_interval_s` in a short session (never held across a sleep) and fans the
+messages out to every viewer, batched into at most three messages per poll. Every message carries
 `id: <last_event_seq>.<last_metric_step>`; a browser that reconnects sends it back as Last-Event-ID
 and the stream resumes there without repeating anything. A stream opened without a cursor starts with
 the whole history, downsampled like GET /metrics (or pass `?cursor=` from that response). Clients treat
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -140,27 +138,43 @@ def poll_job(factory: sessionmaker[Session], job_id: int, cursor: JobCursor) -> 
         job = session.get(Job, job_id)
         if job is None:
             return PollResult(exists=False)
-        result = PollResult(exists=True, terminal=JobStatus(job.status) in TERMINAL)
-        summary = job_summary(job)
-        if summary != cursor.last_summary:
-            result.summary = summary
-            cursor.last_summary = summary
-        if job.last_seq == cursor.job_seen_last_seq:
-            result.caught_up = True
-            return result  # no new worker events: no new points or events either
-        if cursor.metric_step is not None and job.last_step < cursor.metric_step:
-            # a guard rollback: the run continues from an earlier step, whose points are new values
-            cursor.metric_step = job.last_step
-            cursor.boundary_keys = set()
-        result.series = _new_points(session, job_id, cursor)
-        evs = query_events(session, job_id=job_id, after_seq=cursor.event_seq, limit=MAX_EVENTS_PER_MESSAGE)
-        if evs:
-            cursor.event_seq = evs[-1]["seq"]
-            result.events = evs
-        if len(evs) < MAX_EVENTS_PER_MESSAGE:
-            cursor.job_seen_last_seq = job.last_seq  # else: more to fetch on the next poll
-            result.caught_up = True
-        return result
+        return poll_in_session(session, job, cursor)
+
+
+# summary fields that change with the clock alone: they go out with the next real change, not every poll
+_CLOCK_FIELDS = ("duration_seconds",)
+
+
+def _settled(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {k: v for k, v in summary.items() if k not in _CLOCK_FIELDS}
+
+
+def poll_in_session(session: Session, job: Job, cursor: JobCursor) -> PollResult:
+    """What changed for `job` since `cursor`, read in `session` (cursor is advanced)."""
+    job_id = job.id
+    result = PollResult(exists=True, terminal=JobStatus(job.status) in TERMINAL)
+    summary = job_summary(job)
+    if _settled(summary) != _settled(cursor.last_summary):
+        result.summary = summary
+        cursor.last_summary = summary
+    if job.last_seq == cursor.job_seen_last_seq:
+        result.caught_up = True
+        return result  # no new worker events: no new points or events either
+    if cursor.metric_step is not None and job.last_step < cursor.metric_step:
+        # a guard rollback: the run continues from an earlier step, whose points are new values
+        cursor.metric_step = job.last_step
+        cursor.boundary_keys = set()
+    result.series = _new_points(session, job_id, cursor)
+    evs = query_events(session, job_id=job_id, after_seq=cursor.event_seq, limit=MAX_EVENTS_PER_MESSAGE)
+    if evs:
+        cursor.event_seq = evs[-1]["seq"]
+        result.events = evs
+    if len(evs) < MAX_EVENTS_PER_MESSAGE:
+        cursor.job_seen_last_seq = job.last_seq  # else: more to fetch on the next poll
+        result.caught_up = True
+    return result
 
 
 @dataclass
@@ -205,53 +219,6 @@ async def client_disconnected(request: Request) -> bool:
         return True
 
 
-async def job_event_stream(
-    request: Request,
-    *,
-    factory: sessionmaker[Session],
-    settings: Settings,
-    job_id: int,
-    last_event_id: str | None,
-) -> AsyncIterator[str]:
-    """The detail-page stream: job summary, new metric points and new events, until the job ends."""
-    seq, step = parse_last_event_id(last_event_id)
-    cursor = JobCursor(event_seq=seq, metric_step=step, history_sent=last_event_id is not None)
-    pacer = StreamPacer.from_settings(settings)
-    yield "retry: 2000\n\n"
-    while True:
-        if await client_disconnected(request):
-            return
-        before = cursor.event_id()
-        seq_before = cursor.event_seq
-        result = await anyio.to_thread.run_sync(poll_job, factory, job_id, cursor)
-        if not result.exists:
-            yield format_sse("error", {"detail": f"job {job_id} does not exist"}, before)
-            return
-        sent = False
-        # each message's id covers only what it and the messages before it carried, so a connection
-        # that drops between two messages of one poll resumes without losing the second
-        if result.summary is not None:
-            yield format_sse("job", result.summary, before)
-            sent = True
-        if result.series:
-            step_text = "" if cursor.metric_step is None else str(cursor.metric_step)
-            yield format_sse("metrics", {"series": result.series}, f"{seq_before}.{step_text}")
-            sent = True
-        if result.events:
-            yield format_sse("events", result.events, cursor.event_id())
-            sent = True
-        if result.terminal and result.caught_up:
-            # the final state is out and nothing is left to flush: say so and close (clients stop listening
-            # on `end`; a plain EventSource that reconnects gets the final state and `end` again)
-            yield format_sse("end", {"status": (cursor.last_summary or {}).get("status")}, cursor.event_id())
-            return
-        if pacer.expired():
-            return  # the browser reconnects with Last-Event-ID
-        if ping := pacer.ping(sent):
-            yield ping
-        await anyio.sleep(settings.sse_batch_interval_s)
-
-
 @dataclass
 class ListCursor:
     """What one jobs-list stream has sent: updated_at per job id."""
@@ -263,43 +230,25 @@ class ListCursor:
 def poll_jobs(factory: sessionmaker[Session], cursor: ListCursor, limit: int = 200) -> list[dict[str, Any]]:
     """Summaries of jobs whose updated_at changed since the last poll (all recent jobs the first time)."""
     with factory() as session:
-        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
-        if cursor.watermark is not None:
-            # a little slack: commits do not land in updated_at order
-            stmt = (
-                select(Job)
-                .where(Job.updated_at >= cursor.watermark - timedelta(seconds=5))
-                .order_by(Job.id.desc())
-            )
-        changed: list[dict[str, Any]] = []
-        for job in session.scalars(stmt):
-            updated = as_utc(job.updated_at)
-            if job.id not in cursor.seen or cursor.seen[job.id] != updated:
-                cursor.seen[job.id] = updated
-                changed.append(job_summary(job))
-            if updated is not None and (cursor.watermark is None or updated > cursor.watermark):
-                cursor.watermark = updated
-        return changed
+        return poll_jobs_in_session(session, cursor, limit)
 
 
-async def jobs_list_stream(
-    request: Request, *, factory: sessionmaker[Session], settings: Settings
-) -> AsyncIterator[str]:
-    """The jobs-list stream: summaries of changed jobs, batched."""
-    cursor = ListCursor()
-    pacer = StreamPacer.from_settings(settings)
-    first = True
-    yield "retry: 2000\n\n"
-    while True:
-        if await client_disconnected(request):
-            return
-        changed = await anyio.to_thread.run_sync(poll_jobs, factory, cursor)
-        sent = bool(changed) or first
-        if sent:
-            yield format_sse("jobs", changed)
-            first = False
-        if ping := pacer.ping(sent):
-            yield ping
-        if pacer.expired():
-            return
-        await anyio.sleep(settings.sse_batch_interval_s)
+def poll_jobs_in_session(session: Session, cursor: ListCursor, limit: int = 200) -> list[dict[str, Any]]:
+    """poll_jobs in a session the caller holds."""
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+    if cursor.watermark is not None:
+        # a little slack: commits do not land in updated_at order
+        stmt = (
+            select(Job)
+            .where(Job.updated_at >= cursor.watermark - timedelta(seconds=5))
+            .order_by(Job.id.desc())
+        )
+    changed: list[dict[str, Any]] = []
+    for job in session.scalars(stmt):
+        updated = as_utc(job.updated_at)
+        if job.id not in cursor.seen or cursor.seen[job.id] != updated:
+            cursor.seen[job.id] = updated
+            changed.append(job_summary(job))
+        if updated is not None and (cursor.watermark is None or updated > cursor.watermark):
+            cursor.watermark = updated
+    return changed

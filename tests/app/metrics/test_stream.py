@@ -188,16 +188,16 @@ def test_metrics_history_gives_a_cursor_the_stream_continues_from(live_server, s
 
 
 def test_the_stream_stops_polling_when_the_client_goes_away(live_server, started_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from app.metrics import stream
+    from app.metrics import hub
 
     polls: list[float] = []
-    real_poll = stream.poll_job
+    real_tick = hub.JobHub.tick
 
-    def counting_poll(*args: Any) -> Any:
+    def counting_tick(*args: Any) -> Any:
         polls.append(time.monotonic())
-        return real_poll(*args)
+        return real_tick(*args)
 
-    monkeypatch.setattr(stream, "poll_job", counting_poll)
+    monkeypatch.setattr(hub.JobHub, "tick", counting_tick)
     job_id = started_job()
     with httpx.stream("GET", f"{live_server.url}/api/jobs/{job_id}/stream", timeout=10) as r:
         messages = sse_messages(r)
