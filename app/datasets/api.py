@@ -30,7 +30,10 @@ request_session = asynccontextmanager(get_session)
 _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The same bytes were uploaded before: the existing dataset"},
     413: {"description": "The file is over settings.max_upload_bytes (nothing is kept)"},
-    422: {"description": "Problems by line: {detail, problems: [{line, message}]} (nothing is stored)"},
+    422: {
+        "description": "Problems by line and grouped by kind: {detail, problems: [{line, message, kind}], "
+        "groups: [{kind, count, first_lines, example}], total} (nothing is stored)"
+    },
     503: {"description": "Every check slot stayed busy (settings.dataset_check_queue_s); see Retry-After"},
     507: {"description": "The server's disk is full (nothing is kept)"},
 }
@@ -88,12 +91,18 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": ".jsonl/.json/.csv/.parquet",
+                            "description": ".jsonl/.json/.csv/.parquet/.txt",
                         },
                         "name": {
                             "type": "string",
                             "maxLength": 200,
                             "description": "Display name (optional)",
+                        },
+                        "columns": {
+                            "type": "string",
+                            "maxLength": 4096,
+                            "description": "dataset.columns mapping as JSON/YAML, or a LLaMA-Factory "
+                            "dataset_info.json entry (optional)",
                         },
                     },
                 }
@@ -111,11 +120,15 @@ _UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload_dataset(request: Request, settings: SettingsDep) -> JSONResponse:
-    """Upload a .jsonl/.json/.csv/.parquet file (multipart field `file`, optional `name`); stored once."""
+    """Upload a .jsonl/.json/.csv/.parquet/.txt file (multipart field `file`, optional `name` and `columns`);
+    stored once. The answer's `intake` names the detected layout, the conversion, the columns used, ignored
+    and held back (with what happens to them)."""
     dataset, created, problems = await accept_upload(request, settings)
     if problems is not None or dataset is None:
         return JSONResponse(problems, status_code=422)
-    return JSONResponse(service.upload_summary(dataset), status_code=201 if created else 200)
+    answer = service.upload_summary(dataset)
+    answer["intake"] = await anyio.to_thread.run_sync(service.read_intake, settings, dataset.id)
+    return JSONResponse(answer, status_code=201 if created else 200)
 
 
 @router.get("/datasets", response_model=list[service.DatasetSummary])
@@ -125,12 +138,15 @@ def list_datasets(session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.get("/datasets/{ref}", response_model=service.DatasetSummary)
-def get_dataset(ref: str, session: SessionDep) -> dict[str, Any]:
-    """One dataset by id (or upload:<id>, preset:<name>)."""
+def get_dataset(ref: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """One dataset by id (or upload:<id>, preset:<name>), with what was understood of an upload (intake)."""
     try:
-        return service.get_summary(session, ref)
+        summary = service.get_summary(session, ref)
     except service.DatasetNotFound as exc:
         raise HTTPException(404, str(exc)) from None
+    if summary["kind"] == "upload":
+        summary["intake"] = service.read_intake(settings, summary["id"])
+    return summary
 
 
 def preview_request(

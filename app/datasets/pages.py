@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -124,6 +125,8 @@ async def dataset_page(
     max_seq_len = max_seq_len if max_seq_len is not None else previews.default_max_seq_len()
     context = _preview_context(dataset["id"], model, max_seq_len)
     note = next((n for n in ("uploaded", "existing") if n in request.query_params), None)
+    if dataset["kind"] == "upload":
+        dataset["intake"] = await anyio.to_thread.run_sync(service.read_intake, settings, dataset["id"])
     context.update(dataset=dataset, model_choices=_model_choices(), show=show, note=note)
     if show:
         context.update(await _run_preview(request, settings, dataset["id"], model, max_seq_len))

@@ -27,7 +27,7 @@ from app.settings import Settings
 from contract.catalog import PRESET_PREFIX
 from contract.config import ModelConfig, demo_config
 
-CACHE_VERSION = 2  # bump when the inspect output changes shape
+CACHE_VERSION = 4  # bump when the inspect output changes shape (3: layouts, tools; 4: preference pairs)
 PRESET_CACHE_DIR = "presets"  # under DATA_DIR/datasets; never a dataset id (those are hex)
 MAX_SEQ_LEN_LIMIT = 1_048_576
 STDERR_TAIL = 2000

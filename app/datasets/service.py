@@ -11,6 +11,7 @@ people's data: the datasets directory and everything in it is readable by the ap
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -37,9 +38,12 @@ from contract.datasets import (
     StopFlag,
     check_file,
 )
+from contract.datasets.mapping import columns_from_text
 
 UPLOAD_PREFIX = "upload:"
 DATA_FILE = "data.jsonl"
+INTAKE_FILE = "intake.json"  # what was understood at upload: layout, conversion, columns used and ignored
+COLUMNS_FIELD = "columns"  # the upload form's optional dataset.columns mapping (JSON/YAML, or LLaMA-Factory)
 ID_LENGTHS = (12, 20, 64)  # a shorter id is taken only when no other file already has it
 UPLOAD_TMP_DIR = "tmp"  # under DATA_DIR: where uploads stream to (upload-*.part)
 STAGING_PREFIX = ".staging-"
@@ -67,6 +71,7 @@ class DatasetSummary(BaseModel):
     size_bytes: int | None = None
     sha256: str | None = None
     created_at: str | None = None
+    intake: dict[str, Any] | None = None  # layout, conversion, columns used/ignored/held back (uploads)
 
 
 def upload_summary(d: Dataset) -> dict[str, Any]:
@@ -188,15 +193,41 @@ def remove_upload_leftovers(settings: Settings, *, older_than_s: float = LEFTOVE
 
 
 def check_upload(upload: ReceivedUpload, stop: StopFlag | None = None) -> CheckedDataset:
-    """Check the uploaded file by its name's suffix (DatasetInvalid lists the bad lines; CheckStopped
-    when `stop` is set meanwhile)."""
+    """Check the uploaded file by its name's suffix, with the form's `columns` mapping if any (DatasetInvalid
+    lists the bad lines; CheckStopped when `stop` is set meanwhile).
+
+    A mapped upload is stored as its converted rows, so its identity is the bytes and the mapping: the
+    same file mapped differently is another dataset (`upload.sha256` is updated to say so)."""
     shown = Path(upload.filename).name or "upload"
     suffix = Path(shown).suffix.lower()
     if suffix not in SUFFIXES:
         raise DatasetError(
-            f"{shown}: unsupported file type {suffix or '(none)'!r}; upload .jsonl, .json, .csv or .parquet"
+            f"{shown}: unsupported file type {suffix or '(none)'!r}; upload .jsonl, .json, .csv, .parquet "
+            "or .txt"
         )
-    return check_file(upload.path, suffix=suffix, name=shown, stop=stop)
+    mapping = columns_from_text(upload.fields.get(COLUMNS_FIELD, ""))
+    checked = check_file(
+        upload.path,
+        suffix=suffix,
+        name=shown,
+        stop=stop,
+        columns=mapping,
+        accept_preference=True,  # the method is chosen with the job; the intake says which fit
+        keep_source=True,  # stored as the file's rows: every method reads them its own way
+    )
+    if mapping is not None:
+        canonical = json.dumps(checked.intake.get("mapping"), sort_keys=True)
+        upload.sha256 = hashlib.sha256(f"{upload.sha256}\n{canonical}".encode()).hexdigest()
+    return checked
+
+
+def read_intake(settings: Settings, dataset_id: str) -> dict[str, Any] | None:
+    """What was understood of an upload (None for datasets stored before this was recorded)."""
+    try:
+        value = json.loads((settings.datasets_dir / dataset_id / INTAKE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def new_staging_dir(settings: Settings) -> Path:
@@ -209,10 +240,15 @@ def new_staging_dir(settings: Settings) -> Path:
 def stage_files(
     upload: ReceivedUpload, checked: CheckedDataset, staging: Path, stop: StopFlag | None = None
 ) -> None:
-    """Write data.jsonl (0600) into `staging` (no database involved, so the slow part happens before the
-    write lock is taken)."""
+    """Write data.jsonl and intake.json (0600) into `staging` (no database involved, so the slow part
+    happens before the write lock is taken). data.jsonl holds the file's own rows (a JSONL upload byte for
+    byte); the worker converts them as the checker did, with the mapping intake.json records."""
+    intake = os.open(staging / INTAKE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(intake, "w", encoding="utf-8") as fh:
+        json.dump(checked.intake, fh, ensure_ascii=False)
     target = staging / DATA_FILE
     if Path(upload.filename).suffix.lower() == ".jsonl":
+        # the worker converts it again the same way (contract.datasets, with intake.json's mapping)
         # byte for byte, so the checker's line numbers stay true; a move, not a copy (same file system)
         shutil.move(upload.path, target)
         os.chmod(target, PRIVATE_FILE)  # already 0600 (mkstemp); said again in case that ever changes
@@ -293,7 +329,7 @@ def store_upload(
         name=display,
         filename=Path(upload.filename).name[:255],
         format=checked.format,
-        rows=len(checked.rows),
+        rows=int(checked.intake.get("rows", len(checked.rows))),
         size_bytes=upload.size,
         sha256=upload.sha256,
         created_at=utcnow(),
@@ -310,14 +346,16 @@ def store_upload(
 
 
 def problems_payload(exc: DatasetError, *, filename: str) -> dict[str, Any]:
-    """The 422 body: {"detail", "problems": [{"line", "message", "where"}], "total"}."""
+    """The 422 body: {"detail", "problems": [{"line", "message", "where", "kind"}], "groups": [{"kind",
+    "count", "first_lines", "example"}], "total"}; total counts every bad row."""
     from contract.datasets import DatasetInvalid
 
     if isinstance(exc, DatasetInvalid):
-        count = f"{exc.total} problem{'s' if exc.total != 1 else ''}"
         return {
-            "detail": f"{Path(filename).name}: {count}; nothing was stored. Fix them and upload again",
+            "detail": f"{Path(filename).name}: {exc.summary()}; nothing was stored. Fix them and upload "
+            "again",
             "problems": [p.as_dict() for p in exc.problems],
+            "groups": [g.as_dict() for g in exc.groups],
             "total": exc.total,
         }
-    return {"detail": f"{exc}; nothing was stored", "problems": [], "total": 0}
+    return {"detail": f"{exc}; nothing was stored", "problems": [], "groups": [], "total": 0}

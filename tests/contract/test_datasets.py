@@ -134,9 +134,9 @@ def test_parquet_problems_are_numbered_by_row(tmp_path: Path) -> None:
 
 
 def test_an_unknown_file_type_and_an_empty_file_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "d.txt").write_text("hello", encoding="utf-8")
-    with pytest.raises(DatasetError, match="unsupported file type '.txt'"):
-        check_file(tmp_path / "d.txt")
+    (tmp_path / "d.xml").write_text("hello", encoding="utf-8")
+    with pytest.raises(DatasetError, match="unsupported file type '.xml'"):
+        check_file(tmp_path / "d.xml")
     (tmp_path / "e.jsonl").write_text("\n\n", encoding="utf-8")
     with pytest.raises(DatasetError, match="has no rows"):
         check_file(tmp_path / "e.jsonl")
@@ -160,10 +160,10 @@ def test_the_training_loader_names_the_lines_of_the_rows_it_uses(tmp_path: Path)
     with pytest.raises(DatasetInvalid) as err:
         load_rows(cfg)
     assert [p.line for p in err.value.problems] == [3, 5]
-    assert str(err.value).startswith("2 bad row(s) for format messages: train.jsonl line 3: messages 1 and 2")
+    assert str(err.value).startswith("2 bad row(s) in train.jsonl: train.jsonl line 3: messages 1 and 2")
     cfg.dataset.max_rows = 1  # only the rows training uses are checked
     assert load_rows(cfg) == [CHAT]
     cfg.dataset.source = str(_jsonl(tmp_path / "odd.jsonl", ["", {"question": "q"}]))
     cfg.dataset.max_rows = None
-    with pytest.raises(DatasetError, match=r"odd.jsonl line 2: missing columns"):
+    with pytest.raises(DatasetError, match=r"odd.jsonl line 2: not supported: a row with columns 'question'"):
         load_rows(cfg)

@@ -36,7 +36,7 @@ class InspectError(RuntimeError):
 def load_dataset_rows(
     source: str, *, num_rows: int = 256, seed: int = 42
 ) -> tuple[list[dict[str, Any]], str]:
-    """(rows, format) of a file (checked by the shared checker) or of a generated preset dataset."""
+    """(rows, format) of a file (checked and converted by the shared checker) or of a generated preset."""
     if source.startswith(PRESET_PREFIX):
         name = source[len(PRESET_PREFIX) :]
         if name not in PRESET_DATASETS:
@@ -48,7 +48,10 @@ def load_dataset_rows(
     path = Path(source)
     if not path.is_file():
         raise InspectError(f"dataset file {source} does not exist")
-    checked = check_file(path)
+    from worker.train.data import INTAKE_FILE, upload_mapping
+
+    mapping = upload_mapping(path) if (path.parent / INTAKE_FILE).is_file() else None
+    checked = check_file(path, columns=mapping)  # an upload: with the mapping it was checked with
     return checked.rows, checked.format
 
 
@@ -107,6 +110,7 @@ def inspect_rows(
     rows: list[dict[str, Any]], fmt: str, tok: Any, *, max_seq_len: int, preview_rows: int = PREVIEW_ROWS
 ) -> dict[str, Any]:
     """The preview rows (rendered, token count, trained/cut segments) and the token-length histogram."""
+    from worker.datasets.templates import tool_rendering_problem
     from worker.train.data import IGNORE_INDEX, tokenize_row
 
     unbounded = 1 << 30  # count every token; the cut is shown, not applied
@@ -125,6 +129,9 @@ def inspect_rows(
         }
 
     for i, row in enumerate(inspected):
+        refused = tool_rendering_problem(tok, row) if fmt == "messages" else None
+        if refused is not None:
+            raise InspectError(f"row {i + 1}: {refused}; use a model whose chat template supports tools")
         example, _ = tokenize_row(row, fmt, tok, unbounded, assistant_only_loss=True)
         lengths.append(len(example["input_ids"]))
         # a row whose every trained token lies past max_seq_len teaches nothing once cut
@@ -152,6 +159,35 @@ def inspect_rows(
     }
 
 
+def preference_preview(
+    source: str, model: str, max_seq_len: int, shown: int, num_rows: int, seed: int
+) -> dict[str, Any] | None:
+    """Preference data (chosen/rejected pairs, or answers labelled good/bad for KTO) side by side: the
+    prompt and each answer through the chat template, tokens per side and what max_seq_len cuts; None for
+    any other layout (previewed as supervised fine-tuning rows)."""
+    from contract.preference import preference_layout
+
+    if source.startswith(PRESET_PREFIX):
+        from worker.presets import generate_dataset
+
+        rows = generate_dataset(source[len(PRESET_PREFIX) :], num_rows, seed)
+    else:
+        from worker.train.data import read_file
+
+        path = Path(source)
+        if not path.is_file():
+            raise InspectError(f"dataset file {source} does not exist")
+        rows = read_file(path).rows
+    if not rows or preference_layout(rows[0]) is None:
+        return None
+    from worker.train.preference.data import preview_rows
+
+    tok = load_tokenizer(model)
+    result = preview_rows(rows[:MAX_INSPECTED_ROWS], tok, max_seq_len, limit=max(1, shown))
+    result.update(format="preference", model=model, total=len(rows), dataset_rows=len(rows))
+    return result
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse the arguments, inspect, and return the JSON answer (raises InspectError/DatasetError)."""
     parser = argparse.ArgumentParser(prog="python -m worker.datasets.inspect", description=__doc__)
@@ -164,6 +200,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.max_seq_len < 1:
         raise InspectError("--max-seq-len must be at least 1")
+    pairs = preference_preview(
+        args.dataset, args.model, args.max_seq_len, args.rows, args.num_rows, args.seed
+    )
+    if pairs is not None:
+        return pairs
     rows, fmt = load_dataset_rows(args.dataset, num_rows=args.num_rows, seed=args.seed)
     tok = load_tokenizer(args.model)
     result = inspect_rows(rows, fmt, tok, max_seq_len=args.max_seq_len, preview_rows=max(0, args.rows))
@@ -176,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(argv)
     except DatasetInvalid as exc:
-        print(json.dumps({"error": str(exc), "problems": [p.as_dict() for p in exc.problems]}))
+        problems = [p.as_dict() for p in exc.problems]
+        groups = [g.as_dict() for g in exc.groups]
+        print(json.dumps({"error": str(exc), "problems": problems, "groups": groups, "total": exc.total}))
         return 2
     except (InspectError, DatasetError) as exc:
         print(json.dumps({"error": str(exc)}))

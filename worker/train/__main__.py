@@ -7,7 +7,6 @@ RUN_DIR/outcome.json last, and exits with a contract.protocol.ExitCode.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 
@@ -21,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     run_dir = Path(args[0])
-    # transformers' deprecation notices (renamed arguments) would fill the dashboard's log tail
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+    # library warnings (transformers' deprecation notices, bitsandbytes' missing kernels) would fill the
+    # dashboard's log tail: run_training sends them to RUN_DIR/train.log (worker/train/log.py)
     from worker.train.distributed import is_rank_process, maybe_run_distributed
     from worker.train.remote import UploadError, materialize_run_dir, report, upload_outputs, upload_requested
 

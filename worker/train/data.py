@@ -29,14 +29,19 @@ from contract.datasets import (  # noqa: F401  (re-exported: callers import them
     ROLES,
     DatasetError,
     DatasetInvalid,
+    Problem,
+    check_loaded,
     check_rows,
     detect_format,
     read_file,
     read_rows,
+    read_with_problems,
     validate_rows,
 )
+from worker.datasets.templates import tool_rendering_problem
 
 UPLOAD_PREFIX = "upload:"
+INTAKE_FILE = "intake.json"  # next to an upload's data.jsonl: what the app understood, and its mapping
 IGNORE_INDEX = -100
 
 
@@ -82,8 +87,14 @@ def resolve_source(source: str) -> Path:
 
 
 def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
-    """All rows of cfg.dataset.source (capped by max_rows). Rows of a file are checked here, so problems
-    name their lines in the file; generated rows are checked by `validate_rows`."""
+    """All rows of cfg.dataset.source (capped by max_rows), in the internal form (see contract.datasets:
+    every detected layout, or the dataset.columns mapping, is converted). Rows of a file are checked here,
+    so problems name their lines in the file; generated rows are checked by `validate_rows`."""
+    return _load(cfg)[0]
+
+
+def _load(cfg: JobConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, where each row is: "train.jsonl line 3" or "row 3")."""
     source = cfg.dataset.source
     if source.startswith(PRESET_PREFIX):
         from worker.presets import generate_dataset
@@ -91,24 +102,38 @@ def load_rows(cfg: JobConfig) -> list[dict[str, Any]]:
         rows = generate_dataset(source[len(PRESET_PREFIX) :], cfg.dataset.num_rows, cfg.training.seed)
         if cfg.dataset.max_rows is not None:
             rows = rows[: cfg.dataset.max_rows]
+        where = [f"row {i}" for i in range(1, len(rows) + 1)]
     else:
         path = resolve_source(source)
-        loaded = read_file(path)
+        loaded, found = read_with_problems(path)
         cap = cfg.dataset.max_rows
-        rows = loaded.rows[:cap] if cap is not None else loaded.rows
-        if rows:
-            try:
-                fmt = cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0])
-            except DatasetError as exc:
-                raise DatasetError(f"{path.name} {loaded.unit} {loaded.lines[0]}: {exc}") from None
-            problems, total = check_rows(rows, fmt, lines=loaded.lines[: len(rows)], unit=loaded.unit)
-            if total:
-                raise DatasetInvalid(
-                    problems, total=total, name=path.name, headline=f"{total} bad row(s) for format {fmt}: "
-                )
+        if cap is not None:  # only the rows training uses are checked
+            loaded.rows, loaded.lines = loaded.rows[:cap], loaded.lines[:cap]
+        columns: Any = cfg.dataset.columns
+        if columns is None and source.startswith(UPLOAD_PREFIX):
+            columns = upload_mapping(path)
+        try:
+            checked = check_loaded(loaded, found, name=path.name, fmt=cfg.dataset.format, columns=columns)
+        except DatasetInvalid as exc:
+            headline = f"{exc.total} bad row(s) in {path.name}: "
+            raise DatasetInvalid(
+                exc.problems, total=exc.total, name=path.name, headline=headline, groups=exc.groups
+            ) from None
+        rows = checked.rows
+        where = [f"{path.name} {checked.unit} {line}" for line in checked.lines]
     if not rows:
         raise DatasetError(f"dataset {source} has no rows; add some examples")
-    return rows
+    return rows, where
+
+
+def upload_mapping(path: Path) -> dict[str, Any] | None:
+    """The dataset.columns mapping an upload was checked with (intake.json, written by the app)."""
+    try:
+        intake = json.loads((path.parent / INTAKE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    mapping = intake.get("mapping") if isinstance(intake, dict) else None
+    return mapping if isinstance(mapping, dict) and mapping else None
 
 
 # ---------------------------------------------------------------------------------------------- splitting
@@ -145,27 +170,58 @@ def _ids(out: Any) -> list[int]:
     return list(ids)
 
 
-def _template_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]] | None:
-    """Token ids and assistant mask from the template's {% generation %} blocks; None if it has none."""
+def _trained(message: dict[str, Any]) -> bool:
+    """An assistant turn is trained unless its weight is 0."""
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for i, m in enumerate(mask):
+        if m and (i == 0 or not mask[i - 1]):
+            runs.append((i, i + 1))
+        elif m:
+            runs[-1] = (runs[-1][0], i + 1)
+    return runs
+
+
+def _template_mask(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[int], list[int]] | None:
+    """Token ids and assistant mask from the template's {% generation %} blocks; None if it has none (or
+    its blocks cannot be matched to the assistant turns when some have weight 0)."""
     template = getattr(tokenizer, "chat_template", None) or ""
     if "generation" not in template:
         return None
     out = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     mask = list(out.get("assistant_masks") or [])
     ids = _ids(out)
     if len(mask) != len(ids) or not any(mask):
         return None
+    answers = [m for m in messages if m["role"] == "assistant"]
+    if any(not _trained(m) for m in answers):
+        runs = _runs(mask)
+        if len(runs) != len(answers):
+            return None  # the prefix renderings below know which turn each token belongs to
+        for (start, end), message in zip(runs, answers, strict=True):
+            if not _trained(message):
+                mask[start:end] = [0] * (end - start)
     return ids, mask
 
 
-def _prefix_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """Assistant mask by rendering growing prefixes: tokens added by an assistant turn are trained on."""
+def _prefix_mask(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[int], list[int]]:
+    """Assistant mask by rendering growing prefixes: tokens added by a trained assistant turn are trained
+    on (not those of a weight-0 turn, a tool result or a user turn)."""
     ids: list[int] = []
     mask: list[int] = []
     for i, message in enumerate(messages):
-        rendered = _ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=True))
+        rendered = _ids(
+            tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=True, return_dict=True)
+        )
         if rendered[: len(ids)] != ids:  # the template rewrote earlier turns; fall back to whole-sequence
             return rendered, [1] * len(rendered)
         start = len(ids)
@@ -173,13 +229,13 @@ def _prefix_mask(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[i
             # The turn header ("<start_of_turn>model\n") is the prompt's job, not the answer: skip it.
             header = _ids(
                 tokenizer.apply_chat_template(
-                    messages[:i], tokenize=True, return_dict=True, add_generation_prompt=True
+                    messages[:i], tools=tools, tokenize=True, return_dict=True, add_generation_prompt=True
                 )
             )
             if rendered[: len(header)] == header and len(header) >= start:
                 mask.extend([0] * (len(header) - start))
                 start = len(header)
-        mask.extend([1 if message["role"] == "assistant" else 0] * (len(rendered) - start))
+        mask.extend([1 if _trained(message) else 0] * (len(rendered) - start))
         ids = rendered
     return ids, mask
 
@@ -190,12 +246,15 @@ def tokenize_row(
     """One example as input_ids/attention_mask/labels, and whether it was truncated."""
     if fmt == "messages":
         messages = row["messages"]
-        got = _template_mask(tokenizer, messages) if assistant_only_loss else None
+        tools = row.get("tools") or None
+        got = _template_mask(tokenizer, messages, tools) if assistant_only_loss else None
         if got is None:
             if assistant_only_loss:
-                ids, mask = _prefix_mask(tokenizer, messages)
+                ids, mask = _prefix_mask(tokenizer, messages, tools)
             else:
-                ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True))
+                ids = _ids(
+                    tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True)
+                )
                 mask = [1] * len(ids)
         else:
             ids, mask = got
@@ -214,6 +273,26 @@ def tokenize_row(
     ids, mask = ids[:max_seq_len], mask[:max_seq_len]
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}, truncated
+
+
+def check_tool_rendering(rows: Sequence[dict[str, Any]], where: Sequence[str], tokenizer: Any) -> None:
+    """Refuse rows with tools when the model's chat template cannot render them (naming the rows)."""
+    problems: list[Problem] = []
+    total = 0
+    for i, row in enumerate(rows):
+        message = tool_rendering_problem(tokenizer, row)
+        if message is None:
+            continue
+        total += 1
+        if len(problems) < 10:
+            problems.append(Problem(i + 1, f"{where[i]}: {message}", "row", "tool template"))
+    if total:
+        raise DatasetInvalid(
+            problems,
+            total=total,
+            headline=f"{total} row(s) with tools cannot be trained on this model: use a model whose chat "
+            "template supports tools, or leave those rows out: ",
+        )
 
 
 def prompt_of(row: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[str, str]:
@@ -243,9 +322,12 @@ def user_prompt(text: str, fmt: str, tokenizer: Any) -> str:
 
 def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
     """Load, check, split and tokenize cfg.dataset for `tokenizer`."""
-    rows = load_rows(cfg)
-    fmt = cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0])
+    rows, where = _load(cfg)
+    preset = cfg.dataset.source.startswith(PRESET_PREFIX)
+    fmt = cfg.dataset.format if preset and cfg.dataset.format != "auto" else detect_format(rows[0])
     validate_rows(rows, fmt)
+    if fmt == "messages":
+        check_tool_rendering(rows, where, tokenizer)
     train_rows, eval_rows = split_rows(rows, cfg.dataset.eval_fraction, cfg.training.seed)
     truncated = 0
     tokenized: list[list[dict[str, list[int]]]] = []

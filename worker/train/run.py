@@ -20,7 +20,7 @@ from contract.config import ConfigError, JobConfig, config_to_dict, load_config_
 from contract.protocol import ExitCode
 from contract.rundir import RunDir, last_complete_checkpoint
 from worker.train.distributed import NullReporter, follower_exit_code, install_rank_signals, rank_info
-from worker.train.log import Level, say
+from worker.train.log import Level, full_log_path, library_output_to_log, log_text, say
 from worker.train.outcome import (
     Outcome,
     RunStopped,
@@ -58,11 +58,16 @@ def run_training(run_dir: Path, *, resume: bool = True, progress_bar: bool = Fal
         pass
     if rank.distributed:
         install_rank_signals(stop)
-    outcome = _run_guarded(rd, reporter, stop, resume=resume, progress_bar=progress_bar)
-    level: Level = "info" if outcome.code == ExitCode.SUCCEEDED else "error"
-    final_step = getattr(reporter, "last_step", 0)  # NullReporter (other ranks) has none
-    message = f"{outcome.status}: {outcome.reason}"
-    say(message, level, reporter=reporter, step=final_step)
+    # library warnings and expected failures' tracebacks go to RUN_DIR/train.log, not the terminal
+    with library_output_to_log(rd.root, progress_bars=False):
+        outcome = _run_guarded(rd, reporter, stop, resume=resume, progress_bar=progress_bar)
+        if rank.is_main and not progress_bar and outcome.code not in (ExitCode.SUCCEEDED, ExitCode.CANCELLED):
+            # the worker's stderr (the supervisor's tail): the plain reason and where the rest is
+            print(f"{outcome.status}: {outcome.reason}\nfull log: {full_log_path(rd.root)}", file=sys.stderr)
+        level: Level = "info" if outcome.code == ExitCode.SUCCEEDED else "error"
+        final_step = getattr(reporter, "last_step", 0)  # NullReporter (other ranks) has none
+        message = f"{outcome.status}: {outcome.reason}"
+        say(message, level, reporter=reporter, step=final_step)
     reporter.close(timeout=10.0)
     if not rank.is_main:
         return follower_exit_code(outcome.code)
@@ -87,6 +92,11 @@ def read_job(run_dir: RunDir) -> dict[str, Any] | None:
     return dict(data)
 
 
+# failures whose plain reason says it all (a model not found offline, a bad config): their traceback goes
+# to the full log only
+_EXPECTED = frozenset({ExitCode.CONFIG_ERROR, ExitCode.QUANTIZATION_INCOMPATIBLE})
+
+
 def _run_guarded(
     rd: RunDir, reporter: Reporter, stop: StopRequest, *, resume: bool, progress_bar: bool
 ) -> Outcome:
@@ -104,15 +114,18 @@ def _run_guarded(
         )
     except RunStopped as exc:
         return Outcome(exc.code, exc.reason)
-    except Exception as exc:  # classified below; the traceback goes to stderr for the supervisor's tail
+    except Exception as exc:  # classified below; the traceback goes to the full log (RUN_DIR/train.log)
         # a full disk first gets back the space a half-written checkpoint took, or the traceback, the
         # events and outcome.json below could not be written either
         full = disk_full_outcome(rd) if is_disk_full(exc, rd) else None
+        outcome = full or classify_failure(exc, cfg)
         try:
-            traceback.print_exc(file=sys.stderr)
+            log_text(traceback.format_exc())
+            if outcome.code not in _EXPECTED:  # a bug or the machine's limits: shown in full too
+                traceback.print_exc(file=sys.stderr)
         except OSError:
             pass
-        return full or classify_failure(exc, cfg)
+        return outcome
 
 
 def default_run_dir(config_path: Path, cfg: JobConfig) -> Path:
@@ -154,4 +167,5 @@ def run_standalone(config_path: Path, run_dir: Path | None = None, resume: bool 
             else f"events: {rd.events}",
             file=sys.stderr,
         )
+        print(f"full log: {full_log_path(rd.root)}", file=sys.stderr)
     return int(code)

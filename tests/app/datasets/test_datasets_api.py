@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.scheduler.launcher import LaunchSpec
 from app.scheduler.runner import make_launcher
 from app.settings import Settings
+from contract.catalog import PRESET_DATASETS
 from contract.config import parse_config
 from tests.app.conftest import LiveServer
 from tests.waiting import wait_until
@@ -64,7 +65,7 @@ def _assert_refused_by_line(
     ("lines", "expected"),
     [
         ([CHAT, "{not json", CHAT], [(2, "not valid JSON")]),
-        ([{"question": "q", "answer": "a"}], [(1, "missing columns: the row has 'question', 'answer'")]),
+        ([{"question": "q", "answer": "a"}], [(1, "not supported: a row with columns 'question', 'answer'")]),
         (
             [CHAT, {"messages": [USER, {"role": "assistant", "content": ""}]}],
             [(2, "message 2 (assistant) is empty")],
@@ -116,9 +117,9 @@ def test_a_malformed_parquet_upload_names_its_rows(client: TestClient, settings:
 def test_an_unsupported_file_type_is_refused_and_nothing_stored(
     client: TestClient, settings: Settings
 ) -> None:
-    r = _upload(client, "notes.txt", b"hello\n")
+    r = _upload(client, "notes.xml", b"hello\n")
     assert r.status_code == 422
-    assert "unsupported file type '.txt'" in r.json()["detail"]
+    assert "unsupported file type '.xml'" in r.json()["detail"]
     assert _stored(settings) == []
 
 
@@ -141,7 +142,7 @@ def test_the_same_bytes_uploaded_twice_are_stored_once(client: TestClient, setti
     stored = settings.datasets_dir / made["id"] / "data.jsonl"
     assert stored.read_bytes() == content  # JSONL is kept byte for byte: line numbers stay true
     assert sorted(_stored(settings)) == sorted(
-        [f"datasets/{made['id']}", f"datasets/{made['id']}/data.jsonl"]
+        [f"datasets/{made['id']}", f"datasets/{made['id']}/data.jsonl", f"datasets/{made['id']}/intake.json"]
     )
     different = _upload(client, "chat.jsonl", content + _jsonl(CHAT))
     assert different.status_code == 201 and different.json()["id"] != made["id"]
@@ -152,12 +153,13 @@ def test_the_list_has_uploads_first_then_the_presets(client: TestClient) -> None
     listed = client.get("/api/datasets").json()
     assert listed[0]["id"] == made["id"]
     presets = [d["source"] for d in listed if d["kind"] == "preset"]
-    assert presets == [
+    assert presets[:4] == [
         "preset:reverse-letters",
         "preset:uppercase-completion",
         "preset:counting-text",
         "preset:country-capitals",
     ]
+    assert presets == [f"preset:{name}" for name in PRESET_DATASETS]
     assert client.get(f"/api/datasets/{made['id']}").json()["format"] == "text"
     assert client.get("/api/datasets/preset:counting-text").json()["format"] == "text"
     assert client.get("/api/datasets/nope").status_code == 404

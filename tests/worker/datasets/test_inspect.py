@@ -60,7 +60,9 @@ def test_bad_input_answers_json_with_the_reason(tmp_path: Path) -> None:
     path.write_text(json.dumps(SHORT) + "\n{oops\n", encoding="utf-8")
     code, out = _inspect("--dataset", str(path), "--model", "preset:tiny-gemma3n", "--max-seq-len", "64")
     assert code == 2
-    assert out["problems"] == [{"line": 2, "message": out["problems"][0]["message"], "where": "line 2"}]
+    assert out["problems"] == [
+        {"line": 2, "message": out["problems"][0]["message"], "where": "line 2", "kind": "not valid JSON"}
+    ]
     assert "not valid JSON" in out["error"]
     path.write_text(json.dumps(SHORT) + "\n", encoding="utf-8")
     code, out = _inspect("--dataset", str(path), "--model", "./no/such/model", "--max-seq-len", "64")
