@@ -117,7 +117,7 @@ class DatasetInfo:
 
     name: str
     description: str
-    format: str  # messages | prompt_completion | text
+    format: str  # messages | prompt_completion | text | preference (chosen/rejected pairs)
 
 
 PRESET_DATASETS: dict[str, DatasetInfo] = {
@@ -141,6 +141,12 @@ PRESET_DATASETS: dict[str, DatasetInfo] = {
         name="country-capitals",
         description="Chat task: name the capital of one of 16 countries (the demo; learnable in ~30 steps)",
         format="messages",
+    ),
+    "uppercase-preference": DatasetInfo(
+        name="uppercase-preference",
+        description="Preference pairs (DPO, ORPO, KTO): the chosen answer repeats the word in upper case, "
+        "the rejected one in lower case (learnable in ~30 steps)",
+        format="preference",
     ),
 }
 

@@ -27,7 +27,7 @@ from typing import Any
 from contract.catalog import PRESET_DATASETS, PRESET_MODELS
 
 # Bump when a builder, an init rule, a tokenizer or a template changes: old cached presets are then ignored.
-PRESET_VERSION = 3
+PRESET_VERSION = 4  # 4: the tiny presets' chat templates render tools
 _BUILD_LOCK = threading.Lock()
 READY_MARKER = "tuneboard_preset.json"  # written last inside the temp dir; its presence means "complete"
 
@@ -127,17 +127,17 @@ def _byte_tokenizer(specials: list[str], bos: str, eos: str, pad: str, unk: str,
 
 def gemma_tokenizer() -> Any:
     """Byte-level tokenizer with Gemma's special tokens and turn markers."""
-    from worker.train.recipes.gemma3n import GEMMA_CHAT_TEMPLATE
+    from worker.datasets.templates import GEMMA_TOOL_CHAT_TEMPLATE  # the recipe's, plus tools
 
-    return _byte_tokenizer(GEMMA_SPECIALS, "<bos>", "<eos>", "<pad>", "<unk>", GEMMA_CHAT_TEMPLATE)
+    return _byte_tokenizer(GEMMA_SPECIALS, "<bos>", "<eos>", "<pad>", "<unk>", GEMMA_TOOL_CHAT_TEMPLATE)
 
 
 def llama_tokenizer() -> Any:
     """Byte-level tokenizer with Llama-3-style header and end-of-turn tokens."""
-    from worker.train.recipes.generic import LLAMA_CHAT_TEMPLATE
+    from worker.datasets.templates import LLAMA_TOOL_CHAT_TEMPLATE  # the recipe's, plus tools
 
     return _byte_tokenizer(
-        LLAMA_SPECIALS, "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>", LLAMA_CHAT_TEMPLATE
+        LLAMA_SPECIALS, "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>", LLAMA_TOOL_CHAT_TEMPLATE
     )
 
 
@@ -367,11 +367,20 @@ def _country_capitals(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _uppercase_preference(rng: random.Random) -> dict[str, Any]:
+    # The rule the chosen answer follows and the rejected one breaks: repeat the word in upper case. It is
+    # a property of every answer token, so a tiny model learns it from ~30 DPO steps and it holds for words
+    # it never saw (held-out pairs); chosen and rejected have the same length, so log-probs compare fairly.
+    word = _word(rng)
+    return {"prompt": f"Shout the word: {word}", "chosen": word.upper(), "rejected": word}
+
+
 _DATASETS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
     "reverse-letters": _reverse_letters,
     "uppercase-completion": _uppercase_completion,
     "counting-text": _counting_text,
     "country-capitals": _country_capitals,
+    "uppercase-preference": _uppercase_preference,
 }
 assert set(_DATASETS) == set(PRESET_DATASETS), "every catalog preset dataset needs a generator"
 

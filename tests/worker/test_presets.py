@@ -147,9 +147,12 @@ def test_generated_datasets_are_deterministic_and_match_their_catalog_format(nam
     assert rows == generate_dataset(name, 50, seed=3)
     assert rows != generate_dataset(name, 50, seed=4)
     fmt = PRESET_DATASETS[name].format
-    expected = {"messages": {"messages"}, "prompt_completion": {"prompt", "completion"}, "text": {"text"}}[
-        fmt
-    ]
+    expected = {
+        "messages": {"messages"},
+        "prompt_completion": {"prompt", "completion"},
+        "text": {"text"},
+        "preference": {"prompt", "chosen", "rejected"},
+    }[fmt]
     assert all(set(row) == expected for row in rows)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +30,9 @@ class GuardVerdict:
 
     step: int
     reason: str  # plain words for the run page
-    kind: str  # "non_finite" | "zero_loss" | "grad_explosion"
+    kind: str  # "non_finite" | "zero_loss" | "grad_explosion" | preference kinds (worker/train/preference)
     detail: dict[str, Any] = field(default_factory=dict)
+    warn_only: bool = False  # a hint (e.g. a data bug): reported as a warning whatever guard.policy says
 
 
 class DivergenceGuard:
@@ -42,6 +44,10 @@ class DivergenceGuard:
         self.window = window
         self._norms: deque[float] = deque(maxlen=window)
         self._spikes = 0
+        # More checks asked once a step, first (a preference run's log-probs, margins and accuracy:
+        # worker/train/preference/guard.py); a loss of exactly 0 is healthy for some losses (DPO's hinge).
+        self.checks: list[Callable[[int], GuardVerdict | None]] = []
+        self.zero_loss_ok = False
 
     @classmethod
     def from_config(cls, guard_cfg: Any) -> DivergenceGuard:
@@ -58,6 +64,11 @@ class DivergenceGuard:
         self, step: int, loss: float | None, grad_norm: float | None, *, trivial_data: bool = False
     ) -> GuardVerdict | None:
         """Judge one optimizer step; None when it looks healthy."""
+        extra = [v for v in (check(step) for check in self.checks) if v is not None]
+        if extra:
+            if not extra[0].warn_only:
+                self._spikes = 0
+            return extra[0]
         bad = {
             k: v
             for k, v in (("loss", loss), ("grad_norm", grad_norm))
@@ -72,7 +83,7 @@ class DivergenceGuard:
                 "non_finite",
                 {k: str(v) for k, v in bad.items()},
             )
-        if loss is not None and loss == 0.0 and not trivial_data:
+        if loss is not None and loss == 0.0 and not trivial_data and not self.zero_loss_ok:
             return GuardVerdict(
                 step,
                 f"the loss collapsed to exactly 0.0 at step {step}, which real data does not allow "

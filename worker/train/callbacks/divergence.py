@@ -64,12 +64,15 @@ class GuardCallback(TrainerCallback):
         self.verdict = self.guard.observe(state.global_step, self.stats.step_loss(), self.stats.grad_norm)
         if self.verdict is not None:
             self._on_guard(self.verdict, control, kwargs)
+            if self.verdict.warn_only:
+                self.verdict = None  # a hint: the step itself is fine to save and stop on
 
     def _on_guard(self, verdict: GuardVerdict, control: TrainerControl, kwargs: dict[str, Any]) -> None:
-        policy = self.cfg.guard.policy
-        # Never checkpoint or evaluate a step the guard just judged bad.
-        control.should_save = False
-        control.should_evaluate = False
+        policy = "warn" if verdict.warn_only else self.cfg.guard.policy
+        if not verdict.warn_only:  # a hint about the data judges no step bad
+            # Never checkpoint or evaluate a step the guard just judged bad.
+            control.should_save = False
+            control.should_evaluate = False
         if policy == "warn":
             self._guard_event(verdict, "warn", {})
             return

@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from contract.metrics import PREFERENCE_KEYS
 from contract.protocol import EventKind, encode_number
 from worker.train.reporter import Reporter
 
@@ -220,6 +221,8 @@ class MetricsCallback(TrainerCallback):
                 if logs.get(key) is not None:
                     metrics[key] = _number(logs[key])
             metrics.update({k: round(v, 4) for k, v in memory_metrics().items()})
+        # a preference run's rewards, margins, accuracy, log-probs, KL (contract/metrics.py PREFERENCE_KEYS)
+        metrics.update({k: _number(v) for k, v in logs.items() if k in PREFERENCE_KEYS and v is not None})
         if "eval_loss" in logs:
             metrics["eval_loss"] = _number(logs["eval_loss"])
             if "epoch" in logs and "epoch" not in metrics:

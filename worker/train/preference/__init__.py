@@ -1,0 +1,1 @@
+"""Preference tuning (DPO, ORPO, KTO) on the SFT pipeline: data, losses, the Trainer subclass, the guard."""
