@@ -39,14 +39,16 @@ from app.scheduler.local import LocalLauncher
 from app.scheduler.placement import parse_assigned
 from app.scheduler.ray_launcher import RayLauncher
 from app.settings import Settings
+from contract import tasks as exports  # RUN_DIR/exports/NAME(.json) of export tasks
 from contract.tasks import MERGE_LOG, MERGED_DIR, read_merge_status, write_merge_status
 
 log = logging.getLogger(__name__)
 
 MAX_TASK_CLAIMS_PER_TICK = 64
-KIND_WORDS = {"try": "a try-the-adapter generation", "merge": "a merged-model export"}
-_PROCESS_WORDS = {"try": "the generation process", "merge": "the export process"}
-_TIMEOUT_SETTING = {"try": "TUNEBOARD_TRY_TIMEOUT_S", "merge": "TUNEBOARD_MERGE_TIMEOUT_S"}
+KIND_WORDS = {"try": "a try-the-adapter generation", "merge": "a merged-model export", "export": "an export"}
+_PROCESS_WORDS = {"try": "the generation process"} | dict.fromkeys(("merge", "export"), "the export process")
+_MERGE_TIMEOUT = "TUNEBOARD_MERGE_TIMEOUT_S"
+_TIMEOUT_SETTING = {"try": "TUNEBOARD_TRY_TIMEOUT_S"} | dict.fromkeys(("merge", "export"), _MERGE_TIMEOUT)
 
 
 def runs_tasks_on_ray(settings: Settings) -> bool:
@@ -83,6 +85,7 @@ class TrackedTask:
     launcher: Launcher  # the one that launched (or re-attached) it: polls and stops it
     stop_status: JobStatus | None = None  # what the row becomes once the killed process has ended
     stop_reason: str | None = None
+    export: str | None = None  # an export task's RUN_DIR/exports/NAME
 
 
 def _utc(value: datetime | None) -> float | None:
@@ -244,6 +247,8 @@ class TaskSupervisor:
             reason = f"could not start {_PROCESS_WORDS.get(claimed.kind, 'the task process')}: {exc}"
             if claimed.kind == "merge":
                 _fail_merge_file(claimed.run_dir, reason)
+            if claimed.kind == "export":
+                exports.fail_export_file(claimed.run_dir, exports.export_name_of(claimed.args), reason)
             _remove(str(self._input_path(claimed.task_id) or ""))
             self._settle(claimed.task_id, JobStatus.FAILED, reason, None)
             return False
@@ -255,6 +260,7 @@ class TaskSupervisor:
             deadline=handle.started_at + claimed.timeout_s,
             input_path=self._input_path(claimed.task_id),
             launcher=self.launcher,
+            export=exports.export_name_of(claimed.args) if claimed.kind == "export" else None,
         )
         with self._lock:
             self._tracked[claimed.task_id] = item
@@ -312,6 +318,8 @@ class TaskSupervisor:
         status, reason = self._verdict(item, exit_info)
         if item.kind == "merge" and status is not JobStatus.SUCCEEDED:
             _fail_merge_file(run_dir, reason or "the export did not finish")
+        if item.kind == "export" and status is not JobStatus.SUCCEEDED:
+            exports.fail_export_file(run_dir, item.export, reason or "the export did not finish")
         if item.input_path is not None:
             item.input_path.unlink(missing_ok=True)
         self._settle(item.task_id, status, reason, exit_info.returncode)
@@ -321,6 +329,14 @@ class TaskSupervisor:
         if item.stop_status is not None:
             return item.stop_status, item.stop_reason
         words = _PROCESS_WORDS.get(item.kind, "the task process")
+        if item.kind == "export":
+            if exports.export_succeeded(item.handle.run_dir, item.export) and exit_info.returncode in (
+                0,
+                None,
+            ):
+                return JobStatus.SUCCEEDED, None
+            said = exports.export_failure(item.handle.run_dir, item.export)
+            return JobStatus.FAILED, said or f"{words} ended with {exit_info.describe()} before finishing"
         if item.kind == "merge":
             ok = merge_succeeded(item.handle.run_dir) and exit_info.returncode in (0, None)
             if ok:
@@ -387,7 +403,10 @@ class TaskSupervisor:
             if found is not None:
                 self._adopt(task, *found)
                 return "reattached"
-            if task.kind == "merge" and merge_succeeded(run_dir):
+            export = exports.export_name_of(task.args) if task.kind == "export" else None
+            if (task.kind == "merge" and merge_succeeded(run_dir)) or exports.export_succeeded(
+                run_dir, export
+            ):
                 _settle_row(task, JobStatus.SUCCEEDED, None, None)
                 _remove(task.input_path)
                 return "finished"
@@ -401,6 +420,9 @@ class TaskSupervisor:
             elif task.kind == "merge":
                 reason = f"the export process is gone: {reason}"
                 _fail_merge_file(run_dir, reason)
+            if task.kind == "export":
+                reason = exports.export_failure(run_dir, export) or f"the export process is gone: {reason}"
+                exports.fail_export_file(run_dir, export, reason)
             _settle_row(task, JobStatus.FAILED, reason, None)
             _remove(task.input_path)
             log.warning("task %s (%s): %s", task.id, task.kind, reason)
@@ -430,6 +452,9 @@ class TaskSupervisor:
         candidates: list[Any] = [task.pid]
         if task.kind == "merge":  # the export writes its own pid: covers an app that died before recording it
             candidates.append((read_merge_status(run_dir) or {}).get("pid"))
+        export = exports.export_name_of(task.args) if task.kind == "export" else None
+        if export is not None:
+            candidates.append((exports.read_export_status(run_dir, export) or {}).get("pid"))
         for pid in candidates:
             proc = task_process(pid, task.module, run_dir)
             if proc is not None:
@@ -457,6 +482,7 @@ class TaskSupervisor:
             deadline=began + task.timeout_s,
             input_path=Path(task.input_path) if task.input_path else None,
             launcher=launcher,
+            export=exports.export_name_of(task.args) if task.kind == "export" else None,
         )
         with self._lock:
             self._tracked[task.id] = item

@@ -9,6 +9,7 @@ from sqlalchemy.orm import object_session
 
 from app import artifacts
 from app.models import Job
+from app.tasks.exports import exports_context
 from app.tasks.manager import active_task
 from app.tasks.merge_status import merge_status
 from contract.config import ConfigError, stored_config
@@ -58,4 +59,5 @@ def takeaway_context(job: Job, *, merge_active: bool | None = None) -> dict[str,
         "incomplete_checkpoints": [c for c in checkpoints if not c["complete"]],
         "merge": job_merge_status(job, active=merge_active),
         "merge_refusal": merge_refusal(quantization_method(job)),
+        **exports_context(job, object_session(job)),
     }
