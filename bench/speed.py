@@ -27,6 +27,13 @@ the attention and MLP projections, lr 2e-4, bf16 autocast:
   `tb-torchdequant` / `tb-bnbdequant` are `tb-compile` with the 4-bit weights unpacked by PyTorch ops
   (`worker.train.speed.dequant`, the default where layers are compiled) / by bitsandbytes' own op; `tb-combo`
   is `tb-compile` with inductor's horizontal fusion of independent kernels (`combo_kernels`).
+  `tb-8bitadam` is `tb-compile` with the seed's optimizer (PagedAdamW8bit), so the fall gate compares
+  gradients rather than optimizers; `tb-badscale` is `tuneboard` with every LoRA scale ×4 (broken on
+  purpose: the fall gate must fail it); `unsloth` is Unsloth's own QLoRA path (`bench/unsloth_recipe.py`,
+  run with `--unsloth-pythonpath`).
+- `--data rule --eval-every N` trains on the fall gate's rule rows (`bench/fall_gate.py`), whose loss falls
+  far even from random weights, records an eval loss every N steps, and prints the fall gate of every
+  recipe against the seed.
   A recipe forces levers by passing overrides to the run-plan resolver (`worker.train.speed.plan`), never
   through environment variables; each recipe prints its plan and keeps it in its results.
 - `--reuse seed` reads the seed's results of an earlier invocation with the same --out, model and seq
@@ -44,7 +51,8 @@ loss curves are compared step by step (the correctness gate).
 FLOPs: MFU = tokens/s · (6·N + 12·L·A·seq) / peak, where N counts the multiply-accumulates of every
 Linear of the model (lm_head included, embeddings excluded), L the layers and A the attention width
 (heads × head_dim): the standard "6N + attention" training count, not counting the recomputation that
-gradient checkpointing adds nor crediting LoRA for skipping the frozen weights' gradients.
+gradient checkpointing adds nor crediting LoRA for skipping the frozen weights' gradients. The table's last
+column is the frozen-base count (4·N + 6·N_lora + attention: no weight gradient for frozen weights).
 Peak: H100 SXM dense bf16 989 TFLOP/s (H100 PCIe 756, H200 989).
 """
 
@@ -66,6 +74,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.fall_gate import fall_gate, flops_per_token_both, gate_line, rule_batches  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR = 2e-4
@@ -90,6 +99,9 @@ RECIPES = (
     "tb-torchdequant",
     "tb-bnbdequant",
     "tb-combo",
+    "tb-badscale",
+    "tb-8bitadam",
+    "unsloth",
 )
 # The levers a recipe forces, by the run plan's names (see the module docstring for each recipe).
 RECIPE_OVERRIDES: dict[str, dict[str, str]] = {
@@ -115,8 +127,15 @@ COMPILED_RECIPES = frozenset(
         "tb-bnbdequant",
         "tb-combo",
         "tb-altup-bmm",
+        "tb-8bitadam",
     }
 )
+# Recipes that train with the seed's optimizer (PagedAdamW8bit) instead of the worker's choice ("auto": fused
+# fp32 AdamW on a GPU for small adapters), so the fall gate compares gradients, not two optimizers.
+SEED_OPTIMIZER_RECIPES = frozenset({"tb-8bitadam"})
+# The deliberately broken lever (bench only): every LoRA layer scaled by alpha / sqrt(r) (rsLoRA's scale,
+# 4× the configured alpha / r at r 16), as a flag flipped by mistake would. The fall gate must fail it.
+BAD_SCALE_FACTOR = 4.0
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -208,7 +227,7 @@ def make_batches(steps: int, rows: int, seq: int, seed: int, vocab: int = 2000) 
 # ---------------------------------------------------------------------------------------------- recipes
 
 
-def load_seed(model_dir: Path) -> Any:
+def load_seed(model_dir: Path, lr: float = LR) -> Any:
     """The seed's recipe: nf4 + prepare_model_for_kbit_training + eager + HF checkpointing + LoRA."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -249,7 +268,7 @@ def load_seed(model_dir: Path) -> Any:
 
     params = trainable_parameters(model)
     cls = bnb_mod.optim.PagedAdamW8bit if device == "cuda" else bnb_mod.optim.AdamW8bit
-    return model, cls(params, lr=LR), None, None
+    return model, cls(params, lr=lr), None, None
 
 
 def recipe_overrides(recipe: str) -> dict[str, str]:
@@ -268,7 +287,9 @@ def recipe_overrides(recipe: str) -> dict[str, str]:
     return overrides
 
 
-def load_tuneboard(model_dir: Path, overrides: dict[str, str] | None = None) -> Any:
+def load_tuneboard(
+    model_dir: Path, overrides: dict[str, str] | None = None, lr: float = LR, optimizer: str = "auto"
+) -> Any:
     """Tuneboard's path: the worker's loader, optimizer and fused loss, with the levers its plan says.
 
     `overrides` force levers by name (`recipe_overrides`); they land in the returned run plan, as a
@@ -289,7 +310,12 @@ def load_tuneboard(model_dir: Path, overrides: dict[str, str] | None = None) -> 
             "dataset": {"source": "preset:reverse-letters"},
             "quantization": {"method": "nf4", "double_quant": True},
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-            "training": {"learning_rate": LR, "weight_decay": 0.0, "gradient_checkpointing": True},
+            "training": {
+                "learning_rate": lr,
+                "weight_decay": 0.0,
+                "gradient_checkpointing": True,
+                "optimizer": optimizer,
+            },
         }
     )
     torch.manual_seed(SEED)
@@ -336,6 +362,9 @@ def parse_phase(phase: str) -> tuple[int, int, int, dict[str, str]]:
 
 def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """One recipe in this process: load, then each phase; returns the measurements."""
+    if args.recipe == "unsloth":
+        import unsloth  # noqa: F401  # Unsloth patches transformers: it must come first
+
     import torch
     from torch.profiler import record_function
 
@@ -348,11 +377,27 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_plan = None
     if args.recipe == "seed":
-        model, optimizer, plan, compiler = load_seed(model_dir)
+        model, optimizer, plan, compiler = load_seed(model_dir, args.lr)
+    elif args.recipe == "unsloth":
+        from bench.unsloth_recipe import load_unsloth
+
+        model, optimizer, plan, compiler = load_unsloth(model_dir, args.seq, args.lr, LORA_TARGETS, SEED)
     else:
-        model, optimizer, plan, compiler, run_plan = load_tuneboard(model_dir, recipe_overrides(args.recipe))
+        optimizer_name = "paged_adamw_8bit" if args.recipe in SEED_OPTIMIZER_RECIPES else "auto"
+        model, optimizer, plan, compiler, run_plan = load_tuneboard(
+            model_dir, recipe_overrides(args.recipe), args.lr, optimizer_name
+        )
+        print(f"[{args.recipe}] optimizer {type(optimizer).__name__}", flush=True)
         for choice in run_plan.levers.values():  # shown, so an override is never silent
             print(f"[{args.recipe}] plan {choice.name} = {choice.shown} ({choice.reason})", flush=True)
+    if args.recipe == "tb-badscale":
+        scaled = 0
+        for module in model.modules():
+            if isinstance(getattr(module, "scaling", None), dict):
+                for key in module.scaling:
+                    module.scaling[key] *= BAD_SCALE_FACTOR
+                    scaled += 1
+        print(f"[{args.recipe}] LoRA scaling x{BAD_SCALE_FACTOR} on {scaled} adapters (broken on purpose)")
     if args.recipe == "tb-inputgrads":  # the loader's former way: a gradient on the embeddings' output
         model.get_base_model().enable_input_require_grads()
     load_s = time.perf_counter() - t0
@@ -392,7 +437,14 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.update({k: v for k, v in env.items() if k not in levers})  # put back after the phase
         rows = micro * accum
         # The first phase uses the shared batches (same for every recipe); later ones their own stream.
-        batches = make_batches(steps, rows, seq, SEED if phase_index == 0 else SEED + 7 + rows, vocab)
+        batch_seed = SEED if phase_index == 0 else SEED + 7 + rows
+        if args.data == "rule":
+            batches = rule_batches(steps * rows, seq, batch_seed)
+        else:
+            batches = make_batches(steps, rows, seq, batch_seed, vocab)
+        eval_rows = rule_batches(args.eval_rows, seq, SEED + 1) if args.eval_every else None
+        eval_losses: list[tuple[int, float]] = []
+        train_peak = [0.0, 0.0]
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -427,8 +479,47 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             return float(total)
 
+        def evaluate(
+            after_step: int,
+            micro: int = micro,
+            plan: Any = phase_plan,
+            eval_rows: Any = eval_rows,
+            eval_losses: list[tuple[int, float]] = eval_losses,
+            train_peak: list[float] = train_peak,
+        ) -> None:
+            # Forward only, in eval mode (layers run eagerly, as in the worker's evaluation), with the
+            # training loss function, 4 rows at a time; its memory peak and time stay out of the phase's
+            # numbers. Grad stays on: on CPU, bitsandbytes repacks a 4-bit weight in place on a no-grad eval
+            # forward (`Linear4bit.forward`, AVX512-BF16 path), after which the seed's LoRA gradients of whole
+            # layers came out zero (its loss then fell 6x slower; tiny preset, bitsandbytes 0.50.2).
+            if cuda:
+                train_peak[0] = max(train_peak[0], torch.cuda.max_memory_allocated() / 1e9)
+                train_peak[1] = max(train_peak[1], torch.cuda.max_memory_reserved() / 1e9)
+            model.eval()
+            total = 0.0
+            chunks = 0
+            chunk = min(micro, 4)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                for start in range(0, eval_rows.shape[0], chunk):
+                    ids = eval_rows[start : start + chunk].to(device)
+                    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+                    if plan is not None:
+                        loss = causal_lm_loss(model, inputs, plan)
+                    else:
+                        loss = model(**inputs).loss
+                    total += float(loss.detach())
+                    del loss
+                    chunks += 1
+            model.train()
+            eval_losses.append((after_step, total / max(chunks, 1)))
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
         compile_before = compiler.compile_s if compiler is not None else 0.0
         try:
+            if eval_rows is not None:
+                evaluate(0)
             for step in range(steps):
                 if cuda:
                     torch.cuda.synchronize()
@@ -438,6 +529,8 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
                 losses.append(total)
+                if eval_rows is not None and ((step + 1) % args.eval_every == 0 or step + 1 == steps):
+                    evaluate(step + 1)
             if args.profile and cuda:
                 from bench.profile_step import profile_memory, profile_time
 
@@ -471,13 +564,18 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 "first_step_s": times[0] if times else None,
                 "compile_s": (compiler.compile_s - compile_before) if compiler is not None else None,
                 "tokens_per_s": tokens / step_s if measured else None,
-                "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
-                "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if cuda else None,
+                "peak_allocated_gb": max(train_peak[0], torch.cuda.max_memory_allocated() / 1e9)
+                if cuda
+                else None,
+                "peak_reserved_gb": max(train_peak[1], torch.cuda.max_memory_reserved() / 1e9)
+                if cuda
+                else None,
                 "losses": losses,
+                "eval_losses": eval_losses,
                 "error": error,
             }
         )
-        shown = {k: v for k, v in result["phases"][-1].items() if k != "losses"}
+        shown = {k: v for k, v in result["phases"][-1].items() if k not in ("losses", "eval_losses")}
         print(
             f"[{args.recipe}] {phase}: {json.dumps(shown)}",
             flush=True,
@@ -505,14 +603,18 @@ def gate(seed_losses: list[float], tb_losses: list[float], tol: float = GATE_REL
     }
 
 
-def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> list[str]:
-    """Markdown rows: one per recipe phase, with ratios against the seed's phase of the same tokens/step."""
+def table(
+    results: list[dict[str, Any]], fpt: float, peak: float, seq: int, fpt_frozen: float | None = None
+) -> list[str]:
+    """Markdown rows: one per recipe phase, with ratios against the seed's phase of the same tokens/step.
+
+    MFU is the 6N convention (`fpt`); with `fpt_frozen` a last column gives the frozen-base count too."""
     seed = next((r for r in results if r["recipe"] == "seed"), None)
     base: dict[int, dict[str, Any]] = {p["tokens_per_step"]: p for p in seed["phases"]} if seed else {}
     lines = [
         "| recipe | micro × accum × seq | tokens/step | tokens/s | × seed | peak alloc GB | × seed "
-        "| peak reserved GB | MFU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| peak reserved GB | MFU |" + (" MFU frozen base |" if fpt_frozen else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if fpt_frozen else ""),
     ]
     for r in results:
         for p in r["phases"]:
@@ -525,7 +627,10 @@ def table(results: list[dict[str, Any]], fpt: float, peak: float, seq: int) -> l
                 else "-"
             )
             mfu = f"{100 * tps * fpt / peak:.1f}%" if tps and math.isfinite(peak) else "-"
-            name = r["recipe"] + (f" ({r['loss_impl']} loss)" if r["recipe"] != "seed" else "")
+            if fpt_frozen:
+                mfu += f" | {100 * tps * fpt_frozen / peak:.1f}%" if tps and math.isfinite(peak) else " | -"
+            own_loss = r["recipe"] not in ("seed", "unsloth")
+            name = r["recipe"] + (f" ({r['loss_impl']} loss)" if own_loss else "")
             if p.get("env"):
                 name += " [" + " ".join(f"{k}={v}" for k, v in p["env"].items()) + "]"
             if r.get("offload"):
@@ -548,6 +653,22 @@ def main() -> None:
     parser.add_argument("--phases", default="4x4:50", help="seed recipe phases MxA:STEPS,...")
     parser.add_argument("--tb-phases", default="16x1:50", help="tuneboard phases MxA:STEPS,...")
     parser.add_argument("--recipes", default="seed,tb-compile")
+    parser.add_argument(
+        "--data",
+        default="random",
+        choices=["random", "rule"],
+        help="random: repeated random phrases (flat loss from random weights); rule: the 24-letter cycle "
+        "of bench.fall_gate, whose loss falls far (the fall gate)",
+    )
+    parser.add_argument("--lr", type=float, default=LR, help="learning rate of every recipe")
+    parser.add_argument("--eval-every", type=int, default=0, help="eval loss every N steps (0: none)")
+    parser.add_argument("--eval-rows", type=int, default=16, help="held-out rule rows for the eval loss")
+    parser.add_argument("--unsloth-phases", default="", help="unsloth phases (default: --tb-phases)")
+    parser.add_argument(
+        "--unsloth-pythonpath",
+        default="",
+        help="PYTHONPATH for the unsloth recipe's process (its own transformers/trl/datasets)",
+    )
     parser.add_argument("--nofused-phases", default="4x1:10,16x1:10", help="tb-nofused phases")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tb-speed")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON results")
@@ -579,12 +700,15 @@ def main() -> None:
     model_dir = Path(args.model) if Path(args.model).is_dir() else save_model(args.model, args.work)
     print(f"model {model_dir} ready in {time.perf_counter() - t0:.0f} s", flush=True)
     fpt, fdetail = flops_per_token(model_dir, args.seq)
+    lora_params = 0.0
     peak, gpu = peak_flops()
     results = []
     for recipe in args.recipes.split(","):
         phases = args.phases if recipe == "seed" else (args.tb_phases or args.phases)
         if recipe == "tb-nofused" and args.nofused_phases:
             phases = args.nofused_phases
+        if recipe == "unsloth" and args.unsloth_phases:
+            phases = args.unsloth_phases
         path = out / f"speed-{Path(args.model).name}-{args.seq}-{recipe}.json"
         cmd = [
             sys.executable,
@@ -600,6 +724,14 @@ def main() -> None:
             phases,
             "--json",
             str(path),
+            "--data",
+            args.data,
+            "--lr",
+            str(args.lr),
+            "--eval-every",
+            str(args.eval_every),
+            "--eval-rows",
+            str(args.eval_rows),
             *(["--profile"] if args.profile else []),
             *(["--trace-dir", args.trace_dir] if args.trace_dir else []),
         ]
@@ -611,7 +743,10 @@ def main() -> None:
         start = time.perf_counter()
         code: int | str
         try:
-            proc = subprocess.run(cmd, timeout=args.timeout, check=False)
+            env = None
+            if recipe == "unsloth" and args.unsloth_pythonpath:
+                env = {**os.environ, "PYTHONPATH": args.unsloth_pythonpath}
+            proc = subprocess.run(cmd, timeout=args.timeout, check=False, env=env)
             code = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
@@ -627,6 +762,10 @@ def main() -> None:
         **fdetail,
     }
     by = {r["recipe"]: r for r in results}
+    lora_params = float(next((r["trainable_params"] for r in results if r.get("trainable_params")), 0))
+    both = flops_per_token_both(fdetail["linear_params"], lora_params, fdetail["attention_flops_per_token"])
+    summary["flops_per_token_frozen_base"] = both["frozen_base"]
+    summary["lora_params"] = lora_params
     # The correctness gate: the seed against Tuneboard's default path, else the first Tuneboard variant run.
     main_tb = next((r for r in ("tuneboard", *RECIPES[2:]) if r in by), None)
     if "seed" in by and main_tb is not None:
@@ -637,7 +776,9 @@ def main() -> None:
         f"GPU {gpu}; model {args.model}; FLOPs/token {fpt / 1e9:.2f} G "
         f"(6·{fdetail['linear_params'] / 1e9:.2f} G linear params "
         f"+ attention {fdetail['attention_flops_per_token'] / 1e9:.2f} G); peak {peak / 1e12:.0f} TFLOP/s",
-        *table(results, fpt, peak, args.seq),
+        f"frozen-base FLOPs/token {both['frozen_base'] / 1e9:.2f} G (4·N + 6·{lora_params / 1e6:.1f} M LoRA "
+        "+ attention; bench/fall_gate.py)",
+        *table(results, fpt, peak, args.seq, both["frozen_base"]),
     ]
     for r in results:
         lines.append(
@@ -668,6 +809,20 @@ def main() -> None:
             f"mean {g['mean_rel_diff']:.2e} (tolerance {g['tolerance']}); {names[0]} {g['seed_first_last']}, "
             f"{names[1]} {g['tb_first_last']} → {'PASS' if g['passed'] else 'FAIL'}"
         )
+    if args.data == "rule" and "seed" in by:
+        ref = by["seed"]["phases"][0]
+        for r in results:
+            if r["recipe"] == "seed":
+                continue
+            cand = r["phases"][0]
+            g = fall_gate(
+                ref["losses"],
+                cand["losses"],
+                [v for _, v in ref.get("eval_losses", [])],
+                [v for _, v in cand.get("eval_losses", [])],
+            )
+            summary[f"fall-gate-{r['recipe']}"] = g
+            lines.append(gate_line(r["recipe"], "seed", g))
     summary["table"] = lines
     (out / f"speed-{Path(args.model).name}-{args.seq}-summary.json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines), flush=True)
