@@ -29,6 +29,9 @@ _CONFIG_FORMS = (
 _UPLOADS = re.compile(r"^(/api)?/datasets/?$")
 _INGEST = re.compile(r"^/api/jobs/[^/]+/events/?$")
 _ARTIFACTS = re.compile(r"^/api/jobs/[^/]+/artifacts/.+$")
+# try the adapter's JSON body: prompt and conversation (a character is at most 12 bytes escaped) + settings
+_TRY = re.compile(r"^/api/jobs/[^/]+/try/?$")
+TRY_SLACK = 16 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -54,6 +57,8 @@ def body_cap(settings: Settings, method: str, path: str) -> int:
             return settings.max_config_bytes
         if any(p.match(path) for p in _CONFIG_FORMS):
             return 3 * settings.max_config_bytes + FORM_SLACK
+        if _TRY.match(path):
+            return 12 * settings.try_max_prompt_chars + TRY_SLACK
     return DEFAULT_BODY_CAP
 
 

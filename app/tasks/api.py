@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,10 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.deps import JobDep, SessionDep, SettingsDep, get_session_factory
 from app.models import Job
+from app.settings import Settings
+from app.tasks.exports_api import router as exports_router
 from app.tasks.manager import TaskBusy, TaskManager, get_task_manager, task_config
+from app.tasks.try_stream import TRY_FIELDS, Decoding, TryInputError, parse_try_request
 from app.tasks.views import (
     can_try,
     has_adapter,
@@ -34,6 +38,9 @@ from contract.config import ConfigError
 from contract.tasks import merge_refusal
 
 router = APIRouter(tags=["takeaway"])
+router.include_router(
+    exports_router
+)  # exports: merged (also 4-bit), GGUF, GGUF LoRA (app/tasks/exports_api.py)
 ManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -182,15 +189,21 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _try_stream(lines: AsyncGenerator[dict[str, Any] | None, None]) -> AsyncIterator[str]:
-    """The generation task's JSON lines as SSE: `token` {side, token}, then `done` or `error` {detail}."""
+async def _try_stream(
+    lines: AsyncGenerator[dict[str, Any] | None, None], decoding: Decoding
+) -> AsyncIterator[str]:
+    """The generation task's JSON lines as SSE: `decoding` {max_new_tokens, temperature, top_p, seed},
+    `stage` {stage} while waiting, `token` {side, token}, then `done` or `error` {detail}."""
     try:
         yield ": generating\n\n"  # headers and a first byte at once: the browser knows it started
+        yield _sse("decoding", {k: v for k, v in asdict(decoding).items() if k != "raw"})
         async for message in lines:
             if message is None:
                 yield ": ping\n\n"
             elif "token" in message:
                 yield _sse("token", {"side": message.get("side"), "token": message["token"]})
+            elif "stage" in message:
+                yield _sse("stage", {"stage": str(message["stage"])})
             elif message.get("done"):
                 yield _sse("done", {})
                 return
@@ -203,27 +216,18 @@ async def _try_stream(lines: AsyncGenerator[dict[str, Any] | None, None]) -> Asy
             await lines.aclose()
 
 
-@router.get("/api/jobs/{job_id}/try")
-async def try_adapter(
-    job: JobDep,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    prompt: Annotated[str, Query(min_length=1, description="What to ask the model.")],
-    max_new_tokens: Annotated[int, Query(ge=1, description="Answer length in tokens.")] = 64,
-    raw: Annotated[bool, Query(description="Send the prompt without the chat template.")] = False,
-) -> Response:
-    """SSE: the answer with the adapter, then with the base alone, token by token (succeeded jobs only)."""
-    if len(prompt) > settings.try_max_prompt_chars:
-        raise HTTPException(
-            422,
-            f"the prompt has {len(prompt)} characters; at most {settings.try_max_prompt_chars} are allowed",
+async def _start_try(
+    job: Job, manager: TaskManager, settings: Settings, values: Mapping[str, Any]
+) -> StreamingResponse:
+    """Check the try's parameters (422) and the job (409), queue the generation and stream its answer."""
+    try:
+        prompt, history, decoding = parse_try_request(
+            values,
+            max_prompt_chars=settings.try_max_prompt_chars,
+            max_new_tokens_cap=settings.try_max_new_tokens,
         )
-    if max_new_tokens > settings.try_max_new_tokens:
-        raise HTTPException(
-            422,
-            f"max_new_tokens is {max_new_tokens}; at most {settings.try_max_new_tokens} "
-            "(TUNEBOARD_TRY_MAX_NEW_TOKENS) are allowed",
-        )
+    except TryInputError as exc:
+        raise HTTPException(422, str(exc)) from None
     if not can_try(job):
         raise HTTPException(
             409, f"job {job.id} has no finished adapter (status {job.status}); try a job that succeeded"
@@ -235,9 +239,64 @@ async def try_adapter(
     except TaskBusy as exc:
         raise HTTPException(409, str(exc)) from None
     lines = manager.generation_lines(
-        claim, Path(job.run_dir), config=config, prompt=prompt, max_new_tokens=max_new_tokens, raw=raw
+        claim, Path(job.run_dir), config=config, prompt=prompt, decoding=decoding, history=history
     )
-    return StreamingResponse(_try_stream(lines), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(
+        _try_stream(lines, decoding), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
+
+
+_TRY_DOC = (
+    "SSE: the answer with the adapter, then with the base alone, token by token (succeeded jobs only). "
+    "temperature 0 (default) decodes greedily; above 0 (up to 2) it samples with top_p in (0, 1], and both "
+    "sides start from `seed` (random when left out; the `decoding` event says which). `history` is the "
+    "conversation so far: a JSON list of {role: user|assistant, content}, alternating from user to the "
+    "assistant's answer; the new prompt is the next user turn, and both sides continue the same history. "
+    "Its contents and the prompt count together against TUNEBOARD_TRY_MAX_PROMPT_CHARS."
+)
+
+
+@router.get("/api/jobs/{job_id}/try", description=_TRY_DOC)
+async def try_adapter(
+    job: JobDep,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    prompt: Annotated[str, Query(description="What to ask the model.")] = "",
+    max_new_tokens: Annotated[str | None, Query(description="Answer length in tokens (default 64).")] = None,
+    raw: Annotated[str | None, Query(description="true: send the prompt without the chat template.")] = None,
+    temperature: Annotated[str | None, Query(description="0 (greedy, default) to 2.")] = None,
+    top_p: Annotated[str | None, Query(description="Nucleus sampling mass in (0, 1]; default 1.")] = None,
+    seed: Annotated[str | None, Query(description="Sampling seed, a whole number >= 0.")] = None,
+    history: Annotated[str | None, Query(description="The conversation so far, as JSON.")] = None,
+) -> Response:
+    """Try the adapter (parameters in the query; POST the same as a JSON body for long conversations)."""
+    values = {
+        "prompt": prompt,
+        "max_new_tokens": max_new_tokens,
+        "raw": raw,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "history": history,
+    }
+    return await _start_try(job, manager, settings, values)
+
+
+@router.post("/api/jobs/{job_id}/try", description=_TRY_DOC)
+async def try_adapter_post(
+    job: JobDep, manager: ManagerDep, settings: SettingsDep, request: Request
+) -> Response:
+    """Try the adapter with a JSON body {prompt, history, temperature, top_p, seed, max_new_tokens, raw}."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise HTTPException(422, f"the body is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, "the body must be a JSON object: {prompt, history, temperature, ...}")
+    unknown = sorted(set(body) - TRY_FIELDS)
+    if unknown:
+        raise HTTPException(422, f"unknown fields {unknown}; allowed: {sorted(TRY_FIELDS)}")
+    return await _start_try(job, manager, settings, body)
 
 
 # ------------------------------------------------------------------------------------------- page fragments

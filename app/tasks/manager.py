@@ -97,6 +97,7 @@ class TaskManager:
         self.session_factory = session_factory
         self.try_module = TRY_MODULE  # tests point these at stand-ins (tests/fakes)
         self.merge_module = MERGE_MODULE
+        self.export_module = "worker.export"  # contract.tasks.EXPORT_MODULE (app/tasks/exports.py)
         self._scheduler: Callable[[], Any] = lambda: None
         self._reserved: dict[int, TaskClaim] = {}
         self._own: TaskSupervisor | None = None
@@ -275,8 +276,8 @@ class TaskManager:
         *,
         config: dict[str, Any],
         prompt: str,
-        max_new_tokens: int,
-        raw: bool = False,
+        decoding: try_stream.Decoding,
+        history: list[dict[str, str]] | None = None,
         idle_every_s: float = 15.0,
     ) -> AsyncGenerator[dict[str, Any] | None, None]:
         """Queue the generation task and yield its JSON lines (app/tasks/try_stream.py streams them)."""
@@ -286,8 +287,8 @@ class TaskManager:
             run_dir,
             config=config,
             prompt=prompt,
-            max_new_tokens=max_new_tokens,
-            raw=raw,
+            decoding=decoding,
+            history=history,
             idle_every_s=idle_every_s,
         )
 

@@ -23,6 +23,7 @@ from app.models import Job
 from app.settings import Settings
 from app.tasks.manager import NEVER_STARTED_S, TaskBusy, TaskManager, task_config
 from app.tasks.merge_status import merge_status
+from app.tasks.try_stream import STAGE_STARTING, STAGE_WAITING, Decoding
 from contract.config import JobConfig
 from contract.tasks import write_merge_status
 from tests.waiting import gone, wait_until
@@ -69,8 +70,12 @@ def test_a_consumer_that_stops_reading_kills_the_generation_process(
 
     async def main() -> int:
         claim = manager.claim(1, "try", 30)
-        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", max_new_tokens=4)
-        assert await lines.__anext__() == {"side": "adapter", "token": "x"}
+        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", decoding=Decoding(4))
+        first = await lines.__anext__()
+        while first is not None and "stage" in first:  # the app says what the try waits for first
+            assert first["stage"] in (STAGE_WAITING, STAGE_STARTING)
+            first = await lines.__anext__()
+        assert first == {"side": "adapter", "token": "x"}
         assert claim.pid is not None and psutil.pid_exists(claim.pid)
         await lines.aclose()  # what a disconnected client's cancelled response does
         return claim.pid
@@ -90,8 +95,8 @@ def test_a_generation_past_the_timeout_is_killed_and_says_so(
 
     async def main() -> tuple[list[Any], int | None]:
         claim = manager.claim(1, "try", 0.6)
-        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", max_new_tokens=4)
-        seen = [m async for m in lines]
+        lines = manager.generation_lines(claim, run_dir, config=STORED, prompt="hi", decoding=Decoding(4))
+        seen = [m async for m in lines if m is None or "stage" not in m]
         return seen, claim.pid
 
     seen, pid = asyncio.run(main())

@@ -65,7 +65,7 @@ def test_merging_is_refused_for_every_quantized_method_with_the_reason() -> None
     for method, bits in (("nf4", "4-bit"), ("fp4", "4-bit"), ("int8", "8-bit")):
         reason = merge_refusal(method)
         assert reason is not None and bits in reason and "loses precision" in reason
-        assert "quantization.method none" in reason and "full-precision base yourself" in reason
+        assert "quantization.method none" in reason and "--format merged" in reason  # where to go instead
 
 
 def test_the_merge_task_refuses_a_quantized_run_before_loading_any_model(tmp_path: Path) -> None:
@@ -146,3 +146,68 @@ def test_the_generate_task_ends_with_an_error_line_when_the_run_has_no_adapter(t
     assert result.returncode == 2
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert "no finished adapter" in last["error"] and "succeeded" in last["error"]
+
+
+@pytest.mark.training
+def test_earlier_turns_are_rendered_before_the_prompt_by_the_chat_template() -> None:
+    from transformers import AutoTokenizer
+
+    from tests.worker.takeaway_run import mergeable_run
+    from worker.tasks.generate import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(str(mergeable_run().run_dir.adapter))
+    history = [
+        {"role": "user", "content": "Reverse the letters: tune"},
+        {"role": "assistant", "content": "enut"},
+    ]
+    alone = prompt_text(tok, "And now: board", raw=False)
+    wrapped = prompt_text(tok, "And now: board", raw=False, history=history)
+    ids = tok(wrapped, add_special_tokens=False)["input_ids"]
+
+    def at(sub: list[int]) -> int:
+        return next(i for i in range(len(ids) - len(sub) + 1) if ids[i : i + len(sub)] == sub)
+
+    # token level: the earlier user turn, the adapter's answer as the assistant's turn, then the new prompt
+    turn = [
+        tok(f"{role}<|end_header_id|>\n\n{text}", add_special_tokens=False)["input_ids"]
+        for role, text in (
+            ("user", "Reverse the letters: tune"),
+            ("assistant", "enut"),
+            ("user", "And now: board"),
+        )
+    ]
+    positions = [at(t) for t in turn]
+    assert positions == sorted(positions) and len(set(positions)) == 3
+    assert len(ids) > len(tok(alone, add_special_tokens=False)["input_ids"])
+    assert wrapped.rstrip().endswith("<|start_header_id|>assistant<|end_header_id|>")
+    raw = prompt_text(tok, "And now: board", raw=True, history=history)
+    assert raw == "Reverse the letters: tune\nenut\nAnd now: board"
+
+
+def test_bad_decoding_arguments_are_refused_before_anything_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.tasks import generate
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("hi")
+    base = [str(tmp_path), "--config", str(tmp_path / "c.json"), "--prompt-file", str(prompt)]
+    for extra, says in (
+        (["--temperature", "2.5"], "--temperature must be between 0 and 2"),
+        (["--top-p", "0"], "--top-p must be above 0 and at most 1"),
+        (["--seed", "-3"], "--seed must be between 0"),
+    ):
+        assert generate.main(base + extra) == 2, extra
+        assert says in json.loads(capsys.readouterr().out)["error"]
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"role": "system", "content": "x"}]))
+    assert generate.main(base + ["--history-file", str(history)]) == 2
+    with pytest.raises(ValueError, match="turn 0 of the history"):
+        generate.read_history(history)
+    assert generate.sampling_kwargs(0.0, 0.5) == {"do_sample": False}
+    assert generate.sampling_kwargs(0.7, 0.9) == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+    }
