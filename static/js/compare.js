@@ -95,7 +95,32 @@
     const labels = new Map(window.TuneboardFormat.vocabulary.metrics.map((m) => [m.key, m.label]));
     const metricLabel = (key) => labels.get(key) || key;
 
-    window.tuneboardCompare = { stores, mapToX };
+    // chart habits (static/js/charts.js): zoom with a reset, smoothing, log scale, CSV/PNG
+    const CH = window.TuneboardCharts;
+    const resetButton = document.getElementById("compare-reset-zoom");
+    const logBox = document.getElementById("compare-log");
+    let smoothing = 0;
+    let log = Boolean(CH.settings.get("compare.log", false));
+    const zoom = CH.zoomGroup(
+      (u, min, max) => (min === null || max === null ? [0, 1] : (min === max ? [min - 1, max + 1] : [min, max])),
+      (z) => { if (resetButton) resetButton.hidden = !z; },
+    );
+    if (resetButton) resetButton.addEventListener("click", () => zoom.reset());
+    if (logBox) {
+      logBox.checked = log;
+      logBox.addEventListener("change", () => {
+        log = logBox.checked;
+        CH.settings.set("compare.log", log);
+        plotKey = "";
+        scheduleDraw();
+      });
+    }
+    smoothing = CH.smoothingControl(document.getElementById("compare-smoothing"), document.getElementById("compare-smoothing-value"), (w) => {
+      smoothing = w;
+      scheduleDraw();
+    });
+
+    window.tuneboardCompare = { stores, mapToX, zoom, get plot() { return plot; } };
 
     function pointsFor(run) {
       const store = stores.get(run.id);
@@ -125,9 +150,16 @@
       runs.forEach((run, i) => {
         const li = legendItem(run.id);
         if (!li) return;
-        const v = values ? values[i] : null;
-        li.querySelector("[data-legend-value]").textContent = v === null || v === undefined ? "" : F.fmtNum(v);
+        const [v, raw] = values ? values[i] : [undefined, undefined];
+        const text = v === null ? "NaN/inf" : v === undefined ? "" : F.fmtNum(v);
+        // with smoothing: the smoothed value, then the raw one
+        li.querySelector("[data-legend-value]").textContent = text + (raw === undefined || v === undefined ? "" : " (raw " + (raw === null ? "NaN/inf" : F.fmtNum(raw)) + ")");
       });
+    }
+
+    /** The signature of what needs a new plot (not just new data). */
+    function plotSignature(perRun) {
+      return metric + "|" + x + "|" + (smoothing > 0) + "|" + (log ? JSON.stringify(CH.logScale(perRun.map((pts) => pts.map((p) => p[1])))) : "");
     }
 
     function build(perRun) {
@@ -138,9 +170,12 @@
       const opts = {
         width: Math.max(240, chartEl.clientWidth),
         height: Math.max(160, chartEl.clientHeight),
-        cursor: { drag: { x: true, y: false } },
+        cursor: zoom.cursor(),
         legend: { show: false },
-        scales: { x: { time: false }, y: { auto: true } },
+        scales: {
+          x: { time: false, range: zoom.range },
+          y: log ? CH.logScale(perRun.map((pts) => pts.map((p) => p[1]))) : { range: CH.yRange },
+        },
         axes: [
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: xLabel, labelSize: 22,
             // steps are whole numbers: no 2.5 ticks
@@ -149,28 +184,38 @@
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 60,
             values: (u, vals) => vals.map((v) => F.fmtNum(v, 3)) },
         ],
-        series: [{ label: xLabel }].concat(runs.map((run, i) => ({
-          label: "#" + run.id,
-          stroke: L.cssVar("--cmp-" + run.colour, "#36c"),
-          width: 1.75,
-          dash: run.dash.length ? run.dash.map((d) => d * dpr) : undefined,
-          spanGaps: true,
-          // dots only where a run has few points (eval_loss): on dense curves they would hide the dashes
-          points: { show: perRun[i].length <= SPARSE_POINTS, size: 5 },
-        }))),
+        series: [{ label: xLabel }].concat(...runs.map((run, i) => {
+          const line = {
+            label: "#" + run.id,
+            stroke: L.cssVar("--cmp-" + run.colour, "#36c"),
+            width: 1.75,
+            dash: run.dash.length ? run.dash.map((d) => d * dpr) : undefined,
+            spanGaps: false, // holes join (undefined); a NaN/inf point (null) shows as a gap
+            // dots only where a run has few points (eval_loss): on dense curves they would hide the dashes
+            points: { show: perRun[i].length <= SPARSE_POINTS, size: 5 },
+          };
+          // with smoothing: the raw line faint behind the smoothed one
+          return smoothing ? [Object.assign({}, line, { label: "#" + run.id + " raw", alpha: 0.25, width: 1, points: { show: false } }), line] : [line];
+        })),
         hooks: {
+          setScale: zoom.hooks.setScale,
           setCursor: [(u) => {
             const idx = u.cursor.idx;
             const none = idx === null || idx === undefined;
-            setLegendValues(none ? null : runs.map((r, i) => u.data[i + 1][idx]));
+            const per = smoothing ? 2 : 1;
+            setLegendValues(none ? null : runs.map((r, i) => [u.data[i * per + per][idx], smoothing ? u.data[i * per + 1][idx] : undefined]));
             document.getElementById("cursor-x").textContent = none ? "" : "at " + xLabel + " " + F.fmtNum(u.data[0][idx]);
           }],
         },
       };
       chartEl.replaceChildren();
-      if (plot) plot.destroy();
+      if (plot) {
+        zoom.remove(plot);
+        plot.destroy();
+      }
       plot = new uPlot(opts, aligned(perRun), chartEl);
-      plotKey = metric + "|" + x;
+      zoom.add(plot);
+      plotKey = plotSignature(perRun);
     }
 
     /** uPlot's aligned data: the union of the runs' x values, null where a run has no point there. */
@@ -181,9 +226,16 @@
       const index = new Map(xs.map((v, i) => [v, i]));
       const out = [xs];
       perRun.forEach((pts) => {
-        const ys = new Array(xs.length).fill(null);
+        const ys = new Array(xs.length).fill(undefined);
         pts.forEach(([px, py]) => { ys[index.get(px)] = typeof py === "number" ? py : null; });
-        out.push(ys);
+        if (smoothing) {
+          const sm = new Array(xs.length).fill(undefined);
+          const smoothed = CH.ema(pts.map((p) => (typeof p[1] === "number" ? p[1] : null)), smoothing);
+          pts.forEach(([px], j) => { sm[index.get(px)] = smoothed[j]; });
+          out.push(ys, sm);
+        } else {
+          out.push(ys);
+        }
       });
       return out;
     }
@@ -206,7 +258,7 @@
       chartEl.dataset.points = String(total);
       if (typeof uPlot === "undefined") return;
       if (!total) {
-        if (plot) { plot.destroy(); plot = null; plotKey = ""; }
+        if (plot) { zoom.remove(plot); plot.destroy(); plot = null; plotKey = ""; }
         const waiting = received.size < runs.length;
         const note = document.createElement("div");
         note.className = "chart-empty";
@@ -214,8 +266,10 @@
         chartEl.replaceChildren(note);
         return;
       }
-      if (!plot || plotKey !== metric + "|" + x) build(perRun);
-      else plot.setData(aligned(perRun));
+      const sig = plotSignature(perRun);
+      if (plot && plotKey && plotKey.split("|")[1] !== x) zoom.reset(); // another x axis: the zoom's range means nothing there
+      if (!plot || plotKey !== sig) build(perRun);
+      else zoom.quietly(plot, () => plot.setData(aligned(perRun)));
     }
 
     function scheduleDraw() {
@@ -278,12 +332,31 @@
 
     if (typeof ResizeObserver !== "undefined") {
       new ResizeObserver(() => {
-        if (plot) plot.setSize({ width: Math.max(240, chartEl.clientWidth), height: Math.max(160, chartEl.clientHeight) });
+        if (plot) zoom.quietly(plot, () => plot.setSize({ width: Math.max(240, chartEl.clientWidth), height: Math.max(160, chartEl.clientHeight) }));
       }).observe(chartEl);
     }
     chartEl.addEventListener("mouseleave", () => {
       setLegendValues(null);
       document.getElementById("cursor-x").textContent = "";
+    });
+
+    // CSV and PNG of the chart: what it shows (the zoomed range; the smoothed lines too when smoothing)
+    document.querySelectorAll("[data-compare-download]").forEach((button) => {
+      button.addEventListener("click", () => {
+        if (!plot) return;
+        const u = plot;
+        const name = "compare-" + runs.map((r) => r.id).join("-") + "-" + metric.replace(/[^A-Za-z0-9_.-]+/g, "_");
+        const title = metric + " by " + metricLabel(x);
+        if (button.dataset.compareDownload === "png") {
+          const items = runs.map((r, i) => ({ label: "#" + r.id, colour: L.cssVar("--cmp-" + r.colour, "#36c") }));
+          CH.downloadPng(name + ".png", u, title, items);
+          return;
+        }
+        const header = [x];
+        runs.forEach((r) => { header.push("job_" + r.id); if (smoothing) header.push("job_" + r.id + "_smoothed"); });
+        const { min, max } = u.scales.x;
+        CH.downloadCsv(name + ".csv", CH.csv(header, u.data, (i) => u.data[0][i] >= min && u.data[0][i] <= max));
+      });
     });
 
     const es = L.openStream(main.dataset.stream, {

@@ -9,6 +9,8 @@
  * stream at that point (cursor "<last_seq>.<last_step>"). A point whose step is not after the last one
  * held for its key replaces the series from that step on (a resume re-sends the boundary step; a guard
  * rollback restarts at an earlier step).
+ * The charts share one x zoom (drag, setScale, "Reset zoom" or a double-click; static/js/charts.js); a
+ * zoomed range is read again at full resolution (GET /api/jobs/{id}/metrics?from_step=&to_step=).
  * Everything here is an enhancement: the server-rendered page is complete without it.
  */
 (function () {
@@ -200,16 +202,16 @@
     };
   }
 
-  /** uPlot's aligned data for `keys`: the union of their steps, nulls where a key has no point. */
-  function alignedData(store, keys) {
+  /** uPlot's aligned data for a list of {xs, ys}: the union of their steps. A series with no point at a step
+   * holds undefined there (the line joins across), a non-finite point (null) stays a gap in its line. */
+  function alignedData(lists) {
     const stepSet = new Set();
-    keys.forEach((k) => store.series.get(k).xs.forEach((x) => stepSet.add(x)));
+    lists.forEach((s) => s.xs.forEach((x) => stepSet.add(x)));
     const xs = Array.from(stepSet).sort((a, b) => a - b);
     const index = new Map(xs.map((x, i) => [x, i]));
     const data = [xs];
-    keys.forEach((k) => {
-      const s = store.series.get(k);
-      const ys = new Array(xs.length).fill(null);
+    lists.forEach((s) => {
+      const ys = new Array(xs.length).fill(undefined);
       for (let i = 0; i < s.xs.length; i++) ys[index.get(s.xs[i])] = s.ys[i];
       data.push(ys);
     });
@@ -275,47 +277,182 @@
       return [lo, hi];
     }
 
+    // chart habits (static/js/charts.js): one zoom for every chart, smoothing, log scale, CSV/PNG
+    const CH = window.TuneboardCharts;
+    const resetButton = document.getElementById("chart-reset-zoom");
+    const chartsBox = document.getElementById("charts");
+    let smoothing = 0;
+    let zoomData = null; // {lo, hi, series: Map key → {xs, ys}}: a zoomed range read at full resolution
+    let zoomTicket = 0;
+    let zoomTimer = null;
+    const zoom = CH.zoomGroup(xRange, (z) => {
+      if (resetButton) resetButton.hidden = !z;
+      if (chartsBox) chartsBox.dataset.zoom = z ? Math.round(z.min) + "-" + Math.round(z.max) : "";
+      if (!z) {
+        zoomTicket++;
+        zoomData = null;
+      } else {
+        clearTimeout(zoomTimer);
+        zoomTimer = setTimeout(fetchZoom, 120);
+      }
+      scheduleDraw();
+    });
+    window.tuneboard.zoom = zoom;
+    if (resetButton) resetButton.addEventListener("click", () => zoom.reset());
+
+    /** A key's points as drawn: the history and live points, and inside a zoomed range the full-resolution read. */
+    function seriesFor(key) {
+      const s = store.series.get(key);
+      const z = zoomData && zoomData.series.get(key);
+      if (!z) return s;
+      const zLast = z.xs.length ? z.xs[z.xs.length - 1] : zoomData.lo - 1;
+      const out = { xs: [], ys: [] };
+      for (let i = 0; i < s.xs.length && s.xs[i] < zoomData.lo; i++) {
+        out.xs.push(s.xs[i]);
+        out.ys.push(s.ys[i]);
+      }
+      out.xs.push(...z.xs);
+      out.ys.push(...z.ys);
+      for (let i = 0; i < s.xs.length; i++) {
+        if (s.xs[i] > zLast && s.xs[i] >= zoomData.lo) {
+          out.xs.push(s.xs[i]);
+          out.ys.push(s.ys[i]);
+        }
+      }
+      return out;
+    }
+
+    async function fetchZoom() {
+      const z = zoom.zoom;
+      if (!z) return;
+      const lo = Math.max(0, Math.floor(z.min));
+      const hi = Math.max(lo, Math.ceil(z.max));
+      if (zoomData && zoomData.lo === lo && zoomData.hi === hi) return;
+      const keys = new Set();
+      charts.forEach((c) => activeKeys(c.spec).forEach((k) => keys.add(k)));
+      if (!keys.size) return;
+      const ticket = ++zoomTicket;
+      const q = "from_step=" + lo + "&to_step=" + hi + "&max_points=2000&keys=" + encodeURIComponent(Array.from(keys).join(","));
+      try {
+        const r = await fetch("/api/jobs/" + jobId + "/metrics?" + q);
+        if (!r.ok) return;
+        const msg = await r.json();
+        if (ticket !== zoomTicket) return; // zoomed elsewhere (or reset) meanwhile
+        const series = new Map();
+        Object.entries(msg.series || {}).forEach(([key, points]) => {
+          series.set(key, {
+            xs: points.map((p) => p[0]),
+            ys: points.map((p) => (typeof p[1] === "number" ? p[1] : null)),
+          });
+        });
+        zoomData = { lo, hi, series };
+        if (chartsBox) chartsBox.dataset.zoomLoaded = lo + "-" + hi;
+        scheduleDraw();
+      } catch (err) {
+        console.warn("tuneboard: could not load the zoomed range", err);
+      }
+    }
+
+    /** The plot's series: per key its line, or with smoothing the faint raw line and the smoothed one. */
+    function plotLists(keys) {
+      const out = [];
+      keys.forEach((k) => {
+        const s = seriesFor(k);
+        out.push(s);
+        if (smoothing) out.push({ xs: s.xs, ys: CH.ema(s.ys, smoothing) });
+      });
+      return out;
+    }
+
+    function logOptions(c, keys) {
+      if (!c.log) return null;
+      return CH.logScale(keys.filter((k) => {
+        const spec = c.spec.series.find((s) => s.key === k);
+        return !spec.scale;
+      }).map((k) => seriesFor(k).ys));
+    }
+
     function buildPlot(c, keys) {
       const axis = cssVar("--chart-axis", "#666");
       const grid = cssVar("--chart-grid", "rgba(0,0,0,.07)");
       const specs = keys.map((k) => c.spec.series.find((s) => s.key === k));
       const usesPct = specs.some((s) => s.scale === "pct");
       const width = Math.max(200, c.el.clientWidth);
-      const height = Math.max(120, c.el.clientHeight - LEGEND_HEIGHT);
-      const fmt = (u, v) => (v === null || v === undefined ? "—" : fmtNum(v));
+      const height = Math.max(120, c.el.clientHeight - (c.legendHeight || LEGEND_HEIGHT));
+      const fmt = (v) => (v === null ? "NaN/inf" : v === undefined ? "—" : fmtNum(v));
+      const logY = logOptions(c, keys);
+      const series = [{ label: "step", value: (u, v) => (v === null || v === undefined ? "—" : String(v)) }];
+      specs.forEach((s) => {
+        const line = {
+          label: s.label,
+          scale: s.scale || "y",
+          stroke: cssVar(s.color, "#36c"),
+          width: 1.5,
+          spanGaps: false, // holes between points join (undefined); a NaN/inf point (null) shows as a gap
+          points: { show: s.points ? true : undefined, size: 5 },
+          value: (u, v) => fmt(v),
+        };
+        if (!smoothing) {
+          series.push(line);
+          return;
+        }
+        // the raw line stays faint behind; the legend shows "smoothed (raw)" on the smoothed entry
+        series.push(Object.assign({}, line, { label: s.label + " raw", alpha: 0.28, width: 1, points: { show: false } }));
+        series.push(Object.assign({}, line, {
+          value: (u, v, si, idx) => (idx === null || idx === undefined ? "—" : fmt(v) + " (raw " + fmt(u.data[si - 1][idx]) + ")"),
+        }));
+      });
       const opts = {
         width,
         height,
-        cursor: { drag: { x: true, y: false } },
+        cursor: zoom.cursor(),
         scales: {
-          x: { time: false, range: xRange },
+          x: { time: false, range: zoom.range },
           // memory and throughput start at zero: a 4 MB wobble must not look like a leak
-          y: c.log ? { distr: 3 } : (c.spec.zeroBased ? { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } : { auto: true }),
+          y: logY || (c.spec.zeroBased ? { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } : { range: CH.yRange }),
           pct: { range: [0, 100] },
         },
         axes: [
           // the x axis is named (the y units are in each chart's caption)
           { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, label: "step", labelSize: 18 },
-          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid }, size: 56,
+          { stroke: axis, grid: { stroke: grid }, ticks: { stroke: grid },
+            // wide enough for the longest tick label ("2.00e-4" on a zoomed learning rate)
+            size: (u, vals) => Math.max(56, 18 + 7 * Math.max(0, ...(vals || []).map((v) => String(v).length))),
             values: (u, vals) => vals.map((v) => fmtNum(v, 3)) },
         ].concat(usesPct ? [{ scale: "pct", side: 1, stroke: axis, grid: { show: false }, size: 40 }] : []),
-        series: [{ label: "step", value: (u, v) => (v === null ? "—" : String(v)) }].concat(specs.map((s) => ({
-          label: s.label,
-          scale: s.scale || "y",
-          stroke: cssVar(s.color, "#36c"),
-          width: 1.5,
-          spanGaps: true,
-          points: { show: s.points ? true : undefined, size: 5 },
-          value: fmt,
-        }))),
+        series,
         legend: { live: true },
+        hooks: zoom.hooks,
         plugins: [markersPlugin()],
       };
       const empty = c.el.querySelector(".chart-empty");
       if (empty) empty.remove();
-      if (c.plot) c.plot.destroy();
-      c.plot = new uPlot(opts, alignedData(store, keys), c.el);
+      if (c.plot) {
+        zoom.remove(c.plot);
+        c.plot.destroy();
+      }
+      c.plot = new uPlot(opts, alignedData(plotLists(keys)), c.el);
+      zoom.add(c.plot);
+      if (smoothing) {
+        // the raw entries stay in the legend's table (tests count them) but the smoothed entry names both
+        c.plot.root.querySelectorAll(".u-legend .u-series").forEach((row, i) => {
+          if (i > 0 && i % 2 === 1) row.classList.add("raw-series");
+        });
+      }
+      // the legend wraps onto a second line where its entries do not fit: the plot gives it the room
+      c.el.classList.toggle("smoothed", smoothing > 0);
+      const legend = c.plot.root.querySelector(".u-legend");
+      const legendHeight = Math.max(LEGEND_HEIGHT, legend ? legend.offsetHeight + 4 : 0);
+      if (legendHeight !== (c.legendHeight || LEGEND_HEIGHT)) {
+        c.legendHeight = legendHeight;
+        zoom.quietly(c.plot, () => c.plot.setSize({ width, height: Math.max(120, c.el.clientHeight - legendHeight) }));
+      }
       c.keys = keys;
+      c.sig = plotSignature(c, keys);
+    }
+
+    function plotSignature(c, keys) {
+      return keys.join() + "|" + (smoothing > 0) + "|" + JSON.stringify(logOptions(c, keys));
     }
 
     function activeKeys(spec) {
@@ -325,17 +462,22 @@
     function draw() {
       drawQueued = false;
       if (typeof uPlot === "undefined") return;
+      const z = zoom.zoom;
       charts.forEach((c) => {
         const keys = activeKeys(c.spec);
         if (!keys.length) return;
-        if (!c.plot || keys.join() !== c.keys.join()) {
+        if (!c.plot || plotSignature(c, keys) !== c.sig) {
           buildPlot(c, keys);
         } else {
-          c.plot.setData(alignedData(store, keys));
+          zoom.quietly(c.plot, () => c.plot.setData(alignedData(plotLists(keys))));
         }
-        // how many points the first series shows (tests and curious users read this)
-        const first = store.series.get(keys[0]);
-        c.el.dataset.points = String(first.ys.filter((v) => v !== null).length);
+        // how many points the first series shows (tests and curious users read this): in a zoom, those in range
+        const first = seriesFor(keys[0]);
+        let n = 0;
+        for (let i = 0; i < first.xs.length; i++) {
+          if (first.ys[i] !== null && (!z || (first.xs[i] >= z.min && first.xs[i] <= z.max))) n++;
+        }
+        c.el.dataset.points = String(n);
       });
     }
 
@@ -355,30 +497,65 @@
       note.textContent = document.getElementById("charts")?.dataset.emptyNote || WAITING;
       el.appendChild(note);
       el.dataset.points = "0";
-      charts.set(spec.id, { spec, el, plot: null, keys: [], log: false });
+      charts.set(spec.id, { spec, el, plot: null, keys: [], log: false, sig: "" });
     });
 
     // a new colour theme (static/js/theme.js): build the charts again in its colours
     document.addEventListener("tuneboard:theme", () => charts.forEach((c) => { if (c.plot) buildPlot(c, c.keys); }));
 
     document.querySelectorAll("[data-log-toggle]").forEach((box) => {
+      const c = charts.get(box.dataset.logToggle);
+      if (!c) return;
+      box.checked = Boolean(CH.settings.get("log." + c.spec.id, false));
+      c.log = box.checked;
       box.addEventListener("change", () => {
-        const c = charts.get(box.dataset.logToggle);
-        if (!c) return;
         c.log = box.checked;
+        CH.settings.set("log." + c.spec.id, c.log);
         if (c.plot) buildPlot(c, c.keys);
+      });
+    });
+
+    smoothing = CH.smoothingControl(document.getElementById("chart-smoothing"), document.getElementById("chart-smoothing-value"), (w) => {
+      smoothing = w;
+      scheduleDraw();
+    });
+
+    // CSV and PNG of one chart: what it shows (the zoomed range, the smoothed lines too when smoothing)
+    function chartTitle(c) {
+      const h1 = document.querySelector(".detail-head h1");
+      const cap = c.el.closest("figure")?.querySelector(".chart-title");
+      return (h1 ? h1.textContent.trim().replace(/\s+/g, " ") + " — " : "") + (cap ? cap.textContent.trim() : c.spec.id);
+    }
+    document.querySelectorAll("[data-chart-download]").forEach((button) => {
+      button.addEventListener("click", () => {
+        const c = charts.get(button.dataset.chartId);
+        if (!c || !c.plot) return;
+        const u = c.plot;
+        const name = "job-" + jobId + "-" + c.spec.id;
+        if (button.dataset.chartDownload === "png") {
+          const items = u.series.slice(1).filter((s, i) => !smoothing || i % 2 === 1)
+            .map((s) => ({ label: s.label, colour: typeof s.stroke === "function" ? s.stroke(u, 1) : s.stroke }));
+          CH.downloadPng(name + ".png", u, chartTitle(c), items);
+          return;
+        }
+        const header = ["step"];
+        c.keys.forEach((k) => { header.push(k); if (smoothing) header.push(k + "_smoothed"); });
+        const { min, max } = u.scales.x;
+        CH.downloadCsv(name + ".csv", CH.csv(header, u.data, (i) => u.data[0][i] >= min && u.data[0][i] <= max));
       });
     });
 
     if (typeof ResizeObserver !== "undefined") {
       const ro = new ResizeObserver(() => {
         charts.forEach((c) => {
-          if (c.plot) c.plot.setSize({ width: Math.max(200, c.el.clientWidth), height: Math.max(120, c.el.clientHeight - LEGEND_HEIGHT) });
+          if (!c.plot) return;
+          const legend = c.plot.root.querySelector(".u-legend");
+          c.legendHeight = Math.max(LEGEND_HEIGHT, legend ? legend.offsetHeight + 4 : 0);
+          zoom.quietly(c.plot, () => c.plot.setSize({ width: Math.max(200, c.el.clientWidth), height: Math.max(120, c.el.clientHeight - c.legendHeight) }));
         });
       });
       charts.forEach((c) => ro.observe(c.el));
     }
-
     // --- the rest of the page
     function updateActions(s) {
       const actions = document.getElementById("job-actions");
@@ -484,7 +661,16 @@
 
     function onMetrics(msg) {
       const series = (msg && msg.series) || {};
-      Object.entries(series).forEach(([key, points]) => store.merge(key, points));
+      Object.entries(series).forEach(([key, points]) => {
+        store.merge(key, points);
+        // a point at or before the zoomed read's last one (a guard rollback, a resume): read the range again
+        const z = zoomData && zoomData.series.get(key);
+        if (z && z.xs.length && points.length && points[0][0] <= z.xs[z.xs.length - 1]) {
+          zoomData = null;
+          clearTimeout(zoomTimer);
+          zoomTimer = setTimeout(fetchZoom, 120);
+        }
+      });
       scheduleDraw();
     }
 
