@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.redact import redact_secrets
 from app.models import MetricPoint
-from contract.rundir import CHECKPOINT_COMPLETE_MARKER, RunDir
+from contract.rundir import CHECKPOINT_COMPLETE_MARKER, FULL_LOG_NAME, RunDir
 from contract.tasks import MERGED_DIR
 
 
@@ -170,16 +170,26 @@ def tail_lines(path: Path, max_lines: int = 200, max_bytes: int = 256 * 1024) ->
     return "\n".join(lines[-max_lines:])
 
 
-def stderr_tail(run_dir: str | None, max_lines: int = 200) -> str | None:
-    """The tail of RUN_DIR/stderr.log, or None when there is none."""
+def log_tail(run_dir: str | None, name: str, max_lines: int = 200) -> str | None:
+    """The tail of RUN_DIR/<name> (a log the run writes), secrets redacted, or None when there is none."""
     if not run_dir:
         return None
     try:
-        path = contained_path(Path(run_dir), "stderr.log")
+        path = contained_path(Path(run_dir), name)
     except ArtifactError:
         # the worker replaced its log with a link elsewhere: never serve the file it points to
-        return "(stderr.log links outside the run directory, so it is not shown)"
+        return f"({name} links outside the run directory, so it is not shown)"
     return redact_secrets(tail_lines(path, max_lines=max_lines))
+
+
+def stderr_tail(run_dir: str | None, max_lines: int = 200) -> str | None:
+    """The tail of RUN_DIR/stderr.log (the child's stdout and stderr), or None when there is none."""
+    return log_tail(run_dir, "stderr.log", max_lines)
+
+
+def full_log_tail(run_dir: str | None, max_lines: int = 200) -> str | None:
+    """The tail of RUN_DIR/train.log (messages, library warnings, tracebacks), or None when there is none."""
+    return log_tail(run_dir, FULL_LOG_NAME, max_lines)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -153,6 +153,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(pages_router)
     # --- end pages router ---
+    # --- run management: rename, notes, tags, archive, delete of runs and datasets ---
+    from app.datasets.delete import router as dataset_delete_router
+    from app.jobs.manage_pages import router as manage_pages_router
+
+    app.include_router(manage_pages_router)
+    app.include_router(dataset_delete_router)
+    # --- end run management ---
     # --- compare + sweeps (compare+sweeps helper) ---
     from app.compare.api import router as compare_api_router
     from app.compare.pages import router as compare_pages_router

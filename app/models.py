@@ -27,6 +27,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _config_method(context: Any) -> str:
+    """Column default of job.method: the inserted config's `method`, or sft."""
+    config = context.get_current_parameters().get("config") or {}
+    method = config.get("method") if isinstance(config, dict) else None
+    return str(method or "sft")[:16]
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -39,6 +46,12 @@ class Job(Base):
         CheckConstraint(status_check_sql("status"), name="ck_job_status"),
         CheckConstraint("gpus_requested >= 0", name="ck_job_gpus_requested"),
         Index("ix_job_queue", "status", "priority", "id"),
+        # the jobs list's filters and sorts (app/jobs/listing.py), fast at 10,000 runs (bench/jobs_list.py)
+        Index("ix_job_list_status", "status", "created_at", "id"),
+        Index("ix_job_list_created", "created_at", "id"),
+        Index("ix_job_list_model", "model_name", "created_at"),
+        Index("ix_job_list_archived", "archived_at", "created_at", "id"),
+        Index("ix_job_list_method", "method", "created_at"),
         # ids are never reused (not even the newest one's after it is gone), and sqlite_sequence gives
         # start-up a counter to move above the run directories a lost database left behind (migration 0003)
         {"sqlite_autoincrement": True},
@@ -92,6 +105,22 @@ class Job(Base):
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # relative to run_dir
 
+    # run management (app/jobs/manage.py): free notes, and archived runs hidden from the default list
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # config's `method` (sft when it has none), copied at insert so the list filters on an indexed column
+    method: Mapped[str] = mapped_column(String(16), default=_config_method, server_default="sft")
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobTag(Base):
+    """One tag of one job (app/jobs/manage.py validates them); the list filters by tag through ix_job_tag."""
+
+    __tablename__ = "job_tag"
+    __table_args__ = (Index("ix_job_tag", "tag", "job_id"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True)
+
 
 class JobEvent(Base):
     """Every non-metric event a worker sent (status, log, preflight, checkpoint, guard, sample, ...)."""
@@ -119,6 +148,51 @@ class MetricPoint(Base):
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL when not finite
     nonfinite: Mapped[str | None] = mapped_column(String(8), nullable=True)  # 'nan' | 'inf' | '-inf'
     ts: Mapped[float] = mapped_column(Float)
+
+
+class MetricSeries(Base):
+    """Per (job, key) summary kept by ingest: the page's latest values and best loss read it, never a scan."""
+
+    __tablename__ = "metric_series"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    points: Mapped[int] = mapped_column(BigInteger, default=0)
+    nonfinite_points: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_step: Mapped[int] = mapped_column(Integer, default=0)
+    last_step: Mapped[int] = mapped_column(Integer, default=0)  # the highest step stored
+    last_value: Mapped[float | None] = mapped_column(Float, nullable=True)  # at last_step; NULL: not finite
+    last_nonfinite: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    min_value: Mapped[float | None] = mapped_column(Float, nullable=True)  # lowest finite value
+    max_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MetricBucket(Base):
+    """min/max/last/count of one series over `width` consecutive steps (app/metrics/tiers.py).
+
+    Tier t covers steps [bucket * width, (bucket + 1) * width) with width = TIER_WIDTHS[t - 1]; the min and
+    max are over finite values only, non-finite points are counted and the first one's step kept, so a NaN
+    or inf stays visible at every zoom.
+    """
+
+    __tablename__ = "metric_bucket"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tier: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    nonfinite_points: Mapped[int] = mapped_column(Integer, default=0)
+    nonfinite_step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the first non-finite one
+    min_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    min_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_step: Mapped[int] = mapped_column(Integer, default=0)
+    last_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_nonfinite: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class Dataset(Base):

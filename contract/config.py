@@ -20,6 +20,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contract.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX, model_info
+from contract.config_hints import expand_shorthand, unknown_key_message
+from contract.preference import (
+    Method,
+    MethodFieldError,
+    PreferenceConfig,
+    check_init_adapter,
+    check_method_fields,
+)
+from contract.trackers import TrackerName, TrackingConfig, check_report_to
 
 MAX_STRING = 4096
 
@@ -81,6 +90,60 @@ class ModelConfig(_Strict):
         return value
 
 
+COLUMN_ROLES = ("system", "user", "assistant", "tool")
+
+
+class ColumnsConfig(_Strict):
+    """Which columns of a dataset hold what, for layouts Tuneboard does not detect by itself."""
+
+    messages: str | None = Field(None, description="Column holding the conversation (a list of turns).")
+    prompt: str | None = Field(None, description="Column holding the prompt (or instruction).")
+    input: str | None = Field(
+        None, description="Column appended to the prompt on a new line (alpaca 'input')."
+    )
+    response: str | None = Field(None, description="Column holding the answer to learn.")
+    text: str | None = Field(None, description="Column holding plain text (continued pretraining).")
+    system: str | None = Field(None, description="Column holding a system prompt.")
+    history: str | None = Field(None, description="Column holding earlier [prompt, answer] pairs.")
+    tools: str | None = Field(None, description="Column holding the tool (function) definitions.")
+    role_key: str = Field("role", min_length=1, description="Key of a turn's role inside the conversation.")
+    content_key: str = Field(
+        "content", min_length=1, description="Key of a turn's text inside the conversation."
+    )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Role names of the file mapped to system, user, assistant or tool (e.g. human: user).",
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        for theirs, ours in value.items():
+            if ours not in COLUMN_ROLES:
+                raise ValueError(
+                    f"role {theirs!r} is mapped to {ours!r}; map each role to one of "
+                    f"{', '.join(COLUMN_ROLES)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> ColumnsConfig:
+        main = [n for n in ("messages", "prompt", "text") if getattr(self, n)]
+        if len(main) != 1:
+            raise ValueError(
+                "name exactly one of messages (a conversation column), prompt (with response) or text; "
+                + (f"got {', '.join(main)}" if main else "got none")
+            )
+        if self.prompt and not self.response:
+            raise ValueError("response: name the column holding the answers (it goes with prompt)")
+        if self.response and not self.prompt and not self.messages:
+            raise ValueError("prompt: name the column holding the prompts (it goes with response)")
+        if self.text and any(getattr(self, n) for n in ("response", "input", "system", "history", "tools")):
+            raise ValueError("text: a text column is used alone; leave out the chat columns")
+        return self
+
+
 class DatasetConfig(_Strict):
     """Where the training examples come from and how they are formatted."""
 
@@ -100,6 +163,25 @@ class DatasetConfig(_Strict):
     num_rows: int = Field(
         256, ge=8, le=1_000_000, description="Rows to generate for a preset dataset (ignored otherwise)."
     )
+    columns: ColumnsConfig | None = Field(
+        None, description="Which columns hold what, for layouts not detected by themselves (see README)."
+    )
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_from_text(cls, value: Any) -> Any:
+        # the form sends text: a mapping as JSON/YAML, or a LLaMA-Factory dataset_info.json entry
+        if not isinstance(value, str):
+            return value
+        if value.strip() in ("", "None", "null"):
+            return None
+        from contract.datasets import DatasetError
+        from contract.datasets.mapping import columns_from_text
+
+        try:
+            return columns_from_text(value)
+        except DatasetError as exc:
+            raise ValueError(str(exc).removeprefix("dataset.columns: ")) from None
 
     @field_validator("source")
     @classmethod
@@ -349,6 +431,38 @@ class JobConfig(_Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    # preference tuning (contract/preference.py says what these mean and which fields each method reads)
+    method: Method = Field("sft", description="sft, or preference tuning: dpo, orpo or kto.")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    init_adapter: str | None = Field(
+        None,
+        max_length=1000,
+        description="Start from an earlier adapter: job:<id> (a finished job of this server) or a folder.",
+    )
+    # experiment trackers that also get the run's metrics (contract/trackers.py, docs/trackers.md)
+    report_to: list[TrackerName] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Also send the metrics to these trackers (local mode unless the worker's environment "
+        "names a server; docs/trackers.md). One that fails is dropped with a warning; the run goes on.",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _init_adapter_form(cls, value: str | None) -> str | None:
+        return check_init_adapter(value)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: Any) -> Any:
+        return check_report_to(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `model: <id>` and `dataset: <path>` stand for their sections (contract/config_hints.py)
+        return expand_shorthand(data)
 
     @model_validator(mode="after")
     def _fits_the_model(self) -> JobConfig:
@@ -365,6 +479,10 @@ class JobConfig(_Strict):
                 "the memory probe runs on exactly one GPU: set resources.gpus to 1, or set this to auto "
                 f"or off (resources.gpus is {self.resources.gpus})",
             )
+        try:
+            check_method_fields(self.method, self.preference, self.init_adapter)
+        except MethodFieldError as exc:
+            raise _FieldError(exc.field, exc.message) from None
         return self
 
 
@@ -425,6 +543,9 @@ def problems_from_validation_error(exc: ValidationError) -> dict[str, str]:
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _FieldError):
             problems.setdefault(ctx_err.field, ctx_err.message)
+            continue
+        if err.get("type") == "extra_forbidden":  # with a "did you mean" where one fits
+            problems.setdefault(field, unknown_key_message(field, field_paths()))
             continue
         problems.setdefault(field, _friendly(dict(err)))
     return problems

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+FULL_LOG_NAME = "train.log"
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -35,6 +37,10 @@ class RunDir:
     @property
     def stderr(self) -> Path:
         return self.root / "stderr.log"  # bounded tail of the child's stderr (written by the launcher)
+
+    @property
+    def full_log(self) -> Path:
+        return self.root / FULL_LOG_NAME  # the training process's log: messages, library warnings, tracebacks
 
     @property
     def checkpoints(self) -> Path:

@@ -83,6 +83,13 @@ def render() -> str:
         "YAML and JSON are both accepted. The **Demo** column is what **Start the demo** uses where it",
         "differs from the default.",
         "",
+        "Shorthand: `model: <id>` means `model: {name: <id>}` and `dataset: <path>` means",
+        "`dataset: {source: <path>}`. A key another tool spells differently (`learning_rate` at the",
+        "top level, `gradient_accumulation_steps`, `lora_r`, `cutoff_len`, `base_model` ...) is refused",
+        'with the field meant ("did you mean training.learning_rate?"). `tuneboard import-config FILE`,',
+        "or pasting the file into the new-job form, converts a whole LLaMA-Factory or Axolotl LoRA/QLoRA",
+        "YAML and lists each key it could not map, with why.",
+        "",
     ]
     for name, info in JobConfig.model_fields.items():
         annotation = info.annotation

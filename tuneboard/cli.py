@@ -17,6 +17,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from tuneboard.export_cmd import export_command
+from tuneboard.import_config import import_config_command
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -239,6 +242,11 @@ def train(
         ) from None
     code = run_standalone(config, run_dir=run_dir, resume=resume)
     raise typer.Exit(int(code))
+
+
+# LLaMA-Factory / Axolotl YAML → our config (tuneboard/import_config.py)
+app.command("import-config")(import_config_command)
+app.command("export")(export_command)  # merged / GGUF / GGUF LoRA exports: tuneboard/export_cmd.py
 
 
 @app.command(

@@ -8,21 +8,24 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from app import artifacts
 from app.auth.middleware import may_see_details
+from app.auth.redact import redact_secrets
 from app.db import DatabaseUnavailable, database_state
 from app.deps import JobDep, SessionDep, SettingsDep
 from app.http import read_body_limited
-from app.jobs import service
-from app.jobs.schemas import Created, JobDetail, JobSummary, config_request_body, job_detail, job_summary
-from app.jobs.status import JobStatus
+from app.jobs import listing, manage, service
+from app.jobs.schemas import Created, JobDetail, JobSummary, config_request_body, iso, job_detail, job_summary
+from app.models import Job
 from contract.catalog import PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
 from contract.config import ConfigError, config_to_dict, demo_config, parse_config
 from contract.estimate import estimate_memory
+from contract.rundir import FULL_LOG_NAME
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -93,17 +96,99 @@ async def estimate_api(request: Request) -> Response:
     return JSONResponse(estimate_memory(config).as_dict())
 
 
-@router.get("/jobs", response_model=list[JobSummary])
-def list_jobs(session: SessionDep, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Jobs, newest first; `status` filters by a comma-separated list of statuses."""
-    statuses = [s.strip() for s in status.split(",") if s.strip()] if status else None
-    if statuses:
-        unknown = [s for s in statuses if s not in {v.value for v in JobStatus}]
-        if unknown:
-            allowed = ", ".join(v.value for v in JobStatus)
-            raise HTTPException(422, f"unknown status {unknown[0]!r}; use one of {allowed}")
-    limit = max(1, min(limit, 1000))
-    return [job_summary(j) for j in service.list_jobs(session, limit=limit, statuses=statuses)]
+class JobListItem(JobSummary):
+    """A job as GET /api/jobs lists it: the summary plus its tags, notes and when it was archived."""
+
+    tags: list[str]
+    notes: str
+    archived_at: str | None
+
+
+def list_item(job: Job, tags: list[str]) -> dict[str, Any]:
+    """The summary of `job` with its run-management fields."""
+    return job_summary(job) | {"tags": tags, "notes": job.notes or "", "archived_at": iso(job.archived_at)}
+
+
+@router.get("/jobs", response_model=list[JobListItem])
+def list_jobs(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    q: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    tag: str | None = None,
+    model: str | None = None,
+    method: str | None = None,
+    created_from: Annotated[str | None, Query(alias="from")] = None,
+    created_to: Annotated[str | None, Query(alias="to")] = None,
+    sort: str = "newest",
+    archived: str = "hide",
+    offset: int = 0,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
+    """Jobs, newest first. `q` searches names and models (substring) and tags, and takes `status:`, `tag:`,
+    `model:`, `method:` words; `status` (comma-separated or repeated), `tag`, `model` (exact), `method`
+    (sft/dpo/orpo/kto), `from`/`to` (YYYY-MM-DD, UTC) filter; `sort` is newest, oldest, name, status or loss;
+    `archived` is hide (default), only or all. The X-Total-Count header says how many match in all."""
+    try:
+        query = listing.parse_list_query(request.query_params, request.query_params.getlist("status"))
+    except listing.ListQueryError as exc:
+        raise HTTPException(422, str(exc)) from None
+    jobs, total = listing.list_page(session, query)
+    response.headers["X-Total-Count"] = str(total)
+    tags = manage.job_tags(session, [j.id for j in jobs])
+    return [list_item(j, tags[j.id]) for j in jobs]
+
+
+class JobChanges(BaseModel):
+    """Fields of a run to change; those left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None, max_length=2000, description="The display name (the config keeps its own)."
+    )
+    notes: str | None = Field(None, max_length=20_000, description="Free notes, at most 10,000 characters.")
+    tags: list[str] | None = Field(
+        None, max_length=64, description="Replaces the tags: at most 16, each 1-32 of a-z 0-9 . _ : + -."
+    )
+
+
+@router.patch("/jobs/{job_id}", response_model=JobListItem)
+def update_job(job: JobDep, session: SessionDep, changes: JobChanges) -> dict[str, Any]:
+    """Rename a run, set its notes or replace its tags (422 names the field that is wrong)."""
+    try:
+        tags = manage.update_job(session, job=job, name=changes.name, notes=changes.notes, tags=changes.tags)
+    except manage.ManageError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return list_item(job, tags)
+
+
+@router.post("/jobs/{job_id}/archive", response_model=JobListItem)
+def archive_job(job: JobDep, session: SessionDep) -> dict[str, Any]:
+    """Hide a finished run from the default list; its files stay (409 while it runs)."""
+    manage.archive_job(session, job=job, archived=True)
+    return list_item(job, manage.job_tags(session, [job.id])[job.id])
+
+
+@router.post("/jobs/{job_id}/unarchive", response_model=JobListItem)
+def unarchive_job(job: JobDep, session: SessionDep) -> dict[str, Any]:
+    """Show an archived run in the default list again."""
+    manage.archive_job(session, job=job, archived=False)
+    return list_item(job, manage.job_tags(session, [job.id])[job.id])
+
+
+@router.delete("/jobs/{job_id}")
+def delete_job(
+    job: JobDep, session: SessionDep, settings: SettingsDep, confirm: str | None = None
+) -> dict[str, Any]:
+    """Delete a stopped run with its metrics, events, tasks and run directory; needs `?confirm=delete`.
+    409 while it (or a task on it) runs: cancel it first. `kept` lists files it would not remove."""
+    try:
+        outcome = manage.delete_job(session, settings=settings, job=job, confirm=confirm)
+    except manage.ManageError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return outcome.as_dict()
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
@@ -135,10 +220,37 @@ def clone_job(job: JobDep, session: SessionDep, overrides: dict[str, Any] | None
 
 @router.get("/jobs/{job_id}/logs")
 def job_logs(job: JobDep, lines: int = 200) -> dict[str, Any]:
-    """The tail of the worker's stderr (RUN_DIR/stderr.log)."""
+    """The tails of the run's logs: `log_tail` is RUN_DIR/train.log (every message, library warnings and
+    tracebacks; null before the run writes it), `stderr_tail` the process's raw stdout and stderr."""
     lines = max(1, min(lines, 5000))
     tail = artifacts.stderr_tail(job.run_dir, max_lines=lines)
-    return {"stderr_tail": tail if tail is not None else (job.stderr_tail or "")}
+    return {
+        "log_tail": artifacts.full_log_tail(job.run_dir, max_lines=lines),
+        "stderr_tail": tail if tail is not None else (job.stderr_tail or ""),
+    }
+
+
+FULL_LOG_MAX_BYTES = 16 * 1024 * 1024
+
+
+@router.get("/jobs/{job_id}/train.log", response_class=PlainTextResponse)
+def download_full_log(job: JobDep) -> Response:
+    """The run's whole log (RUN_DIR/train.log) as a download, secrets redacted; 404 before it exists."""
+    try:
+        path = artifacts.contained_path(Path(job.run_dir or ""), FULL_LOG_NAME) if job.run_dir else None
+    except artifacts.ArtifactError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    if path is None or not path.is_file():
+        raise HTTPException(404, "this run has no log yet: it is written once the training process starts")
+    with path.open("rb") as fh:  # the worker writes this file: never more than FULL_LOG_MAX_BYTES in memory
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - FULL_LOG_MAX_BYTES))
+        text = fh.read(FULL_LOG_MAX_BYTES).decode("utf-8", errors="replace")
+    if size > FULL_LOG_MAX_BYTES:
+        text = f"(the first {size - FULL_LOG_MAX_BYTES} bytes are left out)\n" + text.split("\n", 1)[-1]
+    text = redact_secrets(text) or ""
+    headers = {"Content-Disposition": f'attachment; filename="job-{job.id}-train.log"'}
+    return PlainTextResponse(text, headers=headers)
 
 
 @router.get("/jobs/{job_id}/adapter", response_class=FileResponse)

@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from starlette.datastructures import FormData
 
-from contract.config import JobConfig, field_paths
+from contract.config import ConfigError, JobConfig, field_paths
+from contract.config_import import ImportResult, import_config_text, looks_foreign
+from contract.preference import METHOD_FIELDS
 
 # the sections of JobConfig in form order, with the legend each fieldset shows
 SECTION_TITLES: dict[str, str] = {
@@ -29,6 +31,8 @@ SECTION_TITLES: dict[str, str] = {
     "guard": "Divergence guard",
     "resources": "Resources",
     "speed": "Speed levers (advanced)",
+    "tracking": "Experiment trackers",
+    "preference": "Preference tuning (DPO, ORPO, KTO)",
 }
 # labels that the field name alone would spell badly
 FIELD_LABELS = {
@@ -41,6 +45,11 @@ FIELD_LABELS = {
     "eval_fraction": "Eval fraction",
     "max_new_tokens": "Sample length (tokens)",
     "max_runtime_minutes": "Max runtime (minutes)",
+    "report_to": "Also report to",
+    "run_name": "Run name in the trackers",
+    "method": "Method",
+    "init_adapter": "Start from adapter",
+    "loss_type": "DPO loss",
 }
 # list fields whose items may themselves contain commas: one item per line instead
 LINE_LIST_FIELDS = frozenset({"training.sample_prompts"})
@@ -53,12 +62,13 @@ class FormField:
     path: str  # dotted: training.learning_rate (also the input's name)
     section: str  # "" for top-level fields
     label: str
-    kind: str  # select | checkbox | number | text | list | lines
+    kind: str  # select | checkbox | checks (one box per choice of a list) | number | text | list | lines
     choices: tuple[str, ...]
     optional: bool
     integer: bool
     help: str
     allows_auto: bool  # list fields that also accept the word "auto"
+    methods: tuple[str, ...] = ()  # shown only for these config `method`s (empty: always)
 
     @property
     def input_id(self) -> str:
@@ -109,7 +119,11 @@ def _make_field(path: str) -> FormField:
     lists = [m for m in members if typing.get_origin(m) is list]
     kind, integer, allows_auto = "text", False, False
     choices: tuple[str, ...] = ()
-    if lists:
+    item_literals = [a for m in lists for a in typing.get_args(m) if typing.get_origin(a) is typing.Literal]
+    if item_literals:  # a list of fixed names (report_to): one checkbox per name
+        kind = "checks"
+        choices = tuple(str(v) for lit in item_literals for v in typing.get_args(lit))
+    elif lists:
         kind = "lines" if path in LINE_LIST_FIELDS else "list"
         allows_auto = bool(literals)
     elif literals:
@@ -132,7 +146,11 @@ def _make_field(path: str) -> FormField:
     elif kind == "lines":
         help_text += " One per line."
     label = FIELD_LABELS.get(name) or name.replace("_", " ").capitalize()
-    return FormField(path, section, label, kind, choices, optional, integer, help_text.strip(), allows_auto)
+    # the preference section shows only what the chosen method reads (contract/preference.py METHOD_FIELDS)
+    methods = tuple(m for m, used in METHOD_FIELDS.items() if name in used) if section == "preference" else ()
+    return FormField(
+        path, section, label, kind, choices, optional, integer, help_text.strip(), allows_auto, methods
+    )
 
 
 FORM_FIELDS: tuple[FormField, ...] = tuple(_make_field(p) for p in field_paths())
@@ -192,6 +210,11 @@ def config_from_form(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
             raw[f.path] = "true" if checked else "false"
             _set_path(data, f.path, checked)
             continue
+        if f.kind == "checks":  # the checked boxes arrive, one value each (a client may send "a, b")
+            chosen = [item.strip() for v in values for item in v.split(",") if item.strip()]
+            raw[f.path] = ", ".join(chosen)
+            _set_path(data, f.path, chosen)
+            continue
         text = values[-1] if values else ""
         raw[f.path] = text
         stripped = text.strip()
@@ -227,3 +250,14 @@ def split_problems(problems: dict[str, str]) -> tuple[dict[str, str], dict[str, 
         else:
             general[key] = message
     return by_field, by_section, general
+
+
+def convert_pasted_config(text: str) -> ImportResult | None:
+    """A pasted LLaMA-Factory or Axolotl YAML converted to ours (to show for review), or None for any other
+    text. The form never creates a job from a conversion directly: the user sees what was not mapped first."""
+    if not looks_foreign(text):
+        return None
+    try:
+        return import_config_text(text)
+    except ConfigError:
+        return None

@@ -23,8 +23,9 @@ HUB_TIMEOUT_S = 6.0  # one metadata request; an unreachable Hub must not hold th
 
 
 def looks_like_hub_id(name: str) -> bool:
-    """owner/name, not a preset and not a path that exists or is written as one."""
-    if name.startswith((PRESET_PREFIX, "/", ".", "~")) or name.count("/") != 1:
+    """owner/name (or an old owner-less id such as gpt2): not a preset, not a path that exists or is
+    written as one."""
+    if name.startswith((PRESET_PREFIX, "/", ".", "~")) or name.count("/") > 1:
         return False
     return not Path(name).exists()
 

@@ -28,7 +28,14 @@ from app.jobs.events import (
     event_level,
     event_sections,
 )
-from app.jobs.form import config_from_form, form_sections, form_values_from_config, split_problems
+from app.jobs.form import (
+    FORM_FIELDS,
+    config_from_form,
+    convert_pasted_config,
+    form_sections,
+    form_values_from_config,
+    split_problems,
+)
 from app.jobs.run_plan import latest_plan_view
 from app.jobs.schemas import iso, job_summary
 from app.jobs.status import TransitionError
@@ -38,7 +45,8 @@ from app.templating import is_htmx, render_block, templates
 from contract.catalog import KNOWN_HUB_MODELS, PRESET_DATASETS, PRESET_MODELS, PRESET_PREFIX
 from contract.config import ConfigError, JobConfig, config_to_dict, demo_config, parse_config, stored_config
 from contract.estimate import MemoryEstimate, estimate_memory
-from contract.metrics import PANELS, panel_metrics
+from contract.metrics import PANELS, panel_metrics, panels_for
+from contract.preference import PREFERENCE_METHODS, followup_config, preference_demo
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -53,9 +61,11 @@ templates.env.globals["panel_metrics"] = panel_metrics
 
 @router.get("/", response_class=HTMLResponse)
 def jobs_list_page(request: Request, session: SessionDep) -> Response:
-    """The jobs list: status, progress, last loss, peak memory; live through /api/stream."""
-    jobs = [job_summary(j) for j in service.list_jobs(session, limit=200)]
-    return templates.TemplateResponse(request, "jobs_list.html", {"jobs": jobs})
+    """The jobs list: status, progress, last loss, peak memory; live through /api/stream. Search, filters,
+    sort and pages: app/jobs/list_page.py."""
+    from app.jobs.list_page import render_jobs_list
+
+    return render_jobs_list(request, session)
 
 
 @router.post("/jobs/demo")
@@ -144,6 +154,8 @@ def new_job_page(
             config = JobConfig.model_validate({})
     else:
         config = demo_config() if preset == "demo" else JobConfig.model_validate({})
+        if preset == "preference":  # "Try preference tuning": DPO on the generated pairs
+            config = parse_config(preference_demo(config_to_dict(demo_config())))
         if dataset:
             data = config_to_dict(config)
             data["dataset"]["source"] = dataset
@@ -151,6 +163,10 @@ def new_job_page(
                 config = parse_config(data)
             except ConfigError:
                 pass  # an unknown preset name: keep the default source rather than fail the page
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    tune = request.query_params.get("tune")  # "Preference-tune this run": ?from=ID&tune=dpo
+    if parent is not None and tune in PREFERENCE_METHODS:
+        config = parse_config(followup_config(config_to_dict(config), parent.id, tune))
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     context = _new_job_context(
         values=form_values_from_config(redact_data(config_to_dict(config))),
@@ -183,6 +199,19 @@ async def submit_new_job(request: Request, session: SessionDep) -> Response:
         try:
             job = service.submit_text(session, text=text, filename="config.yaml", parent_job_id=parent_id)
         except ConfigError as exc:
+            # a LLaMA-Factory or Axolotl YAML: converted and shown for review, no job created yet
+            imported = convert_pasted_config(text)
+            if imported is not None:
+                context = _new_job_context(
+                    values=form_values_from_config(config_to_dict(imported.config)),
+                    config_text=imported.yaml_text(),
+                    parent_job_id=parent_id,
+                    mode="text",
+                    estimate=_estimate_for(imported.config),
+                    session=session,
+                )
+                context["imported"] = imported
+                return templates.TemplateResponse(request, "job_new.html", context)
             values = form_values_from_config(config_to_dict(JobConfig.model_validate({})))
             context = _new_job_context(
                 values=values,
@@ -224,15 +253,32 @@ async def estimate_fragment(request: Request) -> Response:
     data, _raw = config_from_form(form)
     estimate: MemoryEstimate | None = None
     problem: str | None = None
+    live_problems: list[dict[str, str]] = []
     try:
         estimate = estimate_memory(parse_config(data))
     except ConfigError as exc:
-        fields = ", ".join(sorted(k or "(config)" for k in exc.problems))
-        problem = f"Fix these fields to see an estimate: {fields}."
-    html = render_block(
-        "job_new.html", "estimate", {"request": request, "estimate": estimate, "estimate_problem": problem}
-    )
-    return HTMLResponse(html)
+        problem = "Fix these before creating the job (they would be refused):"
+        live_problems = live_problem_list(exc.problems)
+    context: dict[str, Any] = {"request": request, "estimate": estimate, "estimate_problem": problem}
+    context["live_problems"] = live_problems
+    return HTMLResponse(render_block("job_new.html", "estimate", context))
+
+
+def live_problem_list(problems: dict[str, str]) -> list[dict[str, str]]:
+    """The form's problems while it is edited, each linked to its input when the form has one."""
+    by_path = {f.path: f for f in FORM_FIELDS}
+    listed = []
+    for path, message in problems.items():
+        f = by_path.get(path)
+        listed.append(
+            {
+                "path": path or "(config)",
+                "label": f.label if f else path,
+                "input_id": f.input_id if f else "",
+                "message": message,
+            }
+        )
+    return listed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,7 +290,9 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
     events = queries.newest_events(
         session, job_id=job.id, kinds=(*LISTED_EVENT_KINDS, "sample"), limit=DETAIL_EVENT_LIMIT
     )
-    tail = artifacts.stderr_tail(job.run_dir)
+    # the run's own log (every message, library warnings, tracebacks), else the raw process output
+    tail = artifacts.full_log_tail(job.run_dir) or artifacts.stderr_tail(job.run_dir)
+    from app.jobs.manage_pages import manage_view
     from app.tasks.views import takeaway_context  # downloads, merged export, try-the-adapter panels
 
     return {
@@ -258,6 +306,21 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
         "created_iso": iso(job.created_at),
         **event_sections(events),
         "run_plan": latest_plan_view(session, job_id=job.id),  # run plan panel: partials/run_plan.html
+        **_method_view(job),  # the method's chart panels; "Preference-tune this run" on finished SFT jobs
+        "manage": manage_view(session, job),  # name, notes, tags, archive, delete: app/jobs/manage_pages.py
+    }
+
+
+def _method_view(job: Job) -> dict[str, Any]:
+    """The job's `method`, the chart panels it draws, and whether it can be preference-tuned further."""
+    try:
+        method = stored_config(job.config).method
+    except ConfigError:
+        method = "sft"
+    return {
+        "job_method": method,
+        "chart_panels": panels_for(method),
+        "can_preference_tune": method == "sft" and job.status == "succeeded",
     }
 
 

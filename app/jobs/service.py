@@ -51,6 +51,9 @@ def create_job(
     from app.settings import Settings
 
     check_job_source(session, config)
+    from app.datasets.method_fit import check_method_fits_data
+
+    check_method_fits_data(session, config)  # preference pairs with method sft, examples with dpo: now
     settings = session.info.get(SETTINGS_KEY)
     if isinstance(settings, Settings):
         check_job_model(settings, config)  # a hub id the Hub says does not exist: refused now, not 17 s later

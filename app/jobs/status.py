@@ -88,4 +88,6 @@ def status_vocabulary() -> dict[str, Any]:
         "resumable": names(RESUMABLE),
         "progressing": names(PROGRESSING),
         "badge_class": {s: badge_class(s) for s in ordered},
+        # what leads a job page's tab title once the run ended (static/js/job_watch.js)
+        "title_mark": {JobStatus.SUCCEEDED.value: "✓", JobStatus.FAILED.value: "✗"},
     }

@@ -67,6 +67,7 @@
         resumable: set("resumable"),
         progressing: set("progressing"),
         badgeClass: (status) => (statuses.badge_class || {})[status] || "badge badge-" + status,
+        titleMark: (status) => (statuses.title_mark || {})[status] || "",
       },
       panels: raw.panels || [],
       metrics: raw.metrics || [],

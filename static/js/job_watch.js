@@ -4,6 +4,7 @@
  *  - the tab title leads with the progress or the outcome ("42% · running", "✓ succeeded", "✗ failed"), so a
  *    background tab tells how the run is doing;
  *  - the Duration tile counts while the run is on;
+ *  - before the first metric, the charts say what the run is doing (the newest message of the events table);
  *  - the logs panel opens scrolled to its newest line;
  *  - opt-in browser notification when the run ends ("notify me when it ends"; the choice is kept in this
  *    browser's localStorage, and the browser asks for permission the first time).
@@ -23,11 +24,10 @@
   let ticker = null;
 
   function titlePrefix(s) {
-    if (s.status === "succeeded") return "✓ succeeded";
-    if (s.status === "failed") return "✗ failed";
-    if (s.status === "cancelled") return "cancelled";
-    if (s.status === "running" && s.progress !== null && s.progress !== undefined) {
-      return Math.floor(s.progress * 100) + "% · running";
+    const mark = vocabulary.statuses.titleMark(s.status);
+    if (mark) return mark + " " + s.status;
+    if (vocabulary.statuses.progressing.has(s.status) && s.progress !== null && s.progress !== undefined) {
+      return Math.floor(s.progress * 100) + "% · " + s.status;
     }
     return s.status;
   }
@@ -50,9 +50,46 @@
   function notifyEnd(s) {
     if (!notifyBox || !notifyBox.checked || typeof Notification === "undefined") return;
     if (Notification.permission !== "granted") return;
-    const body = s.status === "failed" && s.failure_reason ? s.failure_reason : "Open the job page for its results.";
+    const body = s.failure_reason || "Open the job page for its results.";
     const note = new Notification("#" + s.id + " " + (s.name || "(unnamed)") + ": " + s.status, { body, tag: "tuneboard-job-" + s.id });
     note.onclick = () => { window.focus(); note.close(); };
+  }
+
+  // what the run is doing before its first metric (checking data, preflight, loading, compiling): the newest
+  // message of the events table, under the charts' "Waiting for data…"
+  const eventsBody = document.getElementById("events-body");
+  function latestMessage() {
+    let newest = null;
+    let seq = -1;
+    if (!eventsBody) return "";
+    eventsBody.querySelectorAll("tr.ev-log, tr.ev-status, tr.ev-preflight").forEach((tr) => {
+      const n = Number(tr.dataset.seq);
+      if (n > seq) { seq = n; newest = tr; }
+    });
+    const text = newest ? newest.querySelector(".ev-text") : null;
+    return text ? text.textContent.trim() : "";
+  }
+  function showStage() {
+    if (TERMINAL.has(status)) return;
+    const message = latestMessage();
+    document.querySelectorAll("#charts .chart-empty").forEach((note) => {
+      if (!message) return;
+      const stage = document.createElement("span");
+      stage.className = "chart-stage";
+      stage.textContent = message;
+      note.replaceChildren("Waiting for data…", document.createElement("br"), stage);
+    });
+  }
+  if (eventsBody) new MutationObserver(showStage).observe(eventsBody, { childList: true });
+
+  // a chart note that depends on the device (the memory chart of a CPU run has no GPU utilisation)
+  function showDeviceNotes(s) {
+    const onCpu = s.assigned_gpus === "";
+    vocabulary.panels.forEach((panel) => {
+      if (!panel.cpu_note) return;
+      const note = document.querySelector('[data-chart="' + panel.id + '"] .chart-note');
+      if (note) note.textContent = note.title = onCpu ? panel.cpu_note : panel.note;
+    });
   }
 
   document.addEventListener("tuneboard:job", (e) => {
@@ -66,6 +103,8 @@
       showDuration();
     }
     keepTicking();
+    showStage();
+    showDeviceNotes(s);
     if (wasRunning && TERMINAL.has(s.status)) notifyEnd(s);
     if (notifyBox) notifyBox.closest("label").hidden = TERMINAL.has(s.status) || typeof Notification === "undefined";
   });
@@ -81,6 +120,7 @@
     });
   }
   keepTicking();
+  showStage();
 
   // the logs panel opens at its newest line (live.js keeps it there while it is scrolled to the bottom)
   const logs = document.getElementById("logs");

@@ -40,7 +40,7 @@ HOSTILE_CONFIGS: list[tuple[str, dict[str, str], str, str]] = [
     ('{"resources": {"gpus": -1}}', JSON, "resources.gpus", "at least 0"),
     ('{"training": {"lr": 0.1}}', JSON, "training.lr", "unknown key"),
     ('{"surprise": {}}', JSON, "surprise", "unknown key"),
-    ('{"model": "gemma"}', JSON, "model", ""),
+    ('{"model": 42}', JSON, "model", ""),  # a hub id or a section; `model: gemma` is shorthand now
     ('{"lora": {"r": "sixteen"}}', JSON, "lora.r", "integer"),
     ('{"name": "' + "é" * 300 + '"}', JSON, "name", "at most 200 characters"),
     ('{"model": {"name": "' + "x" * 200_000 + '"}}', JSON, "model.name", "at most 4096 characters"),

@@ -183,3 +183,26 @@ def test_submit_of_an_invalid_config_creates_nothing_and_cancel_and_download_exp
     assert_one_line_error(
         tuneboard("cancel", "77", "--server", live_server.url), "404", "job 77 does not exist"
     )
+
+
+def test_import_config_converts_an_axolotl_file_and_lists_what_it_could_not_map(tmp_path: Path) -> None:
+    source = REPO / "tests" / "contract" / "foreign_configs" / "axolotl-gemma3n-qlora.yaml"
+    out = tmp_path / "job.yaml"
+    result = tuneboard("import-config", str(source), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "read as an Axolotl config" in result.stderr
+    assert "NOT MAPPED  wandb_project:" in result.stderr
+    assert f"tuneboard train {out}" in result.stderr
+    from contract.config import load_config_file
+
+    config = load_config_file(out)
+    assert config.model.name == "google/gemma-3n-E2B-it" and config.quantization.method == "nf4"
+    to_stdout = tuneboard("import-config", str(source))
+    assert to_stdout.stdout == out.read_text(encoding="utf-8")
+
+
+def test_import_config_of_a_file_from_no_known_tool_is_one_plain_line(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.yaml"
+    ours.write_text("model: preset:tiny-llama\n", encoding="utf-8")
+    assert_one_line_error(tuneboard("import-config", str(ours)), "not a LLaMA-Factory or Axolotl")
+    assert_one_line_error(tuneboard("import-config", str(tmp_path / "missing.yaml")), "cannot read")

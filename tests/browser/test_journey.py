@@ -60,6 +60,20 @@ new PerformanceObserver((list) => {
 """
 
 
+# records the browser notifications the page shows (the permission is granted to the app's origin)
+NOTIFICATION_PROBE = """
+window.__notifications = [];
+const RealNotification = window.Notification;
+function ProbeNotification(title, options) {
+  window.__notifications.push(title);
+  return new RealNotification(title, options);
+}
+ProbeNotification.requestPermission = (...args) => RealNotification.requestPermission(...args);
+Object.defineProperty(ProbeNotification, "permission", { get: () => RealNotification.permission });
+window.Notification = ProbeNotification;
+"""
+
+
 def screenshot_dir() -> Path | None:
     """Where to save the page screenshots, or None (the default: CI takes none)."""
     raw = os.environ.get("TUNEBOARD_SCREENSHOT_DIR")
@@ -143,7 +157,8 @@ def check_new_job_form_by_keyboard(page: Page) -> None:
     for summary in page.locator("#job-form details:not([open]) > summary").all():
         summary.click()
     controls = page.locator("#job-form :is(input, select, textarea):not([type=hidden])")
-    ids = controls.evaluate_all("(els) => els.map((e) => e.id)")
+    # the fields of other training methods (preference tuning) are hidden until that method is chosen
+    ids = controls.evaluate_all("(els) => els.filter((e) => e.checkVisibility()).map((e) => e.id)")
     assert any(i.startswith("f-speed-") for i in ids), "the speed levers are missing from the form"
     assert len(ids) >= 20, f"the form has too few inputs: {ids}"
     for input_id in ids:
@@ -205,6 +220,8 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.add_init_script(CLS_PROBE)
+            page.add_init_script(NOTIFICATION_PROBE)
+            context.grant_permissions(["notifications"], origin=live_app)
             started = time.monotonic()
 
             def mark(what: str) -> None:  # where the journey's time goes (pytest -s shows it)
@@ -264,6 +281,7 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             page.locator("#f-name").press("Enter")
             page.wait_for_url("**/jobs/*")
             job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+            page.check("#notify-end")  # opt in: a browser notification when the run ends
             # a second, longer job queued from a terminal: it trains beside the demo (2 CPU slots) and is
             # cancelled and resumed later
             second_config = config_to_dict(demo_config())
@@ -275,15 +293,17 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             # 3. the loss chart gains points while the demo runs
             counts: list[int] = []
             statuses: list[str] = []
+            titles: list[str] = []
 
             def sample() -> list[str]:
                 # every poll is also a sample: the chart's point count beside the job's status
                 state: list[str] = page.evaluate(
                     "() => [document.getElementById('chart-loss').dataset.points,"
-                    " document.getElementById('main').dataset.status]"
+                    " document.getElementById('main').dataset.status, document.title]"
                 )
                 counts.append(int(state[0] or 0))
                 statuses.append(state[1])
+                titles.append(state[2])
                 return state
 
             ended = ("succeeded", "failed", "cancelled")
@@ -300,6 +320,15 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             drawn = int(page.evaluate("() => document.getElementById('chart-loss').dataset.points"))
             assert drawn == len(api["series"]["loss"])
             assert page.locator("h1").first.inner_text().find("demo from the keyboard") >= 0
+            # a background tab tells how the run went: progress in the title while it ran, then the outcome;
+            # the run's duration is shown; the opted-in notification came once
+            assert any(re.match(r"\d+% · running · #", t) for t in titles), titles
+            page.wait_for_function("() => document.title.startsWith('✓ succeeded · #')")
+            assert re.fullmatch(r"\d+ s|\d+ min \d+ s", page.locator("#job-duration").inner_text()), (
+                page.locator("#job-duration").inner_text()
+            )
+            notes = page.evaluate("() => window.__notifications")
+            assert notes == [f"#{job_id} demo from the keyboard: succeeded"], notes
 
             # the finished page: download offered, cancel gone, checkpoints listed and marked
             page.wait_for_selector('[data-action="download"]:not([hidden])')
@@ -365,6 +394,14 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             mark("second job cancelled, resumed, cancelled")
             # 5. a sweep of the demo: two learning rates, each with SWEEP_STEPS steps (the second field)
             page.goto(f"{live_app}/jobs/{job_id}")
+            # the finished run's logs open at their newest line, and say it ended
+            page.wait_for_function(
+                "() => { const l = document.getElementById('logs');"
+                " return l.scrollTop + l.clientHeight >= l.scrollHeight - 8; }"
+            )
+            assert page.evaluate("() => document.getElementById('logs').scrollHeight") > page.evaluate(
+                "() => document.getElementById('logs').clientHeight"
+            ), "the demo's logs fit the panel: this check would not see a panel opening at the top"
             page.click("#sweep summary")
             page.select_option("#sweep-field1", "training.learning_rate")
             page.fill("#sweep-values1", "0.005, 0.002")

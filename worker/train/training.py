@@ -63,6 +63,11 @@ def reuse_or_run_preflight(
     if data is not None:
         say("Reusing this run's earlier preflight result.", reporter=reporter)
         return PreflightResult(**data)
+    # the stages before the first metric are said, so the job page shows what the run is doing
+    method = cfg.quantization.method
+    under = "in full precision" if method == "none" else f"under {method}"
+    message = f"Preflight: a tiny twin of {cfg.model.name} trains one step {under} to check the recipe…"
+    say(message, reporter=reporter)
     return run_preflight(cfg, report=report)
 
 
@@ -103,15 +108,42 @@ def train_job(
     resume: bool,
     progress_bar: bool,
 ) -> Outcome:
-    """Train the job `cfg` in `run_dir` (from its last complete checkpoint when `resume`), then finish it."""
-    from worker.train.data import PadCollator, detect_format, load_rows, prepare_data, validate_rows
+    """Train the job `cfg` in `run_dir` (from its last complete checkpoint when `resume`), then finish it.
+
+    The trackers of cfg.report_to get the run's metrics from a background thread (worker/train/trackers/);
+    they are ended, failed or finished, however training ends, and none of theirs can fail the run.
+    """
+    from worker.train.trackers import start_trackers
+
+    trackers = start_trackers(cfg, run_dir, reporter, main_rank=rank_info().is_main)
+    outcome: Outcome | None = None
+    try:
+        outcome = _train_job(cfg, run_dir, reporter, stop, resume=resume, progress_bar=progress_bar)
+        return outcome
+    finally:
+        trackers.close(failed=outcome is None or outcome.code != ExitCode.SUCCEEDED)
+
+
+def _train_job(
+    cfg: JobConfig,
+    run_dir: RunDir,
+    reporter: Reporter,
+    stop: StopRequest,
+    *,
+    resume: bool,
+    progress_bar: bool,
+) -> Outcome:
+    """train_job without the trackers."""
+    from worker.train.data import PadCollator, prepare_data
+    from worker.train.preference.setup import check_data, is_preference, start_adapter
 
     def report(kind: str, payload: dict[str, Any]) -> None:
         reporter.emit(EventKind(kind), 0, payload)
 
-    # The data is checked before any model work, so a bad file fails in seconds.
-    rows = load_rows(cfg)
-    validate_rows(rows, cfg.dataset.format if cfg.dataset.format != "auto" else detect_format(rows[0]))
+    # The data is checked before any model work, so a bad file fails in seconds (and a file that does
+    # not fit cfg.method is refused with the method that fits: worker/train/preference/setup.py).
+    check_data(cfg)
+    preference = is_preference(cfg)
     _check_stop(stop)
     # Heavy imports only once the data is known to be usable.
     from worker.train.callbacks import training_callbacks
@@ -143,18 +175,31 @@ def train_job(
     set_seed(cfg.training.seed)
     plan = resolve_plan(cfg, device=device, world_size=rank_info().world_size)
     plan.preflight = preflight_record(pre)
+    quant = "in full precision" if cfg.quantization.method == "none" else f"in {cfg.quantization.method}"
+    say(f"Loading {cfg.model.name} {quant} on {device}…", reporter=reporter)
     loaded = load_for_training(cfg, device=device, report=report, extra_keep=tuple(pre.extra_keep), plan=plan)
     plan = loaded.plan or plan
     model, tokenizer = loaded.model, loaded.tokenizer
     report_load_memory(device, report)
-    prepared = prepare_data(cfg, tokenizer)
+    from_adapter = start_adapter(cfg, model, run_dir.root, reporter)
+    if preference:
+        from worker.train.preference.data import prepare_preference_data
+
+        prepared = prepare_preference_data(cfg, tokenizer)
+        if prepared.num_dropped:
+            message = (
+                f"{prepared.num_dropped} pair(s) whose answers were the same after truncation were left out"
+            )
+            say(message, "warning", reporter=reporter)
+    else:
+        prepared = prepare_data(cfg, tokenizer)
     if prepared.num_truncated:
         message = (
             f"{prepared.num_truncated} example(s) were longer than training.max_seq_len="
             f"{cfg.training.max_seq_len} tokens and were truncated."
         )
         say(message, "warning", reporter=reporter)
-    if cfg.training.packing:
+    if cfg.training.packing and not preference:
         message = (
             f"Packed {len(prepared.train_rows)} training examples into {len(prepared.train)} rows of at most "
             f"{cfg.training.max_seq_len} tokens; each example attends only to itself."
@@ -176,7 +221,7 @@ def train_job(
         reporter=reporter,
         stats=stats,
         stop=stop,
-        sampler=make_sampler(cfg, tokenizer, prepared, device),
+        sampler=None if preference else make_sampler(cfg, tokenizer, prepared, device),
         progress_bar=progress_bar,
     )
     if ckpt is not None and (ckpt / STATE_FILE).is_file():
@@ -189,14 +234,19 @@ def train_job(
     from worker.train.speed.fused_loss import liger_available, plan_fused_loss, unsupported_reason
 
     distributed = rank_info().distributed
-    fused = plan_fused_loss(
-        model,
-        device,
-        distributed=distributed,
-        setting=fused_loss_setting(plan),
-        chunk_rows=plan.value("fused_loss_chunk_rows"),
-    )
-    if fused is None and plan.value("fused_loss"):
+    fused = None
+    if not preference:  # the preference losses need per-sequence log-probs, not the SFT loss
+        fused = plan_fused_loss(
+            model,
+            device,
+            distributed=distributed,
+            setting=fused_loss_setting(plan),
+            chunk_rows=plan.value("fused_loss_chunk_rows"),
+        )
+    if preference:
+        why = f"method {cfg.method}: its loss needs per-sequence log-probabilities, not the SFT loss"
+        plan.set("fused_loss", False, "fallback" if plan.value("fused_loss") else "default", why)
+    elif fused is None and plan.value("fused_loss"):
         why_not = (
             "off with several GPU processes (the fused path would bypass DDP's gradient sync)"
             if distributed
@@ -211,7 +261,10 @@ def train_job(
     args = training_arguments(cfg, run_dir, device, loaded.dtype, has_eval=bool(prepared.eval))
     if rank_info().distributed:
         args.ddp_find_unused_parameters = False  # every LoRA matrix gets a gradient every step
-    if cfg.training.probes_micro_batch(one_gpu=device.startswith("cuda") and not rank_info().distributed):
+    # the probe measures SFT rows; a preference row is two sequences (or four with KTO's KL pairs)
+    if not preference and cfg.training.probes_micro_batch(
+        one_gpu=device.startswith("cuda") and not rank_info().distributed
+    ):
         split = probe_micro_batch(
             cfg, run_dir, model, fused, device, loaded.dtype, report, ckpt is not None, earlier_plan, plan
         )
@@ -231,16 +284,34 @@ def train_job(
             "each shuffled epoch are skipped (a different few each epoch)"
         )
         say(message, reporter=reporter)
-    trainer = trainer_class()(
+    pad_multiple = COMPILED_PAD_MULTIPLE if loaded.compiler is not None else 1
+    collator: Any = PadCollator(
+        tokenizer.pad_token_id, multiple_of=pad_multiple, max_width=cfg.training.max_seq_len
+    )
+    run_trainer, extra = trainer_class(), {}
+    if preference:  # DPO / ORPO / KTO as the loss of the same Trainer (worker/train/preference/trainer.py)
+        from worker.train.preference.setup import build_parts
+
+        parts = build_parts(
+            cfg,
+            base_trainer=run_trainer,
+            tokenizer=tokenizer,
+            data=prepared,
+            model=model,
+            device=device,
+            pad_multiple=pad_multiple,
+            callbacks=callbacks,
+            from_adapter=from_adapter,
+            reporter=reporter,
+        )
+        run_trainer, collator, extra = parts.trainer_class, parts.collator, parts.trainer_kwargs
+        callbacks.samples.sampler = parts.sampler
+    trainer = run_trainer(
         model=model,
         args=args,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval or None,
-        data_collator=PadCollator(
-            tokenizer.pad_token_id,
-            multiple_of=COMPILED_PAD_MULTIPLE if loaded.compiler is not None else 1,
-            max_width=cfg.training.max_seq_len,
-        ),
+        data_collator=collator,
         processing_class=tokenizer,
         optimizers=(optimizer, None),
         callbacks=[
@@ -250,6 +321,7 @@ def train_job(
         step_stats=stats,
         fused_loss=fused,
         drop_last_train=drop_last_train,
+        **extra,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -260,6 +332,8 @@ def train_job(
         + (f"; resuming from {ckpt.name}" if ckpt is not None else ""),
         reporter=reporter,
     )
+    if loaded.compiler is not None:
+        say("Compiling the model's layers: the first steps take longer…", reporter=reporter)
     started = time.monotonic()
     nothing_left = trained_out(ckpt, cfg)
     if ckpt is not None and nothing_left:
