@@ -320,6 +320,20 @@ def followup_config(data: dict[str, Any], job_id: int, method: str) -> dict[str,
     return out
 
 
+def sft_then_dpo_demo(demo: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The practitioner's usual path as two demo jobs: SFT (the demo, short), then DPO on the upper-case
+    pairs from its adapter. The DPO config's init_adapter is "job:SFT" and is filled in once the SFT job
+    exists (the scheduler starts it when the SFT job has succeeded)."""
+    sft = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.items()}
+    sft["name"] = "demo 1/2: SFT, tiny Gemma 3n learns its chats"
+    sft["training"] = {**sft["training"], "max_steps": 8, "eval_steps": 0, "save_steps": 8}
+    dpo = preference_demo(sft)
+    dpo["name"] = "demo 2/2: DPO from the SFT adapter, learns to prefer upper case"
+    dpo["preference"] = {"beta": 0.1}
+    dpo["training"] = {**dpo["training"], "max_steps": 12, "batch_size": 8, "eval_steps": 6, "save_steps": 6}
+    return sft, dpo
+
+
 def preference_demo(demo: dict[str, Any]) -> dict[str, Any]:
     """The demo config (a canonical dict) as DPO on the generated upper-case pairs: tiny Gemma 3n in 4-bit
     learns the preference on CPU in well under a minute (held-out reward accuracy ~1.0 by step 12)."""

@@ -46,7 +46,13 @@ from contract.catalog import KNOWN_HUB_MODELS, PRESET_DATASETS, PRESET_MODELS, P
 from contract.config import ConfigError, JobConfig, config_to_dict, demo_config, parse_config, stored_config
 from contract.estimate import MemoryEstimate, estimate_memory
 from contract.metrics import PANELS, panel_metrics, panels_for
-from contract.preference import PREFERENCE_METHODS, followup_config, preference_demo
+from contract.preference import (
+    PREFERENCE_METHODS,
+    followup_config,
+    init_adapter_job,
+    preference_demo,
+    sft_then_dpo_demo,
+)
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -75,6 +81,19 @@ def create_demo_job_page(session: SessionDep) -> Response:
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     job = service.create_job(session, config=config, config_text=text)
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+@router.post("/jobs/demo-preference")
+def create_preference_demo_page(session: SessionDep) -> Response:
+    """One click: SFT, then DPO from its adapter (the DPO job waits in the queue for the SFT job)."""
+    sft_data, dpo_data = sft_then_dpo_demo(config_to_dict(demo_config()))
+    sft = parse_config(sft_data)
+    sft_job = service.create_job(session, config=sft, config_text=yaml.safe_dump(sft_data, sort_keys=False))
+    dpo_data["init_adapter"] = f"job:{sft_job.id}"
+    dpo = parse_config(dpo_data)
+    text = yaml.safe_dump(dpo_data, sort_keys=False)
+    service.create_job(session, config=dpo, config_text=text, parent_job_id=sft_job.id)
+    return RedirectResponse("/", status_code=303)  # the list shows both: the SFT job runs, DPO waits
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,13 +333,16 @@ def _detail_context(session: SessionDep, job: Job, *, message: str | None = None
 def _method_view(job: Job) -> dict[str, Any]:
     """The job's `method`, the chart panels it draws, and whether it can be preference-tuned further."""
     try:
-        method = stored_config(job.config).method
+        config = stored_config(job.config)
+        method, starts_from = config.method, init_adapter_job(config.init_adapter)
     except ConfigError:
-        method = "sft"
+        method, starts_from = "sft", None
     return {
         "job_method": method,
         "chart_panels": panels_for(method),
         "can_preference_tune": method == "sft" and job.status == "succeeded",
+        # a queued job that continues another job's adapter starts once that job has succeeded
+        "waits_for_job": starts_from if job.status == "queued" else None,
     }
 
 

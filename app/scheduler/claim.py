@@ -28,6 +28,7 @@ from app.scheduler.placement import (
     parse_assigned,
 )
 from app.settings import Settings
+from contract.preference import init_adapter_job
 from contract.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,28 @@ def claim_next_task(factory: sessionmaker[Session], *, settings: Settings) -> Cl
         return None
 
 
+def adapter_dependency(session: Session, job: Job) -> tuple[bool, str | None]:
+    """(wait, failure reason) for a job that starts from another job's adapter (init_adapter: job:<id>).
+
+    It waits while that job has not succeeded yet, so "SFT, then DPO from its adapter" can be queued at
+    once; it fails, saying what to do, when that job is gone or ended without an adapter.
+    """
+    parent_id = init_adapter_job(str((job.config or {}).get("init_adapter") or "") or None)
+    if parent_id is None:
+        return False, None
+    parent = session.get(Job, parent_id)
+    if parent is None:
+        return False, f"it starts from job {parent_id}'s adapter, but job {parent_id} no longer exists"
+    if parent.status == JobStatus.SUCCEEDED.value:
+        return False, None
+    if parent.status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+        return False, (
+            f"it starts from job {parent_id}'s adapter, but job {parent_id} ended {parent.status}: "
+            f"resume job {parent_id}, then resume this job"
+        )
+    return True, None
+
+
 def claim_next_job(
     factory: sessionmaker[Session], *, settings: Settings, slots: Slots, launcher: str = "local"
 ) -> ClaimedJob | None:
@@ -163,6 +186,10 @@ def claim_next_job(
         now = datetime.now(UTC)
         for job in queued:
             reason = impossible_reason(job.gpus_requested, slots)
+            if reason is None:
+                waiting, reason = adapter_dependency(session, job)
+                if waiting:
+                    continue  # starts once the job whose adapter it continues has succeeded
             if reason is not None:
                 log.warning("job %s can never run here: %s", job.id, reason)
                 transition(session, job=job, to=JobStatus.FAILED, reason=reason)

@@ -360,7 +360,18 @@ def catalogue(client: TestClient, session_factory: sessionmaker[Session]) -> dic
         ("delta_x", "preset:tiny-gemma3n", "sft"),
         ("epsilon 100%", "preset:tiny-llama", "sft"),
     )
-    ids = {name: _job(client, name, model={"name": model}, method=method) for name, model, method in runs}
+    # a preference method needs preference data (refused at creation otherwise): the demo pairs
+    pairs = {"source": "preset:uppercase-preference"}
+    ids = {
+        name: _job(
+            client,
+            name,
+            model={"name": model},
+            method=method,
+            **({"dataset": pairs} if method != "sft" else {}),
+        )
+        for name, model, method in runs
+    }
     days = {"alpha capitals": 1, "Beta capitals": 2, "gamma": 3, "delta_x": 4, "epsilon 100%": 5}
     losses = {"alpha capitals": 0.5, "Beta capitals": 0.2, "gamma": None, "delta_x": 0.9, "epsilon 100%": 0.1}
     with session_factory() as session:
