@@ -90,45 +90,50 @@ def test_a_tiny_run_keeps_library_warnings_off_the_terminal_and_in_the_log(tmp_p
     assert "succeeded: trained 2 steps" in full  # the said messages are copied to the log
 
 
+# run in a fresh interpreter, as the training process is: in the test process pytest's own log handlers and
+# what earlier tests configured would decide what reaches stderr
+CONTEXT_CHECK = """
+import logging, sys, warnings
+from pathlib import Path
+from transformers.utils import logging as tlog
+from worker.train.log import library_output_to_log, say
+
+run = Path(sys.argv[1])
+root_handlers = list(logging.getLogger().handlers)
+print("BEFORE", file=sys.stderr, flush=True)
+with library_output_to_log(run) as log:
+    # what bitsandbytes does on a CPU without its optional kernels, and a renamed-argument notice
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward")
+    warnings.warn("`old_name` is deprecated", FutureWarning, stacklevel=1)
+    tlog.get_logger("transformers.modeling_utils").warning("a transformers notice")
+    say("a message for the user")
+print("AFTER", file=sys.stderr, flush=True)
+assert logging.getLogger().handlers == root_handlers
+say("after the run")
+tlog.get_logger("transformers.modeling_utils").warning("back on stderr")
+"""
+
+
 def test_library_warnings_inside_the_context_reach_the_log_not_stderr_and_everything_is_put_back(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
-
-    from transformers.utils import logging as tlog
-
-    # a known starting point: other tests in this process may have quieted transformers' logging
-    verbosity = tlog.get_verbosity()
-    tlog.set_verbosity_warning()
-    tlog.enable_default_handler()
-    try:
-        _check_library_output_goes_to_the_log(tmp_path, capfd)
-    finally:
-        tlog.set_verbosity(verbosity)
-
-
-def _check_library_output_goes_to_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    import logging
-    import warnings
-
-    from transformers.utils import logging as tlog
-
-    from worker.train.log import library_output_to_log, say
-
-    root_handlers = list(logging.getLogger().handlers)
-    with library_output_to_log(tmp_path) as log:
-        # what bitsandbytes does on a CPU without its optional kernels, and a renamed-argument notice
-        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward")
-        warnings.warn("`old_name` is deprecated", FutureWarning, stacklevel=1)
-        tlog.get_logger("transformers.modeling_utils").warning("a transformers notice")
-        say("a message for the user")
-    err = capfd.readouterr().err
-    assert "gemm_4bit_forward" not in err and "deprecated" not in err and "transformers notice" not in err
-    assert "a message for the user" in err  # said messages still reach the terminal (no reporter here)
-    text = log.read_text(encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-c", CONTEXT_CHECK, str(tmp_path)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    inside = out.stderr.split("BEFORE", 1)[1].split("AFTER", 1)[0]
+    assert "gemm_4bit_forward" not in inside and "deprecated" not in inside
+    assert "transformers notice" not in inside
+    assert "a message for the user" in inside  # said messages still reach the terminal (no reporter here)
+    text = (tmp_path / "train.log").read_text(encoding="utf-8")
     assert "Failed to load CPU gemm_4bit_forward" in text and "FutureWarning: `old_name`" in text
     assert "a transformers notice" in text and "a message for the user" in text
-    assert logging.getLogger().handlers == root_handlers
-    say("after the run")
-    assert "after the run" not in log.read_text(encoding="utf-8")
-    tlog.get_logger("transformers.modeling_utils").warning("back on stderr")
-    assert "back on stderr" in capfd.readouterr().err  # transformers' own handler is back
+    after = out.stderr.split("AFTER", 1)[1]
+    assert "after the run" in after and "after the run" not in text  # the log is closed
+    assert "back on stderr" in after  # transformers' own handler is back
