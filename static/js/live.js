@@ -390,7 +390,8 @@
           width: 1.5,
           spanGaps: false, // holes between points join (undefined); a NaN/inf point (null) shows as a gap
           points: { show: s.points ? true : undefined, size: 5 },
-          value: (u, v) => fmt(v),
+          // no cursor on the chart (idx null): "—"; a point the server sent as NaN/inf (null at an index): "NaN/inf"
+          value: (u, v, si, idx) => (idx === null || idx === undefined ? "—" : fmt(v)),
         };
         if (!smoothing) {
           series.push(line);

@@ -346,6 +346,8 @@ def test_a_new_user_trains_compares_uploads_downloads_and_tries_in_the_browser(
             assert len(legends) == 5, legends
             for chart_id, entries, text in legends:
                 assert entries >= 2 and "step" in text, f"{chart_id} has no readable legend: {text!r}"
+                # with no cursor on the chart the values read "—", not a NaN that is not there
+                assert "NaN" not in text, f"{chart_id}'s legend claims NaN without a cursor: {text!r}"
             # event times are in the browser's zone
             event_time = page.locator("#events-body time").first
             page.wait_for_function("() => document.querySelector('#events-body time').dataset.localized")
