@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from worker.export.llamacpp import file_sha256
 from worker.export.parity import PROMPTS, describe
 
 USAGE = {
@@ -31,18 +31,10 @@ USAGE = {
 }
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def list_files(folder: Path) -> list[dict[str, Any]]:
     """[{name, size, sha256}] of every regular file directly in `folder`, sorted by name."""
     return [
-        {"name": p.name, "size": p.stat().st_size, "sha256": file_digest(p)}
+        {"name": p.name, "size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and not p.is_symlink()
     ]

@@ -65,7 +65,8 @@ def _stamp(root: Path) -> Path:
     return build_dir(root) / f"tuneboard-built-{VERSION}.ok"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (the sdist's check here, the export cards' file list)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -98,7 +99,7 @@ def fetch_source(root: Path | None = None) -> Path:
         argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
         argv += [f"llama-cpp-python=={VERSION}", "-d", str(root)]
         _run(argv, root / "fetch.log", f"downloading llama-cpp-python {VERSION}", 900)
-    if _sha256(archive) != SDIST_SHA256:
+    if file_sha256(archive) != SDIST_SHA256:
         archive.unlink(missing_ok=True)
         raise ToolchainError(f"{SDIST} does not have the expected sha256; it was removed, export again")
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
