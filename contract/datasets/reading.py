@@ -16,6 +16,7 @@ import csv
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,10 +35,9 @@ from contract.datasets.problems import (
 )
 
 
-def _read_jsonl(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    found = _Collector("line")
+def _text_lines(path: Path, found: _Collector, stop: StopFlag | None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a problem and skipped, a byte-order
+    mark some editors write is dropped."""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             _stop_if_asked(stop)
@@ -46,31 +46,37 @@ def _read_jsonl(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _
             except UnicodeDecodeError as exc:
                 found.add(number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8", "not UTF-8")
                 continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                found.add(
-                    number,
-                    f"not valid JSON ({exc.msg} at column {exc.colno}); fix or remove it",
-                    "not valid JSON",
-                )
-                continue
-            except (RecursionError, ValueError) as exc:  # valid JSON the decoder refuses to build
-                found.add(number, _unreadable_json(exc), "unreadable JSON")
-                continue
-            if not isinstance(row, dict):
-                found.add(
-                    number,
-                    f"expected a JSON object with the row's columns, got {_json_kind(row)}",
-                    "not an object",
-                )
-                continue
-            rows.append(row)
-            lines.append(number)
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _read_jsonl(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _Collector]:
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    found = _Collector("line")
+    for number, line in _text_lines(path, found, stop):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            found.add(
+                number,
+                f"not valid JSON ({exc.msg} at column {exc.colno}); fix or remove it",
+                "not valid JSON",
+            )
+            continue
+        except (RecursionError, ValueError) as exc:  # valid JSON the decoder refuses to build
+            found.add(number, _unreadable_json(exc), "unreadable JSON")
+            continue
+        if not isinstance(row, dict):
+            found.add(
+                number,
+                f"expected a JSON object with the row's columns, got {_json_kind(row)}",
+                "not an object",
+            )
+            continue
+        rows.append(row)
+        lines.append(number)
     return LoadedRows(rows, lines, "line"), found
 
 
@@ -314,33 +320,24 @@ def _read_text(path: Path, stop: StopFlag | None = None) -> tuple[LoadedRows, _C
             rows.append({"text": "\n".join(current)})
             lines.append(start)
 
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            _stop_if_asked(stop)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                found.add(number, f"not UTF-8 text ({exc.reason}); save the file as UTF-8", "not UTF-8")
-                continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                close()
-                current, chars, too_long = [], 0, False
-                continue
-            if not current and not too_long:
-                start = number
-            chars += len(line)
-            if chars > MAX_ROW_CHARS and not too_long:
-                found.add(
-                    start,
-                    f"the paragraph is over the limit of {MAX_ROW_CHARS} characters; put blank lines "
-                    "between documents",
-                    "row too long",
-                )
-                too_long, current = True, []
-            if not too_long:
-                current.append(line.rstrip("\r\n"))
+    for number, line in _text_lines(path, found, stop):
+        if not line.strip():
+            close()
+            current, chars, too_long = [], 0, False
+            continue
+        if not current and not too_long:
+            start = number
+        chars += len(line)
+        if chars > MAX_ROW_CHARS and not too_long:
+            found.add(
+                start,
+                f"the paragraph is over the limit of {MAX_ROW_CHARS} characters; put blank lines "
+                "between documents",
+                "row too long",
+            )
+            too_long, current = True, []
+        if not too_long:
+            current.append(line.rstrip("\r\n"))
     close()
     return LoadedRows(rows, lines, "line", "each paragraph (text between blank lines) is one row"), found
 
