@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -173,7 +172,6 @@ async def start_export(
     run_dir = Path(job.run_dir)
     name = export_name(fmt, quant)
     claim = manager.claim(job.id, "export", manager.settings.merge_timeout_s)
-    config_file: Path | None = None
     try:
         if session is not None and active_export(session, job.id) is not None:
             raise TaskBusy(f"job {job.id} is already exporting; wait for it to finish or cancel it")
@@ -187,29 +185,19 @@ async def start_export(
             format=fmt,
             quant=quant,
         )
-        config_file = manager.write_task_input(config, "export")
-        path = str(config_file)
-        await anyio.to_thread.run_sync(
-            lambda: manager.queue_task(
-                claim,
-                run_dir,
-                module=manager.export_module,
-                args=export_args(fmt, quant, base, path),
-                input_path=path,
-                log_path=str(run_dir / EXPORTS_DIR / EXPORT_LOG),
-                timeout_s=manager.settings.merge_timeout_s,
-                session=session,
-            )
-        )
     except BaseException:
-        if config_file is not None:
-            config_file.unlink(missing_ok=True)
-        raise
-    finally:
         manager.release(claim)
-    if session is None:
-        await manager.nudge()
-    manager._keep_ticking()
+        raise
+    await manager.queue_claimed(
+        claim,
+        run_dir,
+        config=config,
+        kind="export",
+        module=manager.export_module,
+        args=lambda path: export_args(fmt, quant, base, path),
+        log_path=run_dir / EXPORTS_DIR / EXPORT_LOG,
+        session=session,
+    )
     return name
 
 

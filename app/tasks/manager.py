@@ -306,7 +306,6 @@ class TaskManager:
         if merge_status(run_dir, active=active)["state"] in ("starting", "running"):
             raise TaskBusy(f"job {job_id} is already exporting a merged model; wait for it to finish")
         claim = self.claim(job_id, "merge", self.settings.merge_timeout_s)
-        config_file: Path | None = None
         try:
             write_merge_status(
                 run_dir,
@@ -315,16 +314,47 @@ class TaskManager:
                 progress=0.0,
                 message="waiting for the scheduler to start the export process",
             )
-            config_file = self.write_task_input(config, "merge")
+        except BaseException:
+            self.release(claim)
+            raise
+        await self.queue_claimed(
+            claim,
+            run_dir,
+            config=config,
+            kind="merge",
+            module=self.merge_module,
+            args=lambda path: ["--config", path],
+            log_path=run_dir / MERGE_LOG,
+            session=session,
+        )
+        return merge_status(run_dir, active=True)
+
+    async def queue_claimed(
+        self,
+        claim: TaskClaim,
+        run_dir: Path,
+        *,
+        config: dict[str, Any],
+        kind: str,
+        module: str,
+        args: Callable[[str], list[str]],
+        log_path: Path,
+        session: Session | None,
+    ) -> None:
+        """Write the task input, queue the claimed task (merge, export) and release the claim: the task row
+        holds the job from then on. The input file goes again when queueing fails."""
+        config_file: Path | None = None
+        try:
+            config_file = self.write_task_input(config, kind)
             path = str(config_file)
             await anyio.to_thread.run_sync(
                 lambda: self.queue_task(
                     claim,
                     run_dir,
-                    module=self.merge_module,
-                    args=["--config", path],
+                    module=module,
+                    args=args(path),
                     input_path=path,
-                    log_path=str(run_dir / MERGE_LOG),
+                    log_path=str(log_path),
                     timeout_s=self.settings.merge_timeout_s,
                     session=session,
                 )
@@ -334,11 +364,10 @@ class TaskManager:
                 config_file.unlink(missing_ok=True)
             raise
         finally:
-            self.release(claim)  # the row holds the job from here on
+            self.release(claim)
         if session is None:
             await self.nudge()
         self._keep_ticking()
-        return merge_status(run_dir, active=True)
 
     def has_active(self, job_id: int, kind: str) -> bool:
         """Whether the job has a queued or running task of `kind`."""
